@@ -1,0 +1,115 @@
+"""The method registry: every training objective is one `Method` subclass behind a name.
+
+The training loop only talks to this interface. It asks a method which response *roles* its
+batches need and which of them need reference log-probs, computes the policy's sequence
+log-probs for those roles, and hands both to `Method.loss`. It never looks at a method's name.
+
+Roles (the columns a training example can carry):
+
+- ``negative``: the human-annotated dispreferred response y_l, one per example.
+- ``chosen``:   the preferred response y_w (the safer or better one, per config), one per example.
+- ``samples``:  K responses sampled from a policy (self-generated anchors), shape [B, K].
+- ``kl``:       a mismatched (prompt, response) pair used for KTO's KL reference estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+
+from harness.errors import BadInput
+
+ROLES = ("negative", "chosen", "samples", "kl")
+
+
+@dataclass
+class SequenceLogps:
+    """Summed response-token log-probs and the number of response tokens, per sequence.
+
+    ``total`` and ``n_tokens`` share a shape: [B] for single-response roles, [B, K] for samples.
+    """
+
+    total: torch.Tensor
+    n_tokens: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.n_tokens.clamp(min=1)
+
+
+class Method(ABC):
+    """A training objective. Subclasses set the class attributes and implement `loss`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    # A dataclass of the method's hyperparameters, with the paper's defaults where it gives them.
+    Config: ClassVar[type]
+    # Response roles the batches must carry.
+    roles: ClassVar[tuple[str, ...]]
+    # Roles whose reference log-probs are precomputed before training (reference model unloaded).
+    reference_roles: ClassVar[tuple[str, ...]] = ()
+    # Set by methods that train on no data at all (the untrained base policy).
+    trains: ClassVar[bool] = True
+    # Where the samples role comes from: "offline" (cached from the reference before training)
+    # or "online" (refreshed from the current policy during training). Read from the config
+    # field `refresh_every` when a method's Config has one.
+
+    def __init__(self, config):
+        self.config = config
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise BadInput for hyperparameters outside the method's domain."""
+
+    @abstractmethod
+    def loss(
+        self,
+        policy: dict[str, SequenceLogps],
+        reference: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-example losses [B] and a dict of scalar diagnostics to log (rewards, margins)."""
+
+    def hyperparameters(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available as `d2o-bench --method NAME`."""
+    for attr in ("name", "summary", "Config", "roles"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"method {cls.__name__} lacks {attr}")
+    unknown = set(cls.roles) - set(ROLES)
+    if unknown:
+        raise TypeError(f"method {cls.name} names unknown roles {sorted(unknown)}")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"method name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    # Importing the packages runs their @register_method decorators.
+    import baselines  # noqa: F401
+    import d2o  # noqa: F401
+
+
+def registered_methods() -> dict[str, type[Method]]:
+    _load_builtin_methods()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    methods = registered_methods()
+    if name not in methods:
+        raise BadInput(f"unknown method {name!r}; known: {', '.join(methods)}")
+    return methods[name]
+
+
+MethodFactory = Callable[[object], Method]
