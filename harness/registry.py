@@ -52,11 +52,15 @@ class Method(ABC):
     roles: ClassVar[tuple[str, ...]]
     # Roles whose reference log-probs are precomputed before training (reference model unloaded).
     reference_roles: ClassVar[tuple[str, ...]] = ()
-    # Set by methods that train on no data at all (the untrained base policy).
-    trains: ClassVar[bool] = True
-    # Where the samples role comes from: "offline" (cached from the reference before training)
-    # or "online" (refreshed from the current policy during training). Read from the config
-    # field `refresh_every` when a method's Config has one.
+    # Where the `chosen` role comes from: the dataset's preferred response, or (Self-Align SFT)
+    # the base policy's own self-samples that the cost model marks safe.
+    chosen_source: ClassVar[str] = "dataset"  # "dataset" | "safe_self_samples"
+    # Which pairs feed training: those whose negative passes the data filter
+    # (`data.only_unsafe_negatives`), or every pair of the dataset (DPO-Full).
+    pair_selection: ClassVar[str] = "filtered"  # "filtered" | "all_pairs"
+    # Self-samples are refreshed from the current policy every N optimizer steps when the
+    # method's Config has a positive `refresh_every`; otherwise they are drawn once, offline,
+    # from the reference policy before training.
 
     def __init__(self, config):
         self.config = config
