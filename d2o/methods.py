@@ -1,0 +1,124 @@
+"""D²O and its two variants as registered methods (see d2o/loss.py for Eq. 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from d2o.loss import d2o_margin
+from harness.errors import BadInput
+from harness.registry import Method, SequenceLogps, register_method
+
+
+@dataclass
+class D2OConfig:
+    # α, β and K as reported for the paper's Alpaca-7B runs (secondary sources).
+    alpha: float = 0.1
+    beta: float = 0.1
+    k: int = 11
+    # 0: self-samples drawn once, offline, from π_r− before training (the default).
+    # N > 0: refreshed from the current policy every N optimizer steps.
+    refresh_every: int = 0
+
+
+def _validate_d2o(cfg: D2OConfig, *, needs_samples: bool) -> None:
+    if cfg.beta <= 0:
+        raise BadInput(f"method.beta must be > 0, got {cfg.beta}")
+    if cfg.alpha < 0:
+        raise BadInput(f"method.alpha must be >= 0, got {cfg.alpha}")
+    if needs_samples and cfg.k < 1:
+        raise BadInput(f"method.k must be >= 1, got {cfg.k}")
+    if cfg.refresh_every < 0:
+        raise BadInput(f"method.refresh_every must be >= 0, got {cfg.refresh_every}")
+
+
+@register_method
+class D2O(Method):
+    """Distributional Dispreference Optimization (Eq. 3).
+
+    loss = −log σ( (β/K) Σ_i [log π_θ(y_i|x) − log π_r−(y_i|x)] − α [log π_θ(y_l|x) − log π_r+(y_l|x)] )
+    with y_l the human negative and y_1..y_K self-samples of the reference policy.
+    """
+
+    name = "d2o"
+    summary = "D²O (Eq. 3): push down human negatives, anchored on K self-samples of the reference"
+    Config = D2OConfig
+    roles = ("negative", "samples")
+    reference_roles = ("negative", "samples")
+
+    def validate(self) -> None:
+        _validate_d2o(self.config, needs_samples=True)
+
+    def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
+        cfg = self.config
+        margin = d2o_margin(
+            policy["samples"].total,
+            reference["samples"],
+            policy["negative"].total,
+            reference["negative"],
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+        )
+        sample_reward = (policy["samples"].total - reference["samples"]).mean(-1).detach()
+        negative_reward = (policy["negative"].total - reference["negative"]).detach()
+        diagnostics = {
+            "margin": margin.detach().mean(),
+            "sample_log_ratio": sample_reward.mean(),
+            "negative_log_ratio": negative_reward.mean(),
+        }
+        return -F.logsigmoid(margin), diagnostics
+
+
+@dataclass
+class D2OOnlineConfig(D2OConfig):
+    refresh_every: int = 8
+
+
+@register_method
+class D2OOnline(D2O):
+    """D²O with self-samples refreshed from the current policy every `refresh_every` steps.
+
+    Same loss as `d2o`; the refreshed samples are still scored by the fixed π_r−, so this
+    method keeps the π_r− model in memory during training (the only D²O variant that does).
+    """
+
+    name = "d2o-online"
+    summary = "D²O with self-samples refreshed from the current policy every N steps"
+    Config = D2OOnlineConfig
+
+    def validate(self) -> None:
+        _validate_d2o(self.config, needs_samples=True)
+        if self.config.refresh_every < 1:
+            raise BadInput("method.refresh_every must be >= 1 for d2o-online")
+
+
+@dataclass
+class D2ONoSampleConfig:
+    alpha: float = 0.1
+
+
+@register_method
+class D2ONoSample(Method):
+    """The "w/o samples" ablation of D²O: Eq. 3 with the self-sample term dropped.
+
+    loss = −log σ(−α [log π_θ(y_l|x) − log π_r+(y_l|x)])
+    which is NPO's loss with β = α, without NPO's 2/β factor.
+    """
+
+    name = "d2o-nosample"
+    summary = "D²O without self-samples (ablation): −log σ(−α·log-ratio of the negative)"
+    Config = D2ONoSampleConfig
+    roles = ("negative",)
+    reference_roles = ("negative",)
+
+    def validate(self) -> None:
+        if self.config.alpha <= 0:
+            raise BadInput(f"method.alpha must be > 0, got {self.config.alpha}")
+
+    def loss(self, policy, reference):
+        log_ratio = policy["negative"].total - reference["negative"]
+        return -F.logsigmoid(-self.config.alpha * log_ratio), {
+            "negative_log_ratio": log_ratio.detach().mean()
+        }
