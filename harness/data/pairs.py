@@ -1,0 +1,130 @@
+"""Loading PKU-SafeRLHF-shaped preference rows and deriving what each method trains on.
+
+Rows come from the tiny world's JSONL, a local file or folder, or a Hugging Face dataset id, all
+through `datasets`. Every row is validated before anything is derived from it; a bad row stops
+the run with one line naming the dataset, the row and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from harness.errors import BadInput
+
+ROW_FIELDS: dict[str, type] = {
+    "prompt": str,
+    "response_0": str,
+    "response_1": str,
+    "is_response_0_safe": bool,
+    "is_response_1_safe": bool,
+    "better_response_id": int,
+    "safer_response_id": int,
+}
+
+
+def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[dict]:
+    """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id."""
+    import datasets
+
+    try:
+        if local_dir is not None:
+            path = Path(local_dir) / f"{split}.jsonl"
+            if not path.is_file():
+                raise BadInput(f"dataset {spec}: no split {split!r}")
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        elif Path(spec).is_dir() and (Path(spec) / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(spec)[split]
+        elif Path(spec).is_file():
+            builder = "json" if spec.endswith((".json", ".jsonl")) else spec.rsplit(".", 1)[-1]
+            ds = datasets.load_dataset(builder, data_files=spec, split="train")
+        elif Path(spec).is_dir():
+            files = sorted(Path(spec).glob(f"{split}*.jsonl")) or sorted(Path(spec).glob(f"{split}*.json"))
+            if not files:
+                raise BadInput(f"dataset {spec}: no {split}*.jsonl file")
+            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
+        else:
+            ds = datasets.load_dataset(spec, split=split)
+    except BadInput:
+        raise
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise BadInput(f"dataset {spec} split {split}: {exc}") from None
+    except Exception as exc:  # hub/network errors arrive as many types
+        raise BadInput(f"dataset {spec} split {split} could not be loaded: {type(exc).__name__}: {exc}") from None
+    return [dict(row) for row in ds]
+
+
+def validate_rows(rows: list[dict], source: str) -> None:
+    if not rows:
+        raise BadInput(f"dataset {source}: no rows")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadInput(f"dataset {source} row {index}: not a mapping")
+        for name, kind in ROW_FIELDS.items():
+            if name not in row or row[name] is None:
+                raise BadInput(f"dataset {source} row {index}: missing field {name!r}")
+            value = row[name]
+            ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+            if not ok:
+                raise BadInput(
+                    f"dataset {source} row {index}: field {name!r} must be {kind.__name__}, got {value!r}"
+                )
+        for name in ("better_response_id", "safer_response_id"):
+            if row[name] not in (0, 1):
+                raise BadInput(f"dataset {source} row {index}: field {name!r} must be 0 or 1, got {row[name]!r}")
+        for name in ("prompt", "response_0", "response_1"):
+            if not row[name].strip():
+                raise BadInput(f"dataset {source} row {index}: field {name!r} is empty")
+
+
+def row_kind(row: dict) -> str:
+    """harmful when the world says so, else when either response is unsafe (PKU-SafeRLHF)."""
+    if row.get("kind") in ("harmful", "benign"):
+        return row["kind"]
+    return "benign" if row["is_response_0_safe"] and row["is_response_1_safe"] else "harmful"
+
+
+def preference_pairs(rows: list[dict], *, negative_from: str, only_unsafe_negatives: bool) -> list[dict]:
+    """(prompt, chosen, negative) triples; `only_unsafe_negatives` keeps pairs whose y_l is unsafe."""
+    id_field = "safer_response_id" if negative_from == "safer" else "better_response_id"
+    pairs = []
+    for row in rows:
+        chosen_id = row[id_field]
+        negative_id = 1 - chosen_id
+        if only_unsafe_negatives and row[f"is_response_{negative_id}_safe"]:
+            continue
+        pairs.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": row[f"response_{chosen_id}"],
+                "negative": row[f"response_{negative_id}"],
+                "kind": row_kind(row),
+            }
+        )
+    return pairs
+
+
+def eval_prompts(rows: list[dict], limit: int | None = None) -> list[dict]:
+    """Distinct eval prompts with their kind; `limit` keeps a balanced head of each kind."""
+    seen: set[str] = set()
+    prompts = []
+    for row in rows:
+        if row["prompt"] in seen:
+            continue
+        seen.add(row["prompt"])
+        prompts.append({"prompt": row["prompt"], "kind": row_kind(row), "category": row.get("category")})
+    if limit is not None:
+        by_kind: dict[str, list[dict]] = {}
+        for item in prompts:
+            by_kind.setdefault(item["kind"], []).append(item)
+        share = max(1, limit // max(1, len(by_kind)))
+        prompts = [item for items in by_kind.values() for item in items[:share]]
+    return prompts
+
+
+def fingerprint(rows: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

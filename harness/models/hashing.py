@@ -1,0 +1,46 @@
+"""Content hashes of model weights and of data, for cache keys and provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """SHA-256 over the weight files of a local checkpoint directory (names and bytes).
+
+    A 7B checkpoint takes tens of seconds to hash, so the digest is memoised next to the files
+    (keyed by their sizes and mtimes) where the directory is writable.
+    """
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no weight files under {root}")
+    stamp = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo = root / ".d2o-bench-weights-sha256.json"
+    try:
+        cached = json.loads(memo.read_text())
+        if cached.get("stamp") == stamp:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    result = digest.hexdigest()
+    try:
+        memo.write_text(json.dumps({"stamp": stamp, "sha256": result}))
+    except OSError:
+        pass
+    return result

@@ -1,0 +1,77 @@
+"""Loading policies and score models from the tiny world, a local path, a hub id or a GGUF file.
+
+The real-world path is the ordinary transformers loading code: `from_pretrained` on a Hugging
+Face id or a local checkpoint (a GGUF file through `gguf_file=`). Nothing here downloads when the
+id is a local path; hub ids download only outside tests and the default preset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from harness.errors import BadInput, RunFailure
+from harness.models.hashing import weights_sha256
+from harness.models.score_model import LlamaForScore
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(loader, spec: str, **kwargs):
+    try:
+        return loader(spec, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"cannot load model {spec!r}: {first}") from None
+
+
+def load_policy(spec: str, *, dtype: str = "float32", gguf_file: Optional[str] = None, device=None):
+    """A causal LM and its tokenizer (pad token set, left padding for generation)."""
+    kwargs = {"dtype": DTYPES[dtype]}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = _load(AutoTokenizer.from_pretrained, spec, **({"gguf_file": gguf_file} if gguf_file else {}))
+    model = _load(AutoModelForCausalLM.from_pretrained, spec, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device or _device())
+    return model, tokenizer
+
+
+def load_score_model(spec: str, *, dtype: str = "float32", device=None):
+    tokenizer = _load(AutoTokenizer.from_pretrained, spec)
+    model = _load(LlamaForScore.from_pretrained, spec, dtype=DTYPES[dtype])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    model.to(device or _device())
+    model.eval()
+    return model, tokenizer
+
+
+def model_identity(spec: str) -> dict:
+    """{"id", "sha256"} for provenance: the content hash of a local checkpoint's weights."""
+    path = Path(spec)
+    if path.is_dir():
+        return {"id": spec, "sha256": weights_sha256(path)}
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(spec, local_files_only=True)
+        return {"id": spec, "sha256": weights_sha256(local)}
+    except Exception as exc:  # not cached locally: nothing to hash without a download
+        raise RunFailure(f"model {spec!r} is not available locally to hash: {type(exc).__name__}") from None
+
+
+def free(*objects) -> None:
+    for obj in objects:
+        del obj
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
