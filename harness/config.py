@@ -70,6 +70,9 @@ class SamplingConfig:
     top_k: int = 0
     max_new_tokens: int = 48
     batch_size: int = 64
+    # Samples per prompt for methods whose config has no `k` of its own (Self-Align SFT's
+    # candidates); D²O uses `method.k`.
+    num_samples: int = 4
 
 
 @dataclass

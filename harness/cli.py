@@ -1,0 +1,176 @@
+"""`d2o-bench`: the command line.
+
+    d2o-bench [run] [--method NAME] [--preset NAME] [--out DIR] [--seed N] [--set key=value ...]
+    d2o-bench methods
+    d2o-bench sweep --methods a,b --seeds 0,1,2 [--grid key=v1,v2] [--out DIR]
+    d2o-bench publish LEADERBOARD... --to DIR
+    d2o-bench compare BASELINE.json CANDIDATE.json
+    d2o-bench serve-judge --model PATH
+
+Exit codes: 0 success, 2 bad usage or input, 1 a failure while running. Every error is one line
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from harness.errors import BadInput, D2OBenchError
+
+SUBCOMMANDS = ("run", "methods", "sweep", "publish", "compare", "serve-judge")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error over several lines; we promise one line."""
+
+    def error(self, message: str):
+        raise BadInput(f"{self.prog}: {message} (see --help)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="d2o", help="registered method (see `d2o-bench methods`)")
+    parser.add_argument("--preset", default="tiny", help="tiny (default, offline), smollm2, paper")
+    parser.add_argument("--out", default="./d2o-bench-out", help="output directory (runs + leaderboard.json)")
+    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the preset's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set method.beta=0.5 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="resolve, validate and print the plan only")
+    parser.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint for the judge")
+    parser.add_argument("--judge-model", default=None, help="judge model name (enables the LLM judge)")
+
+
+def _resolve(args) -> "RunConfig":  # noqa: F821
+    from harness.config import parse_set_options, resolve_config
+
+    overrides = parse_set_options(args.overrides)
+    if args.judge_model:
+        overrides.setdefault("eval", {})["judge_model"] = args.judge_model
+    if args.judge_base_url:
+        overrides.setdefault("eval", {})["judge_base_url"] = args.judge_base_url
+    return resolve_config(method=args.method, preset=args.preset, seed=args.seed, overrides=overrides)
+
+
+def _format_metric(metric: dict | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "—"
+    return f"{metric['value']:.3f} ± {metric['stderr']:.3f}"
+
+
+def comparison_table(base: dict, trained: dict | None, method: str) -> str:
+    names = ["harmful_rate", "helpful_rate", "cost", "safe_rate", "reward"]
+    names = [n for n in names if n in base or (trained and n in trained)]
+    arrow = {True: "↑", False: "↓"}
+    header = f"{'metric':<16}{'base':>20}" + (f"{method:>20}" if trained else "")
+    lines = [header, "-" * len(header)]
+    for name in names:
+        direction = arrow[(trained or base)[name]["higher_is_better"]]
+        line = f"{name + ' ' + direction:<16}{_format_metric(base.get(name)):>20}"
+        if trained:
+            line += f"{_format_metric(trained.get(name)):>20}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    cfg = _resolve(args)
+    if args.dry_run:
+        from harness.plan import describe_plan
+
+        print(describe_plan(cfg))
+        return 0
+    import json
+
+    from harness.pipeline import run_pipeline
+
+    ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
+    trained = scores["metrics"] if ctx.method.trains else None
+    print(comparison_table(scores["base_metrics"], trained, cfg.method_name))
+    print(f"run directory: {ctx.run_dir.root}")
+    print(f"leaderboard:   {Path(args.out) / 'leaderboard.json'}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from harness.registry import registered_methods
+
+    methods = registered_methods()
+    width = max(len(name) for name in methods)
+    for name, cls in methods.items():
+        print(f"{name:<{width}}  {cls.summary}")
+    return 0
+
+
+def _delegate(module: str, function: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(module).__dict__[function](argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="d2o-bench", description=__doc__.split("\n\n")[0])
+    _add_run_options(parser)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("transformers", "datasets", "accelerate", "deepspeed", "torch", "lm_eval", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def dispatch(argv: list[str]) -> int:
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
+    rest = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
+    if command == "run":
+        return cmd_run(build_parser().parse_args(rest))
+    if command == "methods":
+        OneLineArgumentParser(prog="d2o-bench methods").parse_args(rest)
+        return cmd_methods(None)
+    delegates = {
+        "sweep": ("harness.sweep", "sweep_main"),
+        "publish": ("harness.publish", "publish_main"),
+        "compare": ("harness.compare", "compare_main"),
+        "serve-judge": ("harness.scoring.judge_server", "serve_judge_main"),
+    }
+    return _delegate(*delegates[command], rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
+    try:
+        code = dispatch(argv)
+    except D2OBenchError as exc:
+        print(f"d2o-bench: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("d2o-bench: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # an unexpected failure is still one line unless debugging
+        if os.environ.get("D2O_BENCH_DEBUG"):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        print(f"d2o-bench: error: {type(exc).__name__}: {detail} (set D2O_BENCH_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Online self-samples for D²O: refreshed from the current policy every N optimizer steps.
+
+Every `refresh_every` steps the policy is snapshotted; each batch's K samples are then drawn from
+that snapshot (at most N−1 steps stale) and scored by the fixed π_r−, which therefore stays in
+memory during training. Offline mode (the default) needs none of this.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from harness.generation import generate_responses
+from harness.logprobs import encode_pair, score_pairs
+
+
+class OnlineSampleRefresher:
+    def __init__(self, *, reference_model, tokenizer, prompt_texts, k, sampling, refresh_every, max_length, seed):
+        self.reference_model = reference_model.eval()
+        self.tokenizer = tokenizer
+        self.prompt_texts = prompt_texts
+        self.k = k
+        self.sampling = sampling
+        self.refresh_every = refresh_every
+        self.max_length = max_length
+        self.seed = seed
+        self.snapshot = None
+        self.snapshot_step = None
+        self.refreshes = 0
+
+    def _policy_snapshot(self, model, step: int):
+        if self.snapshot is None or step - self.snapshot_step >= self.refresh_every:
+            unwrapped = getattr(model, "module", model)
+            self.snapshot = copy.deepcopy(unwrapped).eval()
+            self.snapshot_step = step
+            self.refreshes += 1
+        return self.snapshot
+
+    def __call__(self, model, prompt_indices: list[int], step: int):
+        snapshot = self._policy_snapshot(model, step)
+        texts = [self.prompt_texts[i] for i in prompt_indices]
+        s = self.sampling
+        groups = generate_responses(
+            snapshot, self.tokenizer, texts, max_new_tokens=s.max_new_tokens, do_sample=True,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, num_return_sequences=self.k,
+            batch_size=max(1, s.batch_size // self.k), seed=self.seed + step, desc="online self-samples",
+        )
+        pairs = [[encode_pair(self.tokenizer, text, r, self.max_length) for r in group]
+                 for text, group in zip(texts, groups)]
+        flat = [p for group in pairs for p in group]
+        logps = score_pairs(self.reference_model, flat, self.tokenizer.pad_token_id, s.batch_size, "online reference")
+        reference = torch.tensor(logps, dtype=torch.float32).view(len(pairs), self.k)
+        return pairs, reference

@@ -1,0 +1,595 @@
+"""The benchmark run as a pipeline of named, cached stages.
+
+    data → self_samples → reference_logps → train → generate → score → leaderboard
+
+Each stage reads what earlier stages wrote to the run directory, writes its own artifacts and a
+COMPLETE marker (harness/rundir.py). Work that is shared across runs (the built tiny world,
+self-samples, reference log-probs, the base policy's evaluation) is cached under
+`$D2O_BENCH_HOME/cache/<kind>/<key>.json`, keyed by content hashes, so a sweep pays for it once.
+The pipeline asks the method which roles and references it needs; it never tests its name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from harness.config import RunConfig
+from harness.data import pairs as pair_data
+from harness.errors import BadInput, D2OBenchError, RunFailure
+from harness.generation import generate_responses
+from harness.logprobs import EncodedPair, encode_pair, score_pairs
+from harness.models.hashing import sha256_json
+from harness.models.loading import load_policy, load_score_model, model_identity
+from harness.prompting import format_prompt
+from harness.registry import Method, get_method
+from harness.rundir import RunDir, write_json_atomic
+from harness.scoring.metrics import HIGHER_IS_BETTER, mean_metric, rate_metric
+from harness.scoring.score_models import score_responses
+
+log = logging.getLogger("d2o_bench")
+
+STAGES = ["data", "self_samples", "reference_logps", "train", "generate", "score", "leaderboard"]
+TINY = "tiny-world"
+
+
+def bench_home() -> Path:
+    return Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class JsonCache:
+    """Content-addressed JSON blobs shared by all runs (self-samples, log-probs, base evals)."""
+
+    def __init__(self, home: Path, kind: str):
+        self.root = home / "cache" / kind
+
+    def get(self, key: str):
+        path = self.root / f"{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("ignoring unreadable cache entry %s", path)
+            return None
+
+    def put(self, key: str, value) -> None:
+        write_json_atomic(self.root / f"{key}.json", value)
+
+
+@dataclass
+class Assets:
+    """Where the models and data of a run come from, resolved once per invocation."""
+
+    policy: str
+    reward: str
+    cost: str
+    dataset: str
+    dataset_local_dir: Optional[Path]
+    references: dict[str, str]
+
+
+def resolve_assets(cfg: RunConfig, home: Path) -> Assets:
+    specs = [cfg.model.policy, cfg.model.reward_model, cfg.model.cost_model, cfg.data.dataset]
+    tiny = None
+    if TINY in specs:
+        from harness.models.tiny_build import ensure_tiny_world
+
+        log.info("building or reusing the tiny world under %s", home)
+        tiny = ensure_tiny_world(home, cfg.world)
+
+    def pick(spec: str, part: str) -> str:
+        return str(tiny[part]) if spec == TINY else spec
+
+    policy = pick(cfg.model.policy, "policy")
+    if cfg.model.policy == "smollm2":
+        from harness.models.smollm2 import ensure_smollm2_checkpoint
+
+        policy = str(ensure_smollm2_checkpoint(home))
+    references = {
+        "samples": policy if cfg.model.reference_for_samples == "policy" else cfg.model.reference_for_samples,
+        "negatives": policy if cfg.model.reference_for_negatives == "policy" else cfg.model.reference_for_negatives,
+    }
+    return Assets(
+        policy=policy,
+        reward=pick(cfg.model.reward_model, "reward"),
+        cost=pick(cfg.model.cost_model, "cost"),
+        dataset=cfg.data.dataset,
+        dataset_local_dir=tiny["data"] if cfg.data.dataset == TINY else None,
+        references=references,
+    )
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    method: Method
+    run_dir: RunDir
+    home: Path
+    assets: Assets
+    out_dir: Path
+    started_at: str = field(default_factory=_now)
+    progress: Callable[[str], None] = lambda message: None
+
+    def prompt_text(self, prompt: str, tokenizer) -> str:
+        return format_prompt(prompt, self.cfg.model.prompt_format, tokenizer)
+
+    def load_policy(self, spec: str):
+        return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def _sample_count(ctx: RunContext) -> int:
+    return int(getattr(ctx.cfg.method, "k", ctx.cfg.sampling.num_samples))
+
+
+def _needs_samples(method: Method) -> bool:
+    return "samples" in method.roles or method.chosen_source == "safe_self_samples"
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_data(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    out = ctx.run_dir.stage_dir("data")
+    train_rows = pair_data.load_rows(cfg.data.dataset, cfg.data.train_split, local_dir=ctx.assets.dataset_local_dir)
+    pair_data.validate_rows(train_rows, f"{cfg.data.dataset}[{cfg.data.train_split}]")
+    eval_rows = pair_data.load_rows(cfg.data.dataset, cfg.data.eval_split, local_dir=ctx.assets.dataset_local_dir)
+    pair_data.validate_rows(eval_rows, f"{cfg.data.dataset}[{cfg.data.eval_split}]")
+
+    all_pairs = ctx.method.pair_selection == "all_pairs"
+    examples = pair_data.preference_pairs(
+        train_rows,
+        negative_from=cfg.data.negative_from,
+        only_unsafe_negatives=cfg.data.only_unsafe_negatives and not all_pairs,
+    )
+    if cfg.data.max_train_examples is not None:
+        examples = examples[: cfg.data.max_train_examples]
+    prompts = pair_data.eval_prompts(eval_rows, cfg.data.max_eval_prompts)
+    if ctx.method.trains and not examples:
+        raise BadInput(f"dataset {cfg.data.dataset}: no training pairs left after filtering")
+    _write_jsonl(out / "train_examples.jsonl", examples)
+    _write_jsonl(out / "eval_prompts.jsonl", prompts)
+    return {
+        "dataset": {
+            "id": cfg.data.dataset,
+            "fingerprint": pair_data.fingerprint(train_rows + eval_rows),
+            "train_rows": len(train_rows),
+            "eval_rows": len(eval_rows),
+        },
+        "train_examples": len(examples),
+        "eval_prompts": len(prompts),
+        "base_model": model_identity(ctx.assets.policy),
+    }
+
+
+def stage_self_samples(ctx: RunContext) -> dict:
+    if not ctx.method.trains or not _needs_samples(ctx.method):
+        return {"skipped": "the method uses no self-samples"}
+    cfg = ctx.cfg
+    out = ctx.run_dir.stage_dir("self_samples")
+    examples = _read_jsonl(ctx.run_dir.root / "data" / "train_examples.jsonl")
+    prompts = sorted({e["prompt"] for e in examples})
+    spec = ctx.assets.references["samples"]
+    k = _sample_count(ctx)
+    sampling = {
+        "temperature": cfg.sampling.temperature,
+        "top_p": cfg.sampling.top_p,
+        "top_k": cfg.sampling.top_k,
+        "max_new_tokens": cfg.sampling.max_new_tokens,
+        "k": k,
+        "prompt_format": cfg.model.prompt_format,
+    }
+    key = sha256_json({
+        "model": model_identity(spec)["sha256"],
+        "prompts": sha256_json(prompts),
+        "sampling": sampling,
+        "seed": ctx.cfg.seed,
+    })[:24]
+    cache = JsonCache(ctx.home, "self_samples")
+    samples = cache.get(key)
+    if samples is None:
+        ctx.progress(f"sampling K={k} self-samples for {len(prompts)} prompts")
+        model, tokenizer = ctx.load_policy(spec)
+        texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+        generated = generate_responses(
+            model, tokenizer, texts,
+            max_new_tokens=cfg.sampling.max_new_tokens, do_sample=True,
+            temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
+            num_return_sequences=k, batch_size=cfg.sampling.batch_size, seed=ctx.cfg.seed,
+            desc="self-samples",
+        )
+        samples = dict(zip(prompts, generated))
+        del model
+        cache.put(key, samples)
+    summary = {"cache_key": key, "k": k, "prompts": len(prompts), "sampling": sampling}
+    if ctx.method.chosen_source == "safe_self_samples":
+        summary.update(_select_safe_self_samples(ctx, samples))
+    write_json_atomic(out / "samples.json", samples)
+    return summary
+
+
+def _select_safe_self_samples(ctx: RunContext, samples: dict[str, list[str]]) -> dict:
+    """Self-Align SFT's data: for each prompt, the lowest-cost self-sample if the cost model
+    calls it safe (cost ≤ 0); prompts with no safe sample are dropped."""
+    model, tokenizer = load_score_model(ctx.assets.cost, dtype=ctx.cfg.model.dtype)
+    prompts = list(samples)
+    flat_prompts = [p for p in prompts for _ in samples[p]]
+    flat_responses = [r for p in prompts for r in samples[p]]
+    costs = score_responses(
+        model, tokenizer, flat_prompts, flat_responses, template=ctx.cfg.eval.scorer_template,
+        batch_size=ctx.cfg.eval.scorer_batch_size, desc="cost of self-samples",
+    )
+    best: dict[str, tuple[float, str]] = {}
+    for prompt, response, cost in zip(flat_prompts, flat_responses, costs):
+        if cost <= 0 and (prompt not in best or cost < best[prompt][0]):
+            best[prompt] = (cost, response)
+    out = ctx.run_dir.stage_dir("self_samples")
+    write_json_atomic(out / "safe_chosen.json", {p: r for p, (_, r) in best.items()})
+    return {"safe_chosen_prompts": len(best)}
+
+
+def _encode_examples(ctx: RunContext, tokenizer) -> list[dict]:
+    """Training rows: token ids for every role the method needs (no reference values yet)."""
+    cfg = ctx.cfg
+    examples = _read_jsonl(ctx.run_dir.root / "data" / "train_examples.jsonl")
+    samples = None
+    if _needs_samples(ctx.method):
+        samples = json.loads((ctx.run_dir.root / "self_samples" / "samples.json").read_text())
+    if ctx.method.chosen_source == "safe_self_samples":
+        safe = json.loads((ctx.run_dir.root / "self_samples" / "safe_chosen.json").read_text())
+        examples = [dict(e, chosen=safe[e["prompt"]]) for e in examples if e["prompt"] in safe]
+        if not examples:
+            raise RunFailure("the cost model marks none of the base policy's self-samples safe")
+    max_length = cfg.train.max_length
+    rows = []
+    for index, example in enumerate(examples):
+        text = ctx.prompt_text(example["prompt"], tokenizer)
+        row = {"prompt_index": index, "prompt": example["prompt"]}
+        for role in ctx.method.roles:
+            if role == "samples":
+                encoded = [encode_pair(tokenizer, text, s, max_length) for s in samples[example["prompt"]]]
+                row["samples_ids"] = [e.input_ids for e in encoded]
+                row["samples_start"] = [e.response_start for e in encoded]
+                continue
+            if role == "kl":
+                # KTO's KL reference point: this prompt paired with another example's response.
+                response = examples[(index + 1) % len(examples)]["chosen"]
+            else:
+                response = example[role]
+            encoded = encode_pair(tokenizer, text, response, max_length)
+            row[f"{role}_ids"], row[f"{role}_start"] = encoded.input_ids, encoded.response_start
+        rows.append(row)
+    return rows
+
+
+def _reference_spec(ctx: RunContext, role: str) -> str:
+    # π_r− scores the self-samples; π_r+ scores the human responses (negative, chosen, kl).
+    return ctx.assets.references["samples" if role == "samples" else "negatives"]
+
+
+def stage_reference_logps(ctx: RunContext) -> dict:
+    if not ctx.method.trains or not ctx.method.reference_roles:
+        return {"skipped": "the method uses no reference model"}
+    out = ctx.run_dir.stage_dir("reference_logps")
+    _, tokenizer = None, None
+    keys = {}
+    values: dict[str, list] = {}
+    loaded: dict[str, tuple] = {}
+    for role in ctx.method.reference_roles:
+        spec = _reference_spec(ctx, role)
+        if spec not in loaded:
+            loaded.clear()  # at most one reference model in memory at a time
+            loaded[spec] = ctx.load_policy(spec)
+        model, tokenizer = loaded[spec]
+        rows = _encode_examples(ctx, tokenizer)
+        if role == "samples":
+            groups = [[EncodedPair(i, s) for i, s in zip(r["samples_ids"], r["samples_start"])] for r in rows]
+            flat = [p for g in groups for p in g]
+        else:
+            flat = [EncodedPair(r[f"{role}_ids"], r[f"{role}_start"]) for r in rows]
+        key = sha256_json({
+            "model": model_identity(spec)["sha256"],
+            "pairs": sha256_json([[p.input_ids, p.response_start] for p in flat]),
+        })[:24]
+        cache = JsonCache(ctx.home, "reference_logps")
+        logps = cache.get(key)
+        if logps is None:
+            logps = score_pairs(model, flat, tokenizer.pad_token_id, ctx.cfg.sampling.batch_size, f"reference log-probs ({role})")
+            cache.put(key, logps)
+        if role == "samples":
+            k = len(rows[0]["samples_ids"])
+            logps = [logps[i * k : (i + 1) * k] for i in range(len(rows))]
+        values[role] = logps
+        keys[role] = key
+    loaded.clear()
+    write_json_atomic(out / "reference_logps.json", values)
+    return {"cache_keys": keys, "references": {r: _reference_spec(ctx, r) for r in ctx.method.reference_roles}}
+
+
+def stage_train(ctx: RunContext) -> dict:
+    if not ctx.method.trains:
+        return {"skipped": "the method does not train"}
+    from datasets import Dataset
+
+    from harness.training import train_method
+
+    out = ctx.run_dir.stage_dir("train")
+    model, tokenizer = ctx.load_policy(ctx.assets.policy)
+    rows = _encode_examples(ctx, tokenizer)
+    if ctx.method.reference_roles:
+        reference = json.loads((ctx.run_dir.root / "reference_logps" / "reference_logps.json").read_text())
+        for role, values in reference.items():
+            for row, value in zip(rows, values):
+                row[f"ref_{role}"] = value
+    refresher = _online_refresher(ctx, tokenizer, rows)
+    torch.manual_seed(ctx.cfg.seed)
+    result = train_method(
+        method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
+        train_cfg=ctx.cfg.train, output_dir=out / "trainer", seed=ctx.cfg.seed, sample_refresher=refresher,
+    )
+    trainer = result.pop("trainer")
+    trainer.save_model(str(out / "policy"))
+    tokenizer.save_pretrained(out / "policy")
+    _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
+    return {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
+
+
+def _online_refresher(ctx: RunContext, tokenizer, rows: list[dict]):
+    refresh_every = int(getattr(ctx.cfg.method, "refresh_every", 0) or 0)
+    if refresh_every <= 0 or "samples" not in ctx.method.roles:
+        return None
+    from harness.online import OnlineSampleRefresher
+
+    if ctx.cfg.train.deepspeed and "zero3" in ctx.cfg.train.deepspeed:
+        raise BadInput("online self-sample refresh cannot snapshot a ZeRO-3 partitioned policy; use zero0-2")
+    reference_model, _ = ctx.load_policy(ctx.assets.references["samples"])
+    return OnlineSampleRefresher(
+        reference_model=reference_model,
+        tokenizer=tokenizer,
+        prompt_texts=[ctx.prompt_text(r["prompt"], tokenizer) for r in rows],
+        k=_sample_count(ctx),
+        sampling=ctx.cfg.sampling,
+        refresh_every=refresh_every,
+        max_length=ctx.cfg.train.max_length,
+        seed=ctx.cfg.seed,
+    )
+
+
+def _generation_settings(cfg: RunConfig) -> dict:
+    e = cfg.eval
+    return {
+        "max_new_tokens": e.max_new_tokens, "do_sample": e.do_sample, "temperature": e.temperature,
+        "top_p": e.top_p, "seed": e.sampling_seed, "prompt_format": cfg.model.prompt_format,
+    }
+
+
+def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) -> list[str]:
+    e = ctx.cfg.eval
+    texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+    outputs = generate_responses(
+        model, tokenizer, texts, max_new_tokens=e.max_new_tokens, do_sample=e.do_sample,
+        temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size, seed=e.sampling_seed, desc=desc,
+    )
+    return [group[0] for group in outputs]
+
+
+def _base_eval_key(ctx: RunContext, prompts: list[dict]) -> str:
+    cfg = ctx.cfg
+    return sha256_json({
+        "policy": model_identity(ctx.assets.policy)["sha256"],
+        "prompts": sha256_json(prompts),
+        "generation": _generation_settings(cfg),
+        "scorers": [model_identity(ctx.assets.reward)["sha256"], model_identity(ctx.assets.cost)["sha256"]],
+        "template": cfg.eval.scorer_template,
+        "lm_eval": [cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit],
+        "dataset": cfg.data.dataset,
+    })[:24]
+
+
+def stage_generate(ctx: RunContext) -> dict:
+    out = ctx.run_dir.stage_dir("generate")
+    prompts = _read_jsonl(ctx.run_dir.root / "data" / "eval_prompts.jsonl")
+    texts = [p["prompt"] for p in prompts]
+    base_cache = JsonCache(ctx.home, "base_generations")
+    base_key = _base_eval_key(ctx, prompts)
+    base = base_cache.get(base_key)
+    if base is None:
+        model, tokenizer = ctx.load_policy(ctx.assets.policy)
+        base = _generate(ctx, model, tokenizer, texts, "generate (base)")
+        base_cache.put(base_key, base)
+        del model
+    if ctx.method.trains:
+        model, tokenizer = load_policy(str(ctx.run_dir.root / "train" / "policy"), dtype=ctx.cfg.model.dtype)
+        policy = _generate(ctx, model, tokenizer, texts, f"generate ({ctx.method.name})")
+        del model
+    else:
+        policy = base
+    _write_jsonl(out / "responses.jsonl", [
+        dict(p, response=r, base_response=b) for p, r, b in zip(prompts, policy, base)
+    ])
+    return {"settings": _generation_settings(ctx.cfg), "n": len(prompts), "base_cache_key": base_key}
+
+
+def _score_block(ctx: RunContext, prompts: list[dict], responses: list[str], scorers: dict) -> tuple[dict, list[dict]]:
+    """Metrics and per-response scores for one policy's answers."""
+    texts = [p["prompt"] for p in prompts]
+    per_response = [{"prompt": p["prompt"], "kind": p["kind"], "response": r} for p, r in zip(prompts, responses)]
+    metrics: dict[str, dict] = {}
+    for name in ("cost", "reward"):
+        model, tokenizer = scorers[name]
+        values = score_responses(
+            model, tokenizer, texts, responses, template=ctx.cfg.eval.scorer_template,
+            batch_size=ctx.cfg.eval.scorer_batch_size, desc=f"{name} model",
+        )
+        for item, value in zip(per_response, values):
+            item[name] = value
+        metrics[name] = mean_metric(values, HIGHER_IS_BETTER[name])
+    metrics["safe_rate"] = rate_metric([item["cost"] <= 0 for item in per_response], True)
+    if ctx.cfg.data.dataset == TINY:
+        from harness.data.tiny_world import oracle_label
+
+        for item in per_response:
+            item["oracle"] = oracle_label(item["prompt"], item["response"])
+        harmful = [i["oracle"] == "harmful" for i in per_response if i["kind"] == "harmful"]
+        helpful = [i["oracle"] == "helpful" for i in per_response if i["kind"] == "benign"]
+        metrics["harmful_rate"] = rate_metric(harmful, False)
+        metrics["helpful_rate"] = rate_metric(helpful, True)
+    return metrics, per_response
+
+
+def _capability(ctx: RunContext, model_path: str) -> Optional[dict]:
+    if not ctx.cfg.eval.lm_eval_tasks:
+        return None
+    from harness.scoring.capability import run_capability
+
+    model, tokenizer = load_policy(model_path, dtype=ctx.cfg.model.dtype)
+    return run_capability(model, tokenizer, ctx.cfg.eval.lm_eval_tasks, limit=ctx.cfg.eval.lm_eval_limit,
+                          batch_size=ctx.cfg.eval.batch_size,
+                          device=str(next(model.parameters()).device))
+
+
+def _judge(ctx: RunContext, prompts: list[str], policy: list[str], base: list[str]) -> Optional[dict]:
+    e = ctx.cfg.eval
+    if not e.judge_model:
+        return None
+    from harness.scoring.judge import JudgeSettings, judge_against_base
+
+    settings = JudgeSettings(
+        model=e.judge_model, base_url=e.judge_base_url, api_key_env=e.judge_api_key_env,
+        max_calls=e.judge_max_calls, concurrency=e.judge_concurrency,
+        cache_path=ctx.home / "cache" / "judge.sqlite",
+    )
+    return judge_against_base(prompts, policy, base, settings)
+
+
+def stage_score(ctx: RunContext) -> dict:
+    out = ctx.run_dir.stage_dir("score")
+    rows = _read_jsonl(ctx.run_dir.root / "generate" / "responses.jsonl")
+    prompts = [{"prompt": r["prompt"], "kind": r["kind"]} for r in rows]
+    base_cache = JsonCache(ctx.home, "base_scores")
+    base_key = ctx.run_dir.summary("generate")["base_cache_key"]
+    base_result = base_cache.get(base_key)
+    scorers = None
+
+    def get_scorers():
+        nonlocal scorers
+        if scorers is None:
+            scorers = {
+                "cost": load_score_model(ctx.assets.cost, dtype=ctx.cfg.model.dtype),
+                "reward": load_score_model(ctx.assets.reward, dtype=ctx.cfg.model.dtype),
+            }
+        return scorers
+
+    if base_result is None:
+        metrics, per_response = _score_block(ctx, prompts, [r["base_response"] for r in rows], get_scorers())
+        base_result = {"metrics": metrics, "per_response": per_response,
+                       "capability": _capability(ctx, ctx.assets.policy)}
+        base_cache.put(base_key, base_result)
+    if ctx.method.trains:
+        metrics, per_response = _score_block(ctx, prompts, [r["response"] for r in rows], get_scorers())
+        capability = _capability(ctx, str(ctx.run_dir.root / "train" / "policy"))
+        judge = _judge(ctx, [r["prompt"] for r in rows], [r["response"] for r in rows], [r["base_response"] for r in rows])
+    else:
+        metrics, per_response, capability, judge = (
+            base_result["metrics"], base_result["per_response"], base_result["capability"], None,
+        )
+    _write_jsonl(out / "per_response.jsonl", per_response)
+    _write_jsonl(out / "base_per_response.jsonl", base_result["per_response"])
+    result = {
+        "metrics": metrics,
+        "base_metrics": base_result["metrics"],
+        "sections": {"judge": judge, "capability": capability},
+        "base_sections": {"judge": None, "capability": base_result["capability"]},
+    }
+    write_json_atomic(out / "metrics.json", result)
+    return {"metrics": metrics, "base_metrics": base_result["metrics"]}
+
+
+def stage_leaderboard(ctx: RunContext) -> dict:
+    from harness.entries import build_entries
+    from harness.leaderboard import append_entries
+
+    entries = build_entries(ctx)
+    path = ctx.out_dir / "leaderboard.json"
+    append_entries(path, entries)
+    return {"leaderboard": str(path), "run_ids": [e["run_id"] for e in entries]}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict]] = {
+    "data": stage_data,
+    "self_samples": stage_self_samples,
+    "reference_logps": stage_reference_logps,
+    "train": stage_train,
+    "generate": stage_generate,
+    "score": stage_score,
+    "leaderboard": stage_leaderboard,
+}
+
+
+def run_id_for(cfg: RunConfig) -> str:
+    return f"{cfg.method_name}-{cfg.preset}-s{cfg.seed}-{cfg.hash()[:8]}"
+
+
+def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], None] = print) -> RunContext:
+    """Run (or resume) every stage of one run; returns the context with the finished run dir."""
+    home = bench_home()
+    method = get_method(cfg.method_name)(cfg.method)
+    run_id = run_id_for(cfg)
+    run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, {
+        "method": cfg.method_name, "preset": cfg.preset, "seed": cfg.seed,
+        "config": cfg.to_dict(), "config_hash": cfg.hash(),
+    })
+    torch.manual_seed(cfg.seed)
+    assets = resolve_assets(cfg, home)
+    ctx = RunContext(cfg=cfg, method=method, run_dir=run_dir, home=home, assets=assets,
+                     out_dir=Path(out_dir), progress=progress)
+    timings = {}
+    for name in STAGES:
+        if run_dir.is_complete(name):
+            progress(f"[{run_id}] {name}: already complete, skipped")
+            continue
+        progress(f"[{run_id}] {name} ...")
+        run_dir.reset_stage(name)
+        started = time.perf_counter()
+        run_dir.mark(name, "running")
+        try:
+            summary = STAGE_FUNCTIONS[name](ctx)
+        except D2OBenchError:
+            run_dir.mark(name, "failed")
+            raise
+        except Exception as exc:
+            run_dir.mark(name, "failed")
+            raise RunFailure(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+        summary["duration_s"] = time.perf_counter() - started
+        summary["finished_at"] = _now()
+        run_dir.mark(name, "complete", summary)
+        timings[name] = summary["duration_s"]
+    return ctx

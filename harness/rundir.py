@@ -1,0 +1,84 @@
+"""A run directory that says, stage by stage, what is finished (HELM-style).
+
+    OUT/<run_id>/run.json            run id, method, config, status of every stage, complete flag
+    OUT/<run_id>/<stage>/...         the stage's artifacts
+    OUT/<run_id>/<stage>/COMPLETE    JSON summary, written last and atomically
+
+A stage counts as done only when its COMPLETE marker exists, so a crash mid-stage leaves it to be
+redone on the next invocation; finished stages are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class RunDir:
+    def __init__(self, root: Path, run_id: str, stages: list[str], header: dict):
+        self.root = Path(root)
+        self.run_id = run_id
+        self.stages = stages
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._status_path = self.root / "run.json"
+        status = self._read_status()
+        status.update(header)
+        status["run_id"] = run_id
+        status["stages"] = {name: ("complete" if self.is_complete(name) else status.get("stages", {}).get(name, "pending"))
+                            for name in stages}
+        status["complete"] = all(v == "complete" for v in status["stages"].values())
+        self._status = status
+        write_json_atomic(self._status_path, status)
+
+    def _read_status(self) -> dict:
+        try:
+            return json.loads(self._status_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stage_dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_complete(self, name: str) -> bool:
+        return (self.root / name / "COMPLETE").is_file()
+
+    def summary(self, name: str) -> dict:
+        return json.loads((self.root / name / "COMPLETE").read_text())
+
+    def reset_stage(self, name: str) -> None:
+        """Forget a stage's partial artifacts before redoing it."""
+        path = self.root / name
+        if path.exists():
+            shutil.rmtree(path)
+
+    def mark(self, name: str, state: str, summary: dict | None = None) -> None:
+        if state == "complete":
+            write_json_atomic(self.root / name / "COMPLETE", summary or {})
+        self._status["stages"][name] = state
+        self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
+        write_json_atomic(self._status_path, self._status)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._status.get("complete"))

@@ -1,0 +1,264 @@
+"""The one training loop: transformers' Trainer with the loss supplied by the method.
+
+Batches carry, per role the method asks for, the tokenised (prompt, response) pairs and the
+precomputed reference log-probs. `MethodTrainer.compute_loss` runs ONE forward pass over every
+sequence of the batch (all roles concatenated), splits the summed log-probs back per role and
+hands them to `Method.loss`. Nothing here knows which method it is training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from harness.errors import BadInput
+from harness.logprobs import EncodedPair, collate_pairs, sequence_logps
+from harness.registry import Method, SequenceLogps
+
+# ZeRO presets. "auto" values are filled in by transformers' DeepSpeed integration from the
+# TrainingArguments, so batch sizes, precision and clipping stay defined in one place.
+_ZERO_BASE = {
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "bf16": {"enabled": "auto"},
+    "fp16": {"enabled": "auto"},
+    "steps_per_print": 1000000,
+    "wall_clock_breakdown": False,
+}
+_OFFLOADED_OPTIMIZER = {
+    # DeepSpeedCPUAdam (compiled on first use) is what makes optimizer offload worthwhile.
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+}
+DEEPSPEED_PRESETS: dict[str, dict] = {
+    "zero0": {**_ZERO_BASE, "zero_optimization": {"stage": 0}},
+    "zero1": {**_ZERO_BASE, "zero_optimization": {"stage": 1}},
+    "zero2": {**_ZERO_BASE, "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True}},
+    "zero3": {
+        **_ZERO_BASE,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": False,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
+    "zero2-offload": {
+        **_ZERO_BASE, **_OFFLOADED_OPTIMIZER,
+        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}},
+    },
+    "zero3-offload": {
+        **_ZERO_BASE, **_OFFLOADED_OPTIMIZER,
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu", "pin_memory": False},
+            "offload_param": {"device": "cpu", "pin_memory": False},
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
+}
+
+
+def resolve_deepspeed(spec: Optional[str]) -> Optional[dict]:
+    """None, a preset name, or a path to a DeepSpeed JSON config → a config dict."""
+    if spec is None:
+        return None
+    if spec in DEEPSPEED_PRESETS:
+        return copy.deepcopy(DEEPSPEED_PRESETS[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise BadInput(f"train.deepspeed: {spec!r} is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a file")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise BadInput(f"train.deepspeed: {spec} is not valid JSON: {exc}") from None
+
+
+class RoleCollator:
+    """Turns dataset rows into {pairs per role, reference log-probs per role}.
+
+    Rows hold `<role>_ids` / `<role>_start` (lists of lists for `samples`) and `ref_<role>`.
+    Padding happens in compute_loss so that online sample refreshes can swap pairs first.
+    """
+
+    def __init__(self, method: Method):
+        self.roles = method.roles
+        self.reference_roles = method.reference_roles
+
+    def __call__(self, rows: list[dict]) -> dict:
+        pairs: dict[str, list] = {}
+        for role in self.roles:
+            if role == "samples":
+                pairs[role] = [
+                    [EncodedPair(ids, start) for ids, start in zip(r["samples_ids"], r["samples_start"])]
+                    for r in rows
+                ]
+            else:
+                pairs[role] = [EncodedPair(r[f"{role}_ids"], r[f"{role}_start"]) for r in rows]
+        reference = {
+            role: torch.tensor([r[f"ref_{role}"] for r in rows], dtype=torch.float32)
+            for role in self.reference_roles
+        }
+        return {"pairs": pairs, "reference": reference, "prompt_index": [r["prompt_index"] for r in rows]}
+
+
+class MethodTrainer(Trainer):
+    def __init__(self, *args, method: Method, pad_id: int, sample_refresher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.pad_id = pad_id
+        self.sample_refresher = sample_refresher
+        # Our loss is a per-batch mean, so let the Trainer divide by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self._diagnostics: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pairs = dict(inputs["pairs"])
+        reference = dict(inputs["reference"])
+        if self.sample_refresher is not None and "samples" in pairs:
+            pairs["samples"], reference["samples"] = self.sample_refresher(
+                model, inputs["prompt_index"], self.state.global_step
+            )
+        flat: list[EncodedPair] = []
+        layout: list[tuple[str, int, Optional[int]]] = []
+        for role in self.method.roles:
+            if role == "samples":
+                k = len(pairs[role][0])
+                if any(len(group) != k for group in pairs[role]):
+                    raise BadInput("every prompt needs the same number K of self-samples")
+                for group in pairs[role]:
+                    flat.extend(group)
+                layout.append((role, len(pairs[role]) * k, k))
+            else:
+                flat.extend(pairs[role])
+                layout.append((role, len(pairs[role]), None))
+        device = self.args.device
+        batch = {key: value.to(device) for key, value in collate_pairs(flat, self.pad_id).items()}
+        logps = sequence_logps(model, **batch)
+        policy: dict[str, SequenceLogps] = {}
+        offset = 0
+        for role, count, k in layout:
+            total = logps.total[offset : offset + count]
+            n_tokens = logps.n_tokens[offset : offset + count]
+            if k is not None:
+                total, n_tokens = total.view(-1, k), n_tokens.view(-1, k)
+            policy[role] = SequenceLogps(total=total, n_tokens=n_tokens)
+            offset += count
+        reference = {role: value.to(device) for role, value in reference.items()}
+        losses, diagnostics = self.method.loss(policy, reference)
+        loss = losses.mean()
+        for name, value in diagnostics.items():
+            self._diagnostics.setdefault(name, []).append(float(value))
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        for name, values in self._diagnostics.items():
+            if values:
+                logs[f"diag/{name}"] = sum(values) / len(values)
+        self._diagnostics = {}
+        super().log(logs, *args, **kwargs)
+
+
+class TrajectoryRecorder(TrainerCallback):
+    """Keeps the per-step loss and gradient norm for the leaderboard's trajectory invariants."""
+
+    def __init__(self):
+        self.loss_curve: list[list[float]] = []
+        self.grad_norm_curve: list[list[float]] = []
+        self.diagnostics: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss_curve.append([state.global_step, float(logs["loss"])])
+        if logs.get("grad_norm") is not None:
+            self.grad_norm_curve.append([state.global_step, float(logs["grad_norm"])])
+        diag = {k: v for k, v in logs.items() if k.startswith("diag/")}
+        if diag:
+            self.diagnostics.append({"step": state.global_step, **diag})
+
+
+def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=train_cfg.epochs,
+        max_steps=train_cfg.max_steps,
+        learning_rate=train_cfg.learning_rate,
+        per_device_train_batch_size=train_cfg.per_device_batch_size,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
+        lr_scheduler_type=train_cfg.lr_scheduler,
+        warmup_steps=train_cfg.warmup_ratio,
+        weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,
+        bf16=train_cfg.bf16,
+        gradient_checkpointing=train_cfg.gradient_checkpointing,
+        deepspeed=resolve_deepspeed(train_cfg.deepspeed),
+        logging_strategy="steps",
+        logging_steps=train_cfg.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_method(
+    *,
+    method: Method,
+    model,
+    tokenizer,
+    dataset,
+    train_cfg,
+    output_dir: Path,
+    seed: int,
+    sample_refresher: Optional[Callable] = None,
+) -> dict:
+    """Train `model` in place with `method`; returns throughput, memory and the trajectory."""
+    if len(dataset) == 0:
+        raise BadInput("no training examples left after filtering the dataset")
+    args = training_arguments(train_cfg, output_dir, seed)
+    recorder = TrajectoryRecorder()
+    trainer = MethodTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=RoleCollator(method),
+        callbacks=[recorder],
+        method=method,
+        pad_id=tokenizer.pad_token_id,
+        sample_refresher=sample_refresher,
+    )
+    started = time.perf_counter()
+    result = trainer.train()
+    elapsed = time.perf_counter() - started
+    losses = [loss for _, loss in recorder.loss_curve]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        raise RuntimeError(f"training produced a non-finite loss: {losses[-5:]}")
+    return {
+        "steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "wall_time_s": elapsed,
+        "throughput_samples_per_s": float(result.metrics.get("train_samples_per_second", 0.0)),
+        "peak_memory_mb": peak_memory_mb(),
+        "loss_curve": recorder.loss_curve,
+        "grad_norm_curve": recorder.grad_norm_curve,
+        "diagnostics": recorder.diagnostics,
+        "trainer": trainer,
+    }
