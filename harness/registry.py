@@ -52,6 +52,8 @@ class Method(ABC):
     roles: ClassVar[tuple[str, ...]]
     # Roles whose reference log-probs are precomputed before training (reference model unloaded).
     reference_roles: ClassVar[tuple[str, ...]] = ()
+    # False only for the untrained base policy: the pipeline then skips training.
+    trains: ClassVar[bool] = True
     # Where the `chosen` role comes from: the dataset's preferred response, or (Self-Align SFT)
     # the base policy's own self-samples that the cost model marks safe.
     chosen_source: ClassVar[str] = "dataset"  # "dataset" | "safe_self_samples"

@@ -1,0 +1,157 @@
+"""`d2o-bench sweep`: a grid of (method × seed × hyperparameter point) runs into one leaderboard.
+
+Every run of the grid is resolved and validated before any starts (bad input exits 2 at once).
+Each run executes in its own process (`--executor local`), container (`docker`) or Slurm job
+(`slurm`), so one crash or OOM cannot take the sweep down; a failed run is recorded in
+`OUT/sweep-status.json` and the sweep goes on, exiting 1 at the end. Runs whose directory says
+complete are skipped, which is also how a requeued or repeated sweep resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cli import OneLineArgumentParser
+from harness.config import parse_set_options, resolve_config
+from harness.errors import BadInput
+from harness.pipeline import run_id_for
+from harness.rundir import write_json_atomic
+
+
+@dataclass
+class SweepRun:
+    method: str
+    seed: int
+    overrides: list[str]  # --set KEY=VALUE strings, grid point included
+    run_id: str
+
+    def cli_args(self, preset: str, out: str) -> list[str]:
+        args = ["--method", self.method, "--preset", preset, "--seed", str(self.seed), "--out", out]
+        for pair in self.overrides:
+            args += ["--set", pair]
+        return args
+
+
+def _csv(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise BadInput(f"--{what}: empty list")
+    return items
+
+
+def parse_grid(specs: list[str]) -> list[list[str]]:
+    """['beta=0.05,0.1'] → [['method.beta=0.05'], ['method.beta=0.1']] (cross product)."""
+    axes = []
+    for spec in specs:
+        if "=" not in spec:
+            raise BadInput(f"--grid expects key=v1,v2,..., got {spec!r}")
+        key, values = spec.split("=", 1)
+        key = key.strip()
+        # A bare name is a method hyperparameter; a dotted one is any config field.
+        path = key if "." in key else f"method.{key}"
+        axes.append([f"{path}={v}" for v in _csv(values, "grid")])
+    return [list(point) for point in itertools.product(*axes)] if axes else [[]]
+
+
+def plan_sweep(methods: list[str], seeds: list[int], preset: str, sets: list[str], grid: list[str]) -> list[SweepRun]:
+    runs = []
+    for method, seed, point in itertools.product(methods, seeds, parse_grid(grid)):
+        overrides = list(sets) + point
+        try:
+            cfg = resolve_config(method=method, preset=preset, seed=seed, overrides=parse_set_options(overrides))
+        except BadInput as exc:
+            raise BadInput(f"sweep run {method} seed {seed} {' '.join(point)}: {exc}") from None
+        runs.append(SweepRun(method, seed, overrides, run_id_for(cfg)))
+    return runs
+
+
+def _is_complete(out: Path, run_id: str) -> bool:
+    try:
+        return bool(json.loads((out / run_id / "run.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def run_local(run: SweepRun, preset: str, out: Path) -> dict:
+    log_path = out / "logs" / f"{run.run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "harness", *run.cli_args(preset, str(out))],
+                              stdout=log, stderr=subprocess.STDOUT)
+    status = "complete" if proc.returncode == 0 else "failed"
+    error = None
+    if proc.returncode != 0:
+        lines = [l for l in log_path.read_text().splitlines() if l.startswith("d2o-bench: error")]
+        error = lines[-1] if lines else f"exit code {proc.returncode}"
+    return {"status": status, "exit_code": proc.returncode, "error": error, "log": str(log_path),
+            "wall_time_s": time.perf_counter() - started}
+
+
+def sweep_main(argv: list[str]) -> int:
+    parser = OneLineArgumentParser(prog="d2o-bench sweep")
+    parser.add_argument("--methods", required=True, help="comma-separated method names")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--out", default="./d2o-bench-out")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="sweep a field over values (bare names are method hyperparameters)")
+    parser.add_argument("--executor", choices=["local", "docker", "slurm"], default="local")
+    parser.add_argument("--image", default="d2o-bench:latest", help="image for --executor docker/slurm")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU indices for --executor docker")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in _csv(args.seeds, "seeds")]
+    except ValueError:
+        raise BadInput(f"--seeds must be integers, got {args.seeds!r}") from None
+    out = Path(args.out)
+    runs = plan_sweep(_csv(args.methods, "methods"), seeds, args.preset, args.overrides, args.grid)
+    pending = [r for r in runs if not _is_complete(out, r.run_id)]
+    print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete", file=sys.stderr)
+    status_path = out / "sweep-status.json"
+    status = {r.run_id: {"status": "complete" if r not in pending else "pending", "method": r.method,
+                         "seed": r.seed, "overrides": r.overrides} for r in runs}
+    write_json_atomic(status_path, status)
+    if args.executor == "local":
+        for run in pending:
+            print(f"sweep: running {run.run_id}", file=sys.stderr, flush=True)
+            status[run.run_id].update(run_local(run, args.preset, out))
+            write_json_atomic(status_path, status)
+    else:
+        results = _run_external(args, pending, out)
+        for run, result in zip(pending, results):
+            status[run.run_id].update(result)
+        write_json_atomic(status_path, status)
+    failed = [rid for rid, s in status.items() if s["status"] != "complete"]
+    for rid in failed:
+        print(f"sweep: FAILED {rid}: {status[rid].get('error')}", file=sys.stderr)
+    print(f"sweep: {len(runs) - len(failed)}/{len(runs)} complete; leaderboard {out / 'leaderboard.json'}")
+    return 1 if failed else 0
+
+
+def _run_external(args: argparse.Namespace, runs: list[SweepRun], out: Path) -> list[dict]:
+    if args.executor == "docker":
+        from harness.executors.docker_executor import ContainerJob, run_jobs_in_containers
+
+        gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+        jobs = [ContainerJob(name=r.run_id, args=r.cli_args(args.preset, "/out")) for r in runs]
+        results = run_jobs_in_containers(jobs, image=args.image, out_dir=out, concurrency=args.concurrency, gpus=gpus)
+    else:
+        from harness.executors.slurm_executor import run_jobs_on_slurm
+
+        results = run_jobs_on_slurm([r.cli_args(args.preset, str(out)) for r in runs], names=[r.run_id for r in runs],
+                                    out_dir=out, image=args.image)
+    return [
+        {"status": "complete" if getattr(r, "status", "failed") == "complete" else "failed",
+         "exit_code": getattr(r, "exit_code", None), "error": getattr(r, "error", None)}
+        for r in results
+    ]
