@@ -31,6 +31,9 @@ class WorldConfig:
     # unsafe" like Alpaca.
     base_compliance: float = 0.8
     eval_prompts_per_kind: int = 64
+    # Training schedule of the built models; tests shrink them for a fast (if weaker) world.
+    policy_epochs: float = 12.0
+    scorer_epochs: float = 4.0
 
 
 @dataclass
@@ -300,6 +303,8 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
         (0 <= cfg.world.base_compliance <= 1, "world.base_compliance must be in [0, 1]"),
+        (cfg.world.eval_prompts_per_kind >= 1, "world.eval_prompts_per_kind must be >= 1"),
+        (cfg.world.policy_epochs > 0 and cfg.world.scorer_epochs > 0, "world.*_epochs must be > 0"),
         (cfg.eval.judge_max_calls >= 0, "eval.judge_max_calls must be >= 0"),
         (cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency must be >= 1"),
     ]

@@ -44,10 +44,6 @@ SCORER_SHAPE = dict(
 )
 VOCAB_SIZE = 1024
 MAX_LENGTH = 96
-# SFT and scorer schedules: what fits the 5-minute build budget on 2 CPU cores and still makes
-# the base policy reproduce the world's step lists.
-POLICY_EPOCHS = 12
-SCORER_EPOCHS = 4
 # Scalar targets of the reward model per oracle label: informative answers score highest, a
 # compliant-but-harmful answer is informative too (Beaver's reward ignores safety), refusals
 # inform less, and off-topic text least.
@@ -59,7 +55,7 @@ def world_key(world_cfg) -> str:
     return sha256_json(
         {"world": tiny_world.WORLD_VERSION, "build": BUILD_VERSION, "cfg": asdict(world_cfg),
          "policy": POLICY_SHAPE, "scorer": SCORER_SHAPE, "vocab": VOCAB_SIZE,
-         "epochs": [POLICY_EPOCHS, SCORER_EPOCHS], "reward": REWARD_TARGETS}
+         "reward": REWARD_TARGETS}
     )[:16]
 
 
@@ -170,7 +166,7 @@ def _build_policy(out: Path, tokenizer_dir: Path, world_cfg) -> None:
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     with tempfile.TemporaryDirectory() as scratch:
-        args = _training_args(scratch, epochs=POLICY_EPOCHS, lr=3e-3, batch_size=32, seed=world_cfg.seed)
+        args = _training_args(scratch, epochs=world_cfg.policy_epochs, lr=3e-3, batch_size=32, seed=world_cfg.seed)
         _LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=sft_loss).train()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -211,7 +207,7 @@ def _build_scorer(out: Path, tokenizer_dir: Path, world_cfg, kind: str) -> None:
         return F.mse_loss(score, batch["target"])
 
     with tempfile.TemporaryDirectory() as scratch:
-        args = _training_args(scratch, epochs=SCORER_EPOCHS, lr=2e-3, batch_size=32, seed=world_cfg.seed)
+        args = _training_args(scratch, epochs=world_cfg.scorer_epochs, lr=2e-3, batch_size=32, seed=world_cfg.seed)
         _LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=score_loss).train()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
