@@ -1,0 +1,219 @@
+"""Capability check: lm-eval tasks run on an in-memory policy, reported as leaderboard metrics.
+
+The shipped local tasks (`lm_eval_tasks/`, e.g. `tiny_world_knowledge`) are looked up first;
+other names are lm-eval built-ins (e.g. `mmlu`). Indexing every built-in task costs ~15-20 s, so a
+built-in name is first looked up only in the built-in folders whose names prefix it at a `_`
+boundary (`mmlu_anatomy` -> `mmlu/`, `arc_easy` -> `arc/`; ~0.6 s for `mmlu`); the full index is
+built only when that finds nothing or the task needs a sibling from elsewhere, and a name that
+no built-in YAML file mentions is rejected without it. Built-in tasks
+fetch their data from the Hugging Face Hub, so they need a network or a warm datasets cache;
+the local tasks run offline.
+
+`lm_eval.evaluator.evaluate` is called rather than `simple_evaluate`: the latter reseeds the
+global random generators, asks the Hub for the model's sha and shells out to git, none of which
+belongs inside a pipeline stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+from harness.errors import BadInput, RunFailure
+
+log = logging.getLogger(__name__)
+
+LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+# Stderr of acc-like metrics is analytic; bootstrap only serves other aggregations, where 1000
+# resamples keep the run short and the estimate usable.
+BOOTSTRAP_ITERS = 1000
+FEWSHOT_SEED = 1234
+
+
+def _builtin_tasks_dir() -> Path:
+    import lm_eval
+
+    return Path(lm_eval.__file__).resolve().parent / "tasks"
+
+
+def _candidate_dirs(name: str) -> list[Path]:
+    """Built-in task folders whose name prefixes `name` at a `_` boundary, longest first."""
+    root = _builtin_tasks_dir()
+    parts = name.split("_")
+    found = []
+    for end in range(len(parts), 0, -1):
+        prefix = "_".join(parts[:end])
+        for spelled in dict.fromkeys((prefix, prefix.replace("_", "-"))):
+            folder = root / spelled
+            if spelled and folder.is_dir():
+                found.append(folder)
+    return found
+
+
+def _task_manager(paths: list[Path], *, include_defaults: bool = False):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(p) for p in paths], include_defaults=include_defaults)
+
+
+def local_task_names() -> list[str]:
+    """Names of the tasks shipped with the harness."""
+    return list(_task_manager([LOCAL_TASKS_DIR]).all_tasks)
+
+
+def _load_tasks(names: list[str]) -> dict:
+    """lm-eval's TaskDict for `names`, indexing as little of lm-eval's own task tree as works."""
+    local = set(local_task_names())
+    paths = [LOCAL_TASKS_DIR]
+    for name in names:
+        if name not in local:
+            paths += [p for p in _candidate_dirs(name) if p not in paths]
+    manager = _task_manager(paths)
+    missing = [n for n in names if n not in manager.all_tasks]
+    if not missing:
+        try:
+            return manager.load(list(names))
+        except KeyError as exc:
+            # A group in a narrow folder can name a task defined elsewhere.
+            log.info("capability: %s needs the full lm-eval task index (%s)", names, exc)
+    absent = [n for n in missing if not _mentioned_in_builtin_yaml(n)]
+    if not absent:
+        log.info("capability: indexing all lm-eval tasks to find %s (about 15-20 s)", missing or names)
+        manager = _task_manager([LOCAL_TASKS_DIR], include_defaults=True)
+        absent = [n for n in names if n not in manager.all_tasks]
+    if absent:
+        raise BadInput(
+            f"unknown lm-eval task(s) {', '.join(absent)}: not a shipped task "
+            f"({', '.join(sorted(local))}) nor an lm-eval {_lm_eval_version()} task, group or tag"
+        )
+    return manager.load(list(names))
+
+
+def _mentioned_in_builtin_yaml(name: str) -> bool:
+    """Whether any built-in task YAML contains `name` at all (~1 s, against ~15-20 s to index).
+
+    Every task, group and tag name lm-eval knows is written in one of its YAML files, so a name
+    found in none of them is unknown without building the index.
+    """
+    for path in _builtin_tasks_dir().glob("**/*.yaml"):
+        try:
+            if name in path.read_text(encoding="utf-8", errors="ignore"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" where it has no stderr
+    return number if math.isfinite(number) else None
+
+
+def _metrics(scores: dict, higher_is_better: dict, n: int) -> dict:
+    """{"acc": {"value", "stderr", "n", "higher_is_better"}, ...} from lm-eval's "acc,none" keys."""
+    metrics = {}
+    for key, value in scores.items():
+        if "," not in key or "_stderr," in key:
+            continue
+        metric, _, filter_name = key.partition(",")
+        label = metric if filter_name == "none" else f"{metric}/{filter_name}"
+        metrics[label] = {
+            "value": _number(value),
+            "stderr": _number(scores.get(f"{metric}_stderr,{filter_name}")),
+            "n": n,
+            "higher_is_better": bool(higher_is_better.get(metric, True)),
+        }
+    return metrics
+
+
+def _summarise(results: dict, loaded: dict, names: list[str]) -> dict:
+    samples = results.get("n-samples", {})
+    leaf_n = {task: int(counts.get("effective", 0)) for task, counts in samples.items()}
+    group_leaves = {name: [t.task_name for t in group.get_all_tasks()] for name, group in loaded["groups"].items()}
+    out = {}
+    for name in names:
+        if name in group_leaves:
+            leaves = group_leaves[name]
+            scores = results.get("groups", {}).get(name) or results["results"].get(name, {})
+            n = sum(leaf_n.get(t, 0) for t in leaves)
+            n_shot = sorted({results.get("n-shot", {}).get(t) for t in leaves} - {None})
+            version = results.get("versions", {}).get(name)
+            entry = {"version": version, "n_shot": n_shot[0] if len(n_shot) == 1 else n_shot, "n": n,
+                     "subtasks": leaves}
+        else:
+            scores = results["results"].get(name, {})
+            n = leaf_n.get(name, 0)
+            entry = {"version": results.get("versions", {}).get(name),
+                     "n_shot": results.get("n-shot", {}).get(name), "n": n}
+        entry["metrics"] = _metrics(scores, results.get("higher_is_better", {}).get(name, {}), n)
+        out[name] = entry
+    return out
+
+
+def run_capability(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    num_fewshot: int | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Runs lm-eval `tasks` on a loaded causal LM; returns the leaderboard's capability section.
+
+    {"lm_eval_version": str, "tasks": {name: {"version", "n_shot", "n",
+      "metrics": {metric: {"value", "stderr", "n", "higher_is_better"}}}}}
+    """
+    names = [str(t).strip() for t in (tasks or []) if str(t).strip()]
+    if not names:
+        raise BadInput("capability: no lm-eval task named")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise BadInput(f"capability: limit must be a positive integer, got {limit!r}")
+    if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
+        raise BadInput(f"capability: num_fewshot must be a non-negative integer, got {num_fewshot!r}")
+
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    loaded = _load_tasks(names)
+    for task in loaded["tasks"].values():
+        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)
+
+    if device and str(model.device) != str(device):
+        model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS,
+                           log_samples=False)
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise RunFailure(f"capability: lm-eval failed on {', '.join(names)}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    if results is None:
+        raise RunFailure("capability: lm-eval returned no results (not rank 0)")
+
+    # A tag has no row of its own in lm-eval's results: its tasks are reported one by one.
+    reported = [n for n in names if n in loaded["tasks"] or n in loaded["groups"]]
+    covered = {t.task_name for g in reported if g in loaded["groups"] for t in loaded["groups"][g].get_all_tasks()}
+    reported += [t for t in loaded["tasks"] if t not in covered and t not in reported]
+    return {"lm_eval_version": _lm_eval_version(), "tasks": _summarise(results, loaded, reported)}
