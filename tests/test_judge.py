@@ -401,7 +401,7 @@ def test_api_key_never_written_to_results_files_or_logs(tmp_path, caplog, capsys
     assert results[0]["calls"]["failed"] >= 3
 
     text = json.dumps(results) + caplog.text + "".join(capsys.readouterr())
-    assert caplog.records  # the client's debug logging was captured, not silenced
+    assert any(r.name.startswith("openai") for r in caplog.records)  # the client's debug logs were seen
     assert FAKE_KEY not in text
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written
