@@ -1,0 +1,404 @@
+"""Versioned leaderboard files: validate, migrate old versions on read, append safely.
+
+A leaderboard is one JSON file, `{"schema_version": "1.0.0", "entries": [...]}`, validated against
+the JSON Schemas in `leaderboards/schema/`. Readers accept any 1.x file (minor versions only add
+optional fields); older formats are migrated in memory through `MIGRATIONS`; a newer major version
+is refused rather than half-understood. Many runs (sweeps, Slurm arrays) append to the same file,
+so `append_entries` serialises writers with a lock file and replaces the file atomically: a reader
+never sees a partial file and a crash never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import filelock
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+
+from harness.errors import BadInput, RunFailure
+from harness.scoring.metrics import HIGHER_IS_BETTER  # noqa: F401  (re-exported: one source of truth)
+
+SCHEMA_VERSION = "1.0.0"
+CURRENT_MAJOR = 1
+CURRENT_SCHEMA_FILE = "leaderboard-v1.schema.json"
+# Old formats that can still be read, each with the schema its files must satisfy before migrating.
+LEGACY_SCHEMA_FILES = {"0.1.0": "leaderboard-v0.1.0.schema.json"}
+# How long to wait for another writer before giving up; a leaderboard write takes milliseconds,
+# so a minute means a stuck process, not contention.
+LOCK_TIMEOUT_S = 60.0
+_SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_MESSAGE = 200
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def schema_dir() -> Path:
+    """`$D2O_BENCH_SCHEMA_DIR`, else the checkout's `leaderboards/schema/`.
+
+    The variable exists for installs that do not carry the repository tree (container images).
+    """
+    override = os.environ.get("D2O_BENCH_SCHEMA_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "leaderboards" / "schema"
+
+
+@lru_cache(maxsize=None)
+def _load_schemas(directory: str) -> dict[str, dict]:
+    schemas = {}
+    for name in [CURRENT_SCHEMA_FILE, *LEGACY_SCHEMA_FILES.values()]:
+        path = Path(directory) / name
+        try:
+            schemas[name] = json.loads(path.read_text())
+        except OSError as exc:
+            raise RunFailure(f"leaderboard schema {path} unreadable ({exc.strerror}); "
+                             "set D2O_BENCH_SCHEMA_DIR to the directory holding it") from exc
+    return schemas
+
+
+@lru_cache(maxsize=None)
+def _validator(schema_file: str, directory: str) -> Draft202012Validator:
+    schemas = _load_schemas(directory)
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
+    )
+    return Draft202012Validator(schemas[schema_file], registry=registry)
+
+
+def _entry_validator() -> Draft202012Validator:
+    """Validates one entry on its own, reusing the file schema's `$defs/entry`."""
+    directory = str(schema_dir())
+    return _entry_validator_for(directory)
+
+
+@lru_cache(maxsize=None)
+def _entry_validator_for(directory: str) -> Draft202012Validator:
+    file_schema = _load_schemas(directory)[CURRENT_SCHEMA_FILE]
+    registry = Registry().with_resource(file_schema["$id"], Resource.from_contents(file_schema))
+    return Draft202012Validator({"$ref": file_schema["$id"] + "#/$defs/entry"}, registry=registry)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def format_path(parts: Iterable[Any], root: str = "") -> str:
+    """`entries[3].metrics.cost.n`: the JSON path a human reads, not jsonschema's deque."""
+    text = root
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _IDENTIFIER.match(str(part)):
+            text += f".{part}" if text else str(part)
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(error: ValidationError) -> str:
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"expected {' or '.join(expected)}, got {_json_type(error.instance)} {_short(error.instance)}"
+    if error.validator == "enum":
+        return f"{_short(error.instance)} is not one of {', '.join(json.dumps(v) for v in error.validator_value)}"
+    if error.validator == "pattern" and isinstance(error.schema, dict) and error.schema.get("title"):
+        # A titled pattern stands for a named format; the regex itself helps nobody.
+        return f"{_short(error.instance)} is not a valid {error.schema['title']}"
+    message = error.message
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _schema_error(validator: Draft202012Validator, document: Any) -> ValidationError | None:
+    return best_match(validator.iter_errors(document))
+
+
+def _non_finite(value: Any, path: tuple = ()) -> tuple | None:
+    """Path of the first NaN/Infinity: JSON has no such numbers and browsers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite(item, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _non_finite(item, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _migrate_0_1_0_to_1_0_0(document: dict, name: str) -> dict:
+    """0.1.0 recorded finished runs only and no directions: add status, sections and directions."""
+    entries = []
+    for index, old in enumerate(document["entries"]):
+        entry = dict(old)
+        entry["status"] = "complete"
+        entry["sections"] = {"judge": None, "capability": None}
+        metrics = {}
+        for metric, record in old["metrics"].items():
+            if metric not in HIGHER_IS_BETTER:
+                # Guessing a direction could turn a regression into an improvement.
+                raise BadInput(f"{name}: {format_path(('entries', index, 'metrics', metric))}: cannot migrate "
+                               f"0.1.0 metric {metric!r}: its direction is unknown "
+                               f"(known: {', '.join(sorted(HIGHER_IS_BETTER))})")
+            metrics[metric] = {**record, "higher_is_better": HIGHER_IS_BETTER[metric]}
+        entry["metrics"] = metrics
+        entries.append(entry)
+    return {**document, "schema_version": "1.0.0", "entries": entries}
+
+
+# version read -> (version written, function). Each step is validated against its source schema
+# first, so a migration only ever sees well-formed input.
+MIGRATIONS: dict[str, tuple[str, Callable[[dict, str], dict]]] = {
+    "0.1.0": ("1.0.0", _migrate_0_1_0_to_1_0_0),
+}
+
+
+def _parse_version(version: Any, name: str) -> tuple[int, int, int]:
+    if not isinstance(version, str) or not _SEMVER.match(version):
+        raise BadInput(f"{name}: schema_version: {_short(version)} is not a semantic version MAJOR.MINOR.PATCH")
+    major, minor, patch = (int(x) for x in version.split("."))
+    return major, minor, patch
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def empty_leaderboard() -> dict:
+    return {"schema_version": SCHEMA_VERSION, "entries": []}
+
+
+def _raise_for_constant(constant: str):
+    raise ValueError(f"{constant} is not valid JSON (record null instead)")
+
+
+def parse_leaderboard(text: str, name: str) -> dict:
+    """Validated, migrated leaderboard from JSON text; `name` labels every error message."""
+    if not text.strip():
+        raise BadInput(f"{name}: not JSON: the file is empty")
+    try:
+        document = json.loads(text, parse_constant=_raise_for_constant)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{name}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise BadInput(f"{name}: not JSON: {exc}") from None
+    return check_leaderboard(document, name)
+
+
+def check_leaderboard(document: Any, name: str) -> dict:
+    """Validates (and migrates) an already parsed leaderboard document."""
+    if not isinstance(document, dict):
+        raise BadInput(f"{name}: expected an object with schema_version and entries, got {_json_type(document)}")
+    if "schema_version" not in document:
+        raise BadInput(f"{name}: 'schema_version' is a required property")
+    directory = str(schema_dir())
+    seen = set()
+    while True:
+        version = document["schema_version"]
+        major, _, _ = _parse_version(version, name)
+        if major > CURRENT_MAJOR:
+            raise BadInput(f"{name}: schema_version: {version} is newer than this d2o-bench reads "
+                           f"({CURRENT_MAJOR}.x); upgrade d2o-bench")
+        if major == CURRENT_MAJOR:
+            _validate_current(document, name, directory)
+            _check_unique_run_ids(document["entries"], name)
+            return document
+        if version not in MIGRATIONS or version in seen:
+            known = ", ".join([*MIGRATIONS, f"{CURRENT_MAJOR}.x"])
+            raise BadInput(f"{name}: schema_version: {version} is not a version this d2o-bench reads (known: {known})")
+        seen.add(version)
+        _validate_document(_validator(LEGACY_SCHEMA_FILES[version], directory), document, name)
+        _check_unique_run_ids(document["entries"], name)
+        _, migrate = MIGRATIONS[version]
+        document = migrate(document, name)
+
+
+# Canonical JSON of entries already found valid. Every append re-reads and re-validates the whole
+# file under the lock, so without this a sweep's writers spend O(entries²) time validating.
+_KNOWN_VALID_ENTRIES: dict[str, None] = {}
+_KNOWN_VALID_LIMIT = 100_000
+
+
+def _validate_current(document: dict, name: str, directory: str) -> None:
+    _validate_document(_shell_validator(directory), document, name)
+    entry_validator = _entry_validator_for(directory)
+    for index, entry in enumerate(document["entries"]):
+        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        if canonical in _KNOWN_VALID_ENTRIES:
+            continue
+        error = _schema_error(entry_validator, entry)
+        if error is not None:
+            where = format_path(error.absolute_path, root=f"entries[{index}]")
+            raise BadInput(f"{name}: {where}: {_describe(error)}")
+        if len(_KNOWN_VALID_ENTRIES) >= _KNOWN_VALID_LIMIT:
+            _KNOWN_VALID_ENTRIES.clear()
+        _KNOWN_VALID_ENTRIES[canonical] = None
+
+
+@lru_cache(maxsize=None)
+def _shell_validator(directory: str) -> Draft202012Validator:
+    """The file schema minus its entries, which `_validate_current` checks one by one."""
+    schema = copy.deepcopy(_load_schemas(directory)[CURRENT_SCHEMA_FILE])
+    schema["properties"]["entries"] = {"type": "array", "items": {"type": "object"}}
+    return Draft202012Validator(schema)
+
+
+def _validate_document(validator: Draft202012Validator, document: dict, name: str) -> None:
+    error = _schema_error(validator, document)
+    if error is not None:
+        where = format_path(error.absolute_path)
+        raise BadInput(f"{name}: {where + ': ' if where else ''}{_describe(error)}")
+
+
+def _check_unique_run_ids(entries: list[dict], name: str) -> None:
+    first_seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        run_id = entry["run_id"]
+        if run_id in first_seen:
+            raise BadInput(f"{name}: entries[{index}].run_id: duplicate run_id {run_id!r} "
+                           f"(first at entries[{first_seen[run_id]}])")
+        first_seen[run_id] = index
+
+
+def read_leaderboard(path, *, missing_ok: bool = False) -> dict:
+    """The leaderboard at `path`, validated and migrated to the current version.
+
+    A missing file is an error unless `missing_ok`, when it reads as an empty leaderboard.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return empty_leaderboard()
+        raise BadInput(f"{path}: no such leaderboard file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a directory, not a leaderboard file") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not JSON: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: unreadable ({exc.strerror})") from None
+    return parse_leaderboard(text, str(path))
+
+
+def validate_entry(entry: dict) -> None:
+    """Raises BadInput naming the first problem with one leaderboard entry (current schema)."""
+    label = entry.get("run_id") if isinstance(entry, dict) else None
+    name = f"leaderboard entry {label!r}" if isinstance(label, str) else "leaderboard entry"
+    if not isinstance(entry, dict):
+        raise BadInput(f"{name}: expected object, got {_json_type(entry)}")
+    error = _schema_error(_entry_validator(), entry)
+    if error is not None:
+        where = format_path(error.absolute_path)
+        raise BadInput(f"{name}: {where + ': ' if where else ''}{_describe(error)}")
+    bad = _non_finite(entry)
+    if bad is not None:
+        raise BadInput(f"{name}: {format_path(bad)}: NaN/Infinity cannot be stored in JSON (record null instead)")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open directories; the rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_leaderboard_atomic(path: Path, document: dict) -> None:
+    """Temp file in the same directory, fsync, rename over, fsync the directory."""
+    path = Path(path)
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def append_entries(path, entries: list[dict]) -> None:
+    """Adds `entries` to the leaderboard at `path` (created if missing); a rerun's run_id replaces its old entry.
+
+    Every entry is validated before the file is touched, and an existing file that does not
+    validate is left as it is: a leaderboard is never silently repaired or truncated.
+    """
+    path = Path(path)
+    if not isinstance(entries, list):
+        raise BadInput(f"{path}: entries to append must be a list, got {_json_type(entries)}")
+    positions: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        validate_entry(entry)
+        if entry["run_id"] in positions:
+            raise BadInput(f"{path}: run_id {entry['run_id']!r} appears twice among the entries to append")
+        positions[entry["run_id"]] = index
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        document = read_leaderboard(path, missing_ok=True)
+        existing = {entry["run_id"]: index for index, entry in enumerate(document["entries"])}
+        merged = list(document["entries"])
+        for entry in entries:
+            if entry["run_id"] in existing:
+                merged[existing[entry["run_id"]]] = entry
+            else:
+                existing[entry["run_id"]] = len(merged)
+                merged.append(entry)
+        major, minor, patch = _parse_version(document["schema_version"], str(path))
+        ours = _parse_version(SCHEMA_VERSION, "SCHEMA_VERSION")
+        # A newer 1.x file keeps its version: its extra fields are still there, untouched.
+        version = document["schema_version"] if (major, minor, patch) > ours else SCHEMA_VERSION
+        write_leaderboard_atomic(path, {**document, "schema_version": version, "entries": merged})
