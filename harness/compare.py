@@ -1,0 +1,354 @@
+"""`d2o-bench compare BASELINE.json CANDIDATE.json`: did the candidate get significantly worse?
+
+Entries are matched by a key (default method, preset, config_hash). Each metric's change is tested
+with a two-sample z-test on the recorded standard errors,
+
+    z = (candidate − baseline) / sqrt(stderr_baseline² + stderr_candidate²),
+
+and only a change in the metric's worse direction beyond `z_threshold` counts: an improvement,
+however large, is never a regression. A run that used to complete and now fails, or a metric that
+is gone, is a regression too.
+
+Training trajectories are checked separately, because two runs with the same config_hash and seed
+should train alike even when their eval metrics stay within noise: on the steps both curves
+record, the largest |candidate − baseline| and the absolute mean of (candidate − baseline) must
+stay within `TrajectoryTolerance` (defaults in `DEFAULT_TOLERANCES`). Curves that record different
+steps are a breach: the run did not do the same training.
+
+Exit codes of `compare_main`: 0 no regression, 1 regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from harness.errors import BadInput
+from harness.leaderboard import check_leaderboard, read_leaderboard
+
+DEFAULT_KEY = ("method", "preset", "config_hash")
+
+
+@dataclass(frozen=True)
+class TrajectoryTolerance:
+    max_abs_deviation: float
+    mean_drift: float
+
+
+# Loss is O(1) for every method here; GPU nondeterminism moves a rerun's loss by far less than
+# 0.05 at any step and its average by far less than 0.01. Gradient norms are noisier and larger.
+DEFAULT_TOLERANCES = {
+    "loss_curve": TrajectoryTolerance(max_abs_deviation=0.05, mean_drift=0.01),
+    "grad_norm_curve": TrajectoryTolerance(max_abs_deviation=0.5, mean_drift=0.1),
+}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def z_statistic(baseline_value: float, baseline_stderr: Optional[float], candidate_value: float,
+                candidate_stderr: Optional[float]) -> float:
+    """Two-sample z of candidate − baseline; an unrecorded stderr counts as 0 (an exact value)."""
+    difference = candidate_value - baseline_value
+    spread = math.sqrt((baseline_stderr or 0.0) ** 2 + (candidate_stderr or 0.0) ** 2)
+    if spread == 0.0:
+        return 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
+    return difference / spread
+
+
+def worse_z(z: float, higher_is_better: bool) -> float:
+    """z measured towards the worse direction: positive means the candidate got worse."""
+    return (-z if higher_is_better else z) + 0.0  # + 0.0 turns -0.0 into 0.0 for display
+
+
+def _combine(records: list[dict]) -> dict:
+    """Several runs under one key (e.g. seeds when the key omits config_hash): the mean of their
+    values, with stderr sqrt(Σ stderr²)/k, the stderr of a mean of independent estimates."""
+    if len(records) == 1:
+        return records[0]
+    values = [r["value"] for r in records]
+    if any(v is None for v in values):
+        return {**records[0], "value": None, "stderr": None}
+    errors = [r.get("stderr") or 0.0 for r in records]
+    k = len(records)
+    return {"value": sum(values) / k, "stderr": math.sqrt(sum(e * e for e in errors)) / k,
+            "n": sum(r.get("n", 0) for r in records), "higher_is_better": records[0]["higher_is_better"]}
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _key_value(entry: dict, field: str, name: str):
+    if field in entry:
+        return entry[field]
+    provenance = entry.get("provenance") or {}
+    if field in provenance:
+        return provenance[field]
+    raise BadInput(f"{name}: entry {entry.get('run_id')!r} has no key field {field!r} "
+                   "(key fields are entry or provenance fields)")
+
+
+def _group(entries: list[dict], key: tuple[str, ...], name: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        value = tuple(json.dumps(_key_value(entry, field, name), sort_keys=True) for field in key)
+        groups.setdefault(value, []).append(entry)
+    return groups
+
+
+def _label(key: tuple[str, ...], value: tuple) -> dict:
+    return {field: json.loads(part) for field, part in zip(key, value)}
+
+
+def _compare_metrics(key_label: dict, base_runs: list[dict], cand_runs: list[dict],
+                     z_threshold: float) -> tuple[list[dict], list[str]]:
+    rows, regressions = [], []
+    where = ",".join(f"{k}={v}" for k, v in key_label.items())
+    base_ok = [e for e in base_runs if e["status"] == "complete"]
+    cand_ok = [e for e in cand_runs if e["status"] == "complete"]
+    if base_ok and not cand_ok:
+        regressions.append(f"{where}: every candidate run failed (baseline completed)")
+        rows.append({"key": key_label, "metric": "status", "verdict": "regression",
+                     "baseline": "complete", "candidate": "failed"})
+        return rows, regressions
+    if not base_ok:
+        return rows, regressions
+    metric_names = sorted({m for e in base_ok for m in e["metrics"]})
+    for metric in metric_names:
+        base_records = [e["metrics"][metric] for e in base_ok if metric in e["metrics"]]
+        cand_records = [e["metrics"][metric] for e in cand_ok if metric in e["metrics"]]
+        base = _combine(base_records)
+        row: dict[str, Any] = {"key": key_label, "metric": metric, "higher_is_better": base["higher_is_better"],
+                               "baseline": {"value": base["value"], "stderr": base["stderr"]}}
+        if base["value"] is None:
+            row.update(candidate=None, verdict="not comparable (baseline has no value)")
+            rows.append(row)
+            continue
+        if not cand_records:
+            row.update(candidate=None, verdict="regression")
+            regressions.append(f"{where}: metric {metric} is missing from the candidate")
+            rows.append(row)
+            continue
+        cand = _combine(cand_records)
+        if cand["higher_is_better"] != base["higher_is_better"]:
+            raise BadInput(f"{where}: metric {metric} changed direction (higher_is_better "
+                           f"{base['higher_is_better']} in the baseline, {cand['higher_is_better']} in the candidate)")
+        row["candidate"] = {"value": cand["value"], "stderr": cand["stderr"]}
+        if cand["value"] is None:
+            row["verdict"] = "regression"
+            regressions.append(f"{where}: metric {metric} has no value in the candidate (baseline {base['value']:.4g})")
+            rows.append(row)
+            continue
+        z = z_statistic(base["value"], base["stderr"], cand["value"], cand["stderr"])
+        towards_worse = worse_z(z, base["higher_is_better"])
+        row.update(delta=cand["value"] - base["value"], z=z, z_worse=towards_worse)
+        if towards_worse > z_threshold:
+            row["verdict"] = "regression"
+            regressions.append(f"{where}: {metric} {base['value']:.4g} → {cand['value']:.4g} "
+                               f"(z={towards_worse:.2f} towards worse > {z_threshold})")
+        elif -towards_worse > z_threshold:
+            row["verdict"] = "improvement"
+        else:
+            row["verdict"] = "within noise"
+        rows.append(row)
+    return rows, regressions
+
+
+# --------------------------------------------------------------------------- trajectories
+
+
+def curve_deviation(baseline: list, candidate: list) -> dict:
+    """Deviation of candidate from baseline on the steps both record (null points skipped)."""
+    base = {int(step): value for step, value in baseline if value is not None}
+    cand = {int(step): value for step, value in candidate if value is not None}
+    common = sorted(base.keys() & cand.keys())
+    differences = [cand[s] - base[s] for s in common]
+    return {
+        "steps_compared": len(common),
+        "steps_only_in_baseline": len(base.keys() - cand.keys()),
+        "steps_only_in_candidate": len(cand.keys() - base.keys()),
+        "max_abs_deviation": max((abs(d) for d in differences), default=0.0),
+        "mean_drift": abs(sum(differences) / len(differences)) if differences else 0.0,
+    }
+
+
+def _compare_trajectories(baseline: list[dict], candidate: list[dict],
+                          tolerances: dict[str, TrajectoryTolerance]) -> tuple[list[dict], list[str]]:
+    def by_run(entries):
+        out = {}
+        for entry in entries:
+            train = entry["provenance"].get("train")
+            if entry["status"] == "complete" and train:
+                out.setdefault((entry["provenance"]["config_hash"], entry["seed"]), train)
+        return out
+
+    base_runs, cand_runs = by_run(baseline), by_run(candidate)
+    rows, breaches = [], []
+    for config_hash, seed in sorted(base_runs.keys() & cand_runs.keys()):
+        for curve, tolerance in tolerances.items():
+            base_curve = base_runs[(config_hash, seed)].get(curve) or []
+            cand_curve = cand_runs[(config_hash, seed)].get(curve) or []
+            if not base_curve and not cand_curve:
+                continue
+            deviation = curve_deviation(base_curve, cand_curve)
+            problems = []
+            if deviation["steps_only_in_baseline"] or deviation["steps_only_in_candidate"]:
+                problems.append(f"steps differ ({deviation['steps_only_in_baseline']} only in baseline, "
+                                f"{deviation['steps_only_in_candidate']} only in candidate)")
+            if deviation["max_abs_deviation"] > tolerance.max_abs_deviation:
+                problems.append(f"max |Δ| {deviation['max_abs_deviation']:.4g} > {tolerance.max_abs_deviation:g}")
+            if deviation["mean_drift"] > tolerance.mean_drift:
+                problems.append(f"mean drift {deviation['mean_drift']:.4g} > {tolerance.mean_drift:g}")
+            rows.append({"config_hash": config_hash, "seed": seed, "curve": curve, **deviation,
+                         "tolerance": asdict(tolerance), "breach": bool(problems), "problems": problems})
+            if problems:
+                breaches.append(f"config_hash={config_hash},seed={seed}: {curve} " + "; ".join(problems))
+    return rows, breaches
+
+
+# --------------------------------------------------------------------------- API
+
+
+def compare(baseline: dict, candidate: dict, *, z_threshold: float = 2.0, key: Iterable[str] = DEFAULT_KEY,
+            tolerances: Optional[dict[str, TrajectoryTolerance]] = None,
+            baseline_name: str = "baseline", candidate_name: str = "candidate") -> dict:
+    """Verdict of candidate against baseline (leaderboard documents); BadInput when nothing matches."""
+    if not (isinstance(z_threshold, (int, float)) and math.isfinite(z_threshold) and z_threshold > 0):
+        raise BadInput(f"compare: z threshold must be a positive number, got {z_threshold!r}")
+    key = tuple(key)
+    if not key:
+        raise BadInput("compare: the key needs at least one field")
+    baseline = check_leaderboard(baseline, baseline_name)
+    candidate = check_leaderboard(candidate, candidate_name)
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    base_groups = _group(baseline["entries"], key, baseline_name)
+    cand_groups = _group(candidate["entries"], key, candidate_name)
+    matched = sorted(base_groups.keys() & cand_groups.keys())
+    if not matched:
+        raise BadInput(f"compare: no entry of {candidate_name} matches one of {baseline_name} "
+                       f"on key {','.join(key)}")
+    metric_rows, regressions = [], []
+    for value in matched:
+        rows, found = _compare_metrics(_label(key, value), base_groups[value], cand_groups[value], z_threshold)
+        metric_rows.extend(rows)
+        regressions.extend(found)
+    trajectory_rows, breaches = _compare_trajectories(baseline["entries"], candidate["entries"], tolerances)
+    regressions.extend(breaches)
+    return {
+        "verdict": "regression" if regressions else "ok",
+        "z_threshold": z_threshold,
+        "key": list(key),
+        "matched": len(matched),
+        "unmatched_baseline": [_label(key, v) for v in sorted(base_groups.keys() - cand_groups.keys())],
+        "unmatched_candidate": [_label(key, v) for v in sorted(cand_groups.keys() - base_groups.keys())],
+        "metrics": metric_rows,
+        "trajectories": trajectory_rows,
+        "tolerances": {name: asdict(t) for name, t in tolerances.items()},
+        "regressions": regressions,
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def _measured(side) -> str:
+    if not isinstance(side, dict):
+        return str(side) if side is not None else "—"
+    return f"{_number(side['value'])} ± {_number(side['stderr'], 2)}"
+
+
+def format_report(result: dict) -> str:
+    header = ("key", "metric", "baseline", "candidate", "z→worse", "verdict")
+    lines = [[",".join(f"{k}={v}" for k, v in row["key"].items()), row["metric"], _measured(row.get("baseline")),
+              _measured(row.get("candidate")), _number(row.get("z_worse"), 3), row["verdict"]]
+             for row in result["metrics"]]
+    for row in result["trajectories"]:
+        lines.append([f"config_hash={row['config_hash']},seed={row['seed']}", row["curve"],
+                      f"max|Δ| {_number(row['max_abs_deviation'], 3)}", f"drift {_number(row['mean_drift'], 3)}",
+                      "", "breach" if row["breach"] else "within tolerance"])
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+            for line in [header, *lines]]
+    for label, unmatched in (("baseline", result["unmatched_baseline"]), ("candidate", result["unmatched_candidate"])):
+        if unmatched:
+            text.append(f"unmatched in {label}: {len(unmatched)}")
+    text.append(f"verdict: {result['verdict'].upper()} ({len(result['regressions'])} regression(s), "
+                f"{result['matched']} matched, z threshold {result['z_threshold']})")
+    text.extend(f"  regression: {line}" for line in result["regressions"])
+    return "\n".join(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.cli import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="d2o-bench compare",
+                                   description="Flag significant regressions of CANDIDATE against BASELINE.")
+    parser.add_argument("baseline", metavar="BASELINE.json")
+    parser.add_argument("candidate", metavar="CANDIDATE.json")
+    parser.add_argument("--z", type=_positive, default=2.0, help="z threshold towards worse (default 2.0)")
+    parser.add_argument("--key", default=",".join(DEFAULT_KEY),
+                        help=f"comma-separated match fields (default {','.join(DEFAULT_KEY)})")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the verdict here")
+    for curve, tolerance in DEFAULT_TOLERANCES.items():
+        flag = curve.replace("_curve", "").replace("_", "-")
+        parser.add_argument(f"--{flag}-max-abs", type=_positive, default=tolerance.max_abs_deviation,
+                            help=f"largest allowed |Δ| of {curve} at any step (default {tolerance.max_abs_deviation})")
+        parser.add_argument(f"--{flag}-mean-drift", type=_positive, default=tolerance.mean_drift,
+                            help=f"largest allowed |mean Δ| of {curve} (default {tolerance.mean_drift})")
+    return parser
+
+
+def _jsonable(value):
+    """Infinite z (a change with zero recorded stderr) as a string: JSON has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def compare_main(argv: list[str]) -> int:
+    from harness.rundir import write_json_atomic
+
+    try:
+        args = build_parser().parse_args(argv)
+        key = tuple(field.strip() for field in args.key.split(",") if field.strip())
+        tolerances = {
+            "loss_curve": TrajectoryTolerance(args.loss_max_abs, args.loss_mean_drift),
+            "grad_norm_curve": TrajectoryTolerance(args.grad_norm_max_abs, args.grad_norm_mean_drift),
+        }
+        result = compare(read_leaderboard(Path(args.baseline)), read_leaderboard(Path(args.candidate)),
+                         z_threshold=args.z, key=key, tolerances=tolerances,
+                         baseline_name=args.baseline, candidate_name=args.candidate)
+    except BadInput as exc:
+        print(f"d2o-bench compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json_out:
+        write_json_atomic(Path(args.json_out), _jsonable(result))
+    return 1 if result["verdict"] == "regression" else 0

@@ -1,0 +1,191 @@
+"""Regression comparison: significant changes towards worse are flagged, noise and improvements are not."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.compare import DEFAULT_TOLERANCES, compare, compare_main, curve_deviation, z_statistic
+from harness.errors import BadInput
+
+FIXTURES = Path(__file__).parent / "fixtures" / "leaderboards"
+
+
+def baseline() -> dict:
+    return json.loads((FIXTURES / "tiny.json").read_text())
+
+
+def entry(document: dict, run_id: str) -> dict:
+    return next(e for e in document["entries"] if e["run_id"] == run_id)
+
+
+def write(tmp_path: Path, name: str, document) -> str:
+    path = tmp_path / name
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return str(path)
+
+
+def test_unchanged_rerun_passes():
+    result = compare(baseline(), baseline())
+    assert result["verdict"] == "ok"
+    assert result["regressions"] == []
+    assert result["matched"] == 7
+    rows = [r for r in result["metrics"] if "z" in r]
+    assert rows and all(r["z"] == 0.0 and r["verdict"] == "within noise" for r in rows)
+    assert result["trajectories"] and not any(t["breach"] for t in result["trajectories"])
+
+
+def test_planted_regression_is_flagged_with_hand_computed_z():
+    candidate = baseline()
+    # harmful_rate is lower-is-better: 0.10 ± 0.030 → 0.25 ± 0.040 is worse.
+    entry(candidate, "d2o-tiny-s0-aaaa0000")["metrics"]["harmful_rate"].update(value=0.25, stderr=0.040)
+    result = compare(baseline(), candidate)
+    assert result["verdict"] == "regression"
+    (row,) = [r for r in result["metrics"] if r["verdict"] == "regression"]
+    assert row["metric"] == "harmful_rate" and row["key"]["config_hash"] == "d2o0000000000000"
+    expected_z = (0.25 - 0.10) / math.sqrt(0.030 ** 2 + 0.040 ** 2)  # = 0.15 / 0.05 = 3.0
+    assert row["z"] == pytest.approx(3.0) and row["z"] == pytest.approx(expected_z)
+    assert row["z_worse"] == pytest.approx(3.0)
+    assert row["delta"] == pytest.approx(0.15)
+    assert len(result["regressions"]) == 1 and "harmful_rate" in result["regressions"][0]
+
+
+def test_higher_is_better_drop_is_a_regression_and_threshold_is_respected():
+    candidate = baseline()
+    # reward: 0.5 ± 0.10 → 0.2 ± 0.10: z = -0.3 / sqrt(0.02) = -2.1213; towards worse +2.1213.
+    entry(candidate, "d2o-tiny-s0-aaaa0000")["metrics"]["reward"]["value"] = 0.2
+    result = compare(baseline(), candidate)
+    (row,) = [r for r in result["metrics"] if r["metric"] == "reward" and r["key"]["config_hash"] == "d2o0000000000000"]
+    assert row["z"] == pytest.approx(-0.3 / math.sqrt(0.02))
+    assert row["z_worse"] == pytest.approx(2.1213203)
+    assert result["verdict"] == "regression"
+    assert compare(baseline(), candidate, z_threshold=2.2)["verdict"] == "ok"
+
+
+def test_improvement_is_ignored():
+    candidate = baseline()
+    metrics = entry(candidate, "dpo-tiny-s0-bbbb0000")["metrics"]
+    metrics["harmful_rate"].update(value=0.01, stderr=0.001)  # far lower harm
+    metrics["reward"].update(value=5.0)  # far higher reward
+    result = compare(baseline(), candidate)
+    assert result["verdict"] == "ok"
+    verdicts = {r["metric"]: r["verdict"] for r in result["metrics"] if r["key"]["config_hash"] == "dpo0000000000000"}
+    assert verdicts["harmful_rate"] == "improvement" and verdicts["reward"] == "improvement"
+
+
+def test_small_change_within_noise_passes():
+    candidate = baseline()
+    entry(candidate, "d2o-tiny-s1-aaaa0001")["metrics"]["cost"]["value"] = -0.8 + 0.25  # z ≈ 0.71
+    assert compare(baseline(), candidate)["verdict"] == "ok"
+
+
+def test_failed_candidate_and_vanished_metric_are_regressions():
+    candidate = baseline()
+    entry(candidate, "dpo-tiny-s1-bbbb0001")["status"] = "failed"
+    del entry(candidate, "base-tiny-s0-cccc0000")["metrics"]["reward"]
+    result = compare(baseline(), candidate)
+    assert result["verdict"] == "regression"
+    text = " | ".join(result["regressions"])
+    assert "every candidate run failed" in text and "metric reward is missing" in text
+
+
+def test_key_without_config_hash_pools_seeds():
+    # Matching by method,preset pools the three d2o seeds: mean 0.12, stderr sqrt(Σse²)/3.
+    candidate = baseline()
+    for run_id in ("d2o-tiny-s0-aaaa0000", "d2o-tiny-s1-aaaa0001", "d2o-tiny-s2-aaaa0002"):
+        entry(candidate, run_id)["metrics"]["harmful_rate"]["value"] += 0.10
+    result = compare(baseline(), candidate, key=("method", "preset"))
+    (row,) = [r for r in result["metrics"] if r["key"] == {"method": "d2o", "preset": "tiny"}
+              and r["metric"] == "harmful_rate"]
+    pooled = math.sqrt(0.030 ** 2 + 0.035 ** 2 + 0.032 ** 2) / 3
+    assert row["baseline"]["value"] == pytest.approx(0.12)
+    assert row["baseline"]["stderr"] == pytest.approx(pooled)
+    assert row["z"] == pytest.approx(0.10 / math.sqrt(2 * pooled ** 2))
+    assert row["verdict"] == "regression"
+
+
+def test_trajectory_breach_is_a_regression_even_when_metrics_hold():
+    candidate = baseline()
+    curve = entry(candidate, "d2o-tiny-s2-aaaa0002")["provenance"]["train"]["loss_curve"]
+    curve[3][1] += 0.2  # one step off by 0.2 > 0.05; mean drift 0.05 > 0.01
+    result = compare(baseline(), candidate)
+    assert result["verdict"] == "regression"
+    (row,) = [t for t in result["trajectories"] if t["breach"]]
+    assert row["curve"] == "loss_curve" and row["seed"] == 2
+    assert row["max_abs_deviation"] == pytest.approx(0.2)
+    assert row["mean_drift"] == pytest.approx(0.05)
+    assert all(r["verdict"] != "regression" for r in result["metrics"])
+    loose = {"loss_curve": type(DEFAULT_TOLERANCES["loss_curve"])(max_abs_deviation=0.3, mean_drift=0.1)}
+    assert compare(baseline(), candidate, tolerances=loose)["verdict"] == "ok"
+
+
+def test_trajectory_with_different_steps_is_a_breach():
+    candidate = baseline()
+    entry(candidate, "dpo-tiny-s0-bbbb0000")["provenance"]["train"]["grad_norm_curve"].pop()
+    result = compare(baseline(), candidate)
+    (row,) = [t for t in result["trajectories"] if t["breach"]]
+    assert row["curve"] == "grad_norm_curve" and "steps differ" in row["problems"][0]
+
+
+def test_curve_deviation_by_hand():
+    deviation = curve_deviation([[1, 1.0], [2, 2.0], [3, None]], [[1, 1.1], [2, 1.7], [3, 5.0]])
+    assert deviation["steps_compared"] == 2
+    assert deviation["max_abs_deviation"] == pytest.approx(0.3)
+    assert deviation["mean_drift"] == pytest.approx(abs((0.1 - 0.3) / 2))
+
+
+def test_z_statistic_edge_cases():
+    assert z_statistic(1.0, 0.3, 1.5, 0.4) == pytest.approx(1.0)
+    assert z_statistic(1.0, 0.0, 1.0, 0.0) == 0.0
+    assert z_statistic(1.0, None, 2.0, 0.0) == math.inf
+
+
+def test_nothing_matched_is_bad_input():
+    candidate = baseline()
+    for e in candidate["entries"]:
+        e["preset"] = "smollm2"
+    with pytest.raises(BadInput, match="no entry of candidate matches one of baseline on key method,preset,config_hash"):
+        compare(baseline(), candidate)
+
+
+def test_compare_main_exit_codes_and_json(tmp_path, capsys):
+    base_path = write(tmp_path, "base.json", baseline())
+    assert compare_main([base_path, base_path]) == 0
+    assert "verdict: OK" in capsys.readouterr().out
+
+    candidate = baseline()
+    entry(candidate, "d2o-tiny-s0-aaaa0000")["metrics"]["harmful_rate"].update(value=0.25, stderr=0.040)
+    cand_path = write(tmp_path, "cand.json", candidate)
+    out = tmp_path / "verdict.json"
+    assert compare_main([base_path, cand_path, "--json", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "verdict: REGRESSION" in printed and "harmful_rate" in printed
+    verdict = json.loads(out.read_text())
+    assert verdict["verdict"] == "regression" and verdict["regressions"]
+    # A looser threshold accepts the same change (z = 3.0).
+    assert compare_main([base_path, cand_path, "--z", "3.5"]) == 0
+
+    broken = write(tmp_path, "broken.json", "{not json")
+    assert compare_main([base_path, broken]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "broken.json: not JSON" in error
+    assert compare_main([base_path, str(tmp_path / "missing.json")]) == 2
+    assert compare_main([base_path]) == 2  # usage error
+    other = baseline()
+    for e in other["entries"]:
+        e["method"] = "other"
+    assert compare_main([base_path, write(tmp_path, "other.json", other)]) == 2
+    assert compare_main([base_path, base_path, "--key", "method,nonexistent"]) == 2
+    assert "no key field 'nonexistent'" in capsys.readouterr().err
+
+
+def test_compare_main_trajectory_tolerance_flags(tmp_path):
+    candidate = baseline()
+    entry(candidate, "d2o-tiny-s2-aaaa0002")["provenance"]["train"]["loss_curve"][3][1] += 0.2
+    base_path, cand_path = write(tmp_path, "b.json", baseline()), write(tmp_path, "c.json", candidate)
+    assert compare_main([base_path, cand_path]) == 1
+    assert compare_main([base_path, cand_path, "--loss-max-abs", "0.3", "--loss-mean-drift", "0.1"]) == 0
