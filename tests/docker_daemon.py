@@ -244,6 +244,16 @@ BUILD_LOG = Path(tempfile.gettempdir()) / "d2o-bench-docker-build.log"
 _session: dict = {}
 
 
+def harness_home_for_tests() -> Path:
+    """The harness cache (/cache/d2o-bench) the image tests mount, kept across test runs as a
+    user's cache volume would be: content-addressed, so reuse cannot go stale, and the tiny
+    world is built once instead of in every test."""
+    home = docker_cache_dir() / "d2o-bench-home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, TEST_UID, TEST_GID)
+    return home
+
+
 def _shared_image_session():
     """Start one daemon and build the CPU image once per pytest process, whichever test asks
     first; `stop_shared_session` (a session finalizer) ends the daemon by its PID."""

@@ -14,7 +14,7 @@ import os
 import pytest
 
 import docker_daemon
-from docker_daemon import TEST_GID, TEST_UID, docker_cache_dir
+from docker_daemon import TEST_GID, TEST_UID
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -54,11 +54,7 @@ def test_pipeline_runs_offline_and_records_the_image_digest(cpu_image, tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     os.chown(out_dir, TEST_UID, TEST_GID)  # as a host user's own directory would be
-    # The harness cache (built tiny world, reference log-probs) persists across test runs, as
-    # a user's cache volume would; it is content-addressed, so reuse cannot go stale.
-    harness_home = docker_cache_dir() / "d2o-bench-home"
-    harness_home.mkdir(parents=True, exist_ok=True)
-    os.chown(harness_home, TEST_UID, TEST_GID)
+    harness_home = docker_daemon.harness_home_for_tests()
     container = client.containers.run(
         image_id, command=["--method", "d2o", "--out", "/out"],
         user=f"{TEST_UID}:{TEST_GID}", network_mode="none",

@@ -259,18 +259,24 @@ def cpu_image(request):
 
 @pytest.mark.docker
 def test_two_jobs_in_real_containers(cpu_image, tmp_path):
+    """A real pipeline run (base: no training, so it is the quick one) next to a job that fails."""
     client, image_id = cpu_image
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     os.chown(out_dir, TEST_UID, TEST_GID)  # the unprivileged "host user" the jobs run as
-    jobs = [ContainerJob("methods", ["methods"]),
+    jobs = [ContainerJob("base", ["--method", "base", "--out", "/out"]),
             ContainerJob("bad-method", ["--method", "no-such-method", "--dry-run", "--out", "/out"])]
-    results = run_jobs_in_containers(jobs, image=image_id, out_dir=out_dir, concurrency=2,
-                                     gpus=None, docker_client=client, user=f"{TEST_UID}:{TEST_GID}")
+    results = run_jobs_in_containers(jobs, image=image_id, out_dir=out_dir, concurrency=2, gpus=None,
+                                     docker_client=client, user=f"{TEST_UID}:{TEST_GID}",
+                                     cache_dir=docker_daemon.harness_home_for_tests())
     by_name = {r.name: r for r in results}
-    assert by_name["methods"].status == "succeeded", by_name["methods"].error
-    assert "d2o" in (out_dir / "logs" / "methods.log").read_text()
+    assert by_name["base"].status == "succeeded", by_name["base"].error
+    assert "leaderboard" in (out_dir / "logs" / "base.log").read_text()
     assert by_name["bad-method"].status == "failed" and by_name["bad-method"].exit_code == 2
+    assert "no-such-method" in by_name["bad-method"].error
+    entries = json.loads((out_dir / "leaderboard.json").read_text())["entries"]
+    assert [e["method"] for e in entries] == ["base"]
+    assert entries[0]["provenance"]["container_image_digest"] == image_id
+    assert (out_dir / "leaderboard.json").stat().st_uid == TEST_UID
     leftovers = client.containers.list(all=True, filters={"label": "io.d2o-bench.job"})
     assert not leftovers, "containers must be removed afterwards"
-
