@@ -180,7 +180,11 @@ def coerce(value: Any, tp, where: str) -> Any:
     if origin is list:
         (item_tp,) = args
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            # --set accepts "a,b", "[a, b]" and "[]" (YAML-style flow lists without quoting).
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            value = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise BadInput(f"{where}: expected a list, got {value!r}")
         return [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -92,3 +92,12 @@ def test_dry_run_paper_prints_plan(capsys):
     for fragment in ("PKU-Alignment/alpaca-7b-reproduced", "PKU-Alignment/PKU-SafeRLHF", "beaver-7b-v1.0-cost",
                      "mmlu", "zero3", "GPU memory", "data → self_samples → reference_logps"):
         assert fragment in out
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[]", []), ("mmlu", ["mmlu"]), ("[mmlu, arc_easy]", ["mmlu", "arc_easy"]), ("a,b", ["a", "b"]),
+    ("['mmlu']", ["mmlu"]),
+])
+def test_list_fields_accept_flow_lists_from_set(text, expected):
+    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([f"eval.lm_eval_tasks={text}"]))
+    assert cfg.eval.lm_eval_tasks == expected
