@@ -88,6 +88,8 @@ def cmd_run(args) -> int:
     from harness.pipeline import run_pipeline
 
     ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if not ctx.run_dir.writer:
+        return 0  # a non-zero rank under a launcher: rank 0 reports
     scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
     trained = scores["metrics"] if ctx.method.trains else None
     print(comparison_table(scores["base_metrics"], trained, cfg.method_name))
@@ -151,11 +153,32 @@ def dispatch(argv: list[str]) -> int:
     return _delegate(*delegates[command], rest)
 
 
+def _take_local_rank(argv: list[str]) -> list[str]:
+    """Drop the `--local_rank=N` that DeepSpeed's launcher puts before the user's arguments.
+
+    The launcher also exports LOCAL_RANK, which is what transformers reads; the flag's value is
+    only copied there if the environment lacks it. Accepted anywhere in argv, also as
+    `--local-rank N` (torch.distributed.launch's spelling).
+    """
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in ("--local_rank", "--local-rank"):
+            value = value if eq else next(args, "")
+            if not value.isdigit():
+                raise BadInput(f"d2o-bench: {name} needs a non-negative integer, got {value!r}")
+            os.environ.setdefault("LOCAL_RANK", value)
+            continue
+        rest.append(arg)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     try:
-        code = dispatch(argv)
+        code = dispatch(_take_local_rank(argv))
     except D2OBenchError as exc:
         print(f"d2o-bench: error: {exc}", file=sys.stderr)
         code = exc.exit_code

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from harness import distributed
 from harness.config import RunConfig
 from harness.data import pairs as pair_data
 from harness.errors import BadInput, D2OBenchError, RunFailure
@@ -39,6 +40,8 @@ from harness.scoring.score_models import score_responses
 log = logging.getLogger("d2o_bench")
 
 STAGES = ["data", "self_samples", "reference_logps", "train", "generate", "score", "leaderboard"]
+# Stages every rank runs under a multi-process launcher; the others run on rank 0 alone.
+COLLECTIVE_STAGES = {"train"}
 TINY = "tiny-world"
 
 
@@ -356,10 +359,14 @@ def stage_train(ctx: RunContext) -> dict:
         train_cfg=ctx.cfg.train, output_dir=out / "trainer", seed=ctx.cfg.seed, sample_refresher=refresher,
     )
     trainer = result.pop("trainer")
-    trainer.save_model(str(out / "policy"))
-    tokenizer.save_pretrained(out / "policy")
-    _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
-    return {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
+    trainer.save_model(str(out / "policy"))  # collective under ZeRO-3; only rank 0 writes
+    if ctx.run_dir.writer:
+        tokenizer.save_pretrained(out / "policy")
+        _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
+    summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
+    if refresher is not None:
+        summary["sample_refreshes"] = refresher.refreshes
+    return summary
 
 
 def _online_refresher(ctx: RunContext, tokenizer, rows: list[dict]):
@@ -558,38 +565,74 @@ def run_id_for(cfg: RunConfig) -> str:
     return f"{cfg.method_name}-{cfg.preset}-s{cfg.seed}-{cfg.hash()[:8]}"
 
 
-def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], None] = print) -> RunContext:
-    """Run (or resume) every stage of one run; returns the context with the finished run dir."""
+def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], None] = print,
+                 stop_after: Optional[str] = None) -> RunContext:
+    """Run (or resume) the stages of one run, all of them or up to `stop_after` inclusive.
+
+    Returns the context; the run directory says which stages are complete.
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise BadInput(f"unknown stage {stop_after!r} (stages: {', '.join(STAGES)})")
     home = bench_home()
     method = get_method(cfg.method_name)(cfg.method)
     run_id = run_id_for(cfg)
-    run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, {
-        "method": cfg.method_name, "preset": cfg.preset, "seed": cfg.seed,
-        "config": cfg.to_dict(), "config_hash": cfg.hash(),
-    })
+    distributed.init_if_launched()
+    main_process = distributed.is_main_process()
+    header = {"method": cfg.method_name, "preset": cfg.preset, "seed": cfg.seed,
+              "config": cfg.to_dict(), "config_hash": cfg.hash()}
     torch.manual_seed(cfg.seed)
-    assets = resolve_assets(cfg, home)
+    # Rank 0 builds the world and opens the run directory before any other rank looks at them.
+    if main_process:
+        assets = resolve_assets(cfg, home)
+        run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header)
+    distributed.barrier()
+    if not main_process:
+        assets = resolve_assets(cfg, home)
+        run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header, writer=False)
     ctx = RunContext(cfg=cfg, method=method, run_dir=run_dir, home=home, assets=assets,
-                     out_dir=Path(out_dir), progress=progress)
-    timings = {}
-    for name in STAGES:
-        if run_dir.is_complete(name):
-            progress(f"[{run_id}] {name}: already complete, skipped")
-            continue
-        progress(f"[{run_id}] {name} ...")
-        run_dir.reset_stage(name)
-        started = time.perf_counter()
-        run_dir.mark(name, "running")
+                     out_dir=Path(out_dir), progress=progress if main_process else (lambda _: None))
+    completed = False
+    try:
+        for name in STAGES:
+            if run_dir.is_complete(name):
+                ctx.progress(f"[{run_id}] {name}: already complete, skipped")
+            else:
+                _run_stage(ctx, name, main_process)
+            if name == stop_after:
+                break
+        completed = True
+    finally:
+        distributed.leave_process_group(completed=completed)
+    return ctx
+
+
+def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
+    """Run one stage: on every rank if it is collective, else on rank 0 while the others wait."""
+    run_dir = ctx.run_dir
+    ctx.progress(f"[{run_dir.run_id}] {name} ...")
+    run_dir.reset_stage(name)
+    distributed.barrier()
+    started = time.perf_counter()
+    run_dir.mark(name, "running")
+    error = None
+    if name in COLLECTIVE_STAGES or main_process:
         try:
             summary = STAGE_FUNCTIONS[name](ctx)
-        except D2OBenchError:
+        except D2OBenchError as exc:
             run_dir.mark(name, "failed")
-            raise
+            error = exc
         except Exception as exc:
             run_dir.mark(name, "failed")
-            raise RunFailure(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+            error = RunFailure(f"stage {name} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+    # Every rank learns whether rank 0's stage failed, so none waits forever on the next one.
+    failure = distributed.main_process_outcome(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise RunFailure(f"rank 0 failed: {failure}")
+    if main_process:
         summary["duration_s"] = time.perf_counter() - started
         summary["finished_at"] = _now()
         run_dir.mark(name, "complete", summary)
-        timings[name] = summary["duration_s"]
-    return ctx
+    distributed.barrier()

@@ -34,7 +34,10 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class RunDir:
-    def __init__(self, root: Path, run_id: str, stages: list[str], header: dict):
+    def __init__(self, root: Path, run_id: str, stages: list[str], header: dict, *, writer: bool = True):
+        # A non-writer (a non-zero rank under a launcher) reads the directory but never changes
+        # run.json, so the directory has one writer however many processes share a run.
+        self.writer = writer
         self.root = Path(root)
         self.run_id = run_id
         self.stages = stages
@@ -47,7 +50,8 @@ class RunDir:
                             for name in stages}
         status["complete"] = all(v == "complete" for v in status["stages"].values())
         self._status = status
-        write_json_atomic(self._status_path, status)
+        if writer:
+            write_json_atomic(self._status_path, status)
 
     def _read_status(self) -> dict:
         try:
@@ -68,11 +72,15 @@ class RunDir:
 
     def reset_stage(self, name: str) -> None:
         """Forget a stage's partial artifacts before redoing it."""
+        if not self.writer:
+            return
         path = self.root / name
         if path.exists():
             shutil.rmtree(path)
 
     def mark(self, name: str, state: str, summary: dict | None = None) -> None:
+        if not self.writer:
+            return
         if state == "complete":
             write_json_atomic(self.root / name / "COMPLETE", summary or {})
         self._status["stages"][name] = state

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from harness.distributed import describe_single_process_group
 from harness.errors import BadInput
 from harness.logprobs import EncodedPair, collate_pairs, sequence_logps
 from harness.registry import Method, SequenceLogps
@@ -186,6 +187,8 @@ class TrajectoryRecorder(TrainerCallback):
 
 
 def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArguments:
+    if train_cfg.deepspeed is not None:
+        describe_single_process_group()
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train_cfg.epochs,
@@ -245,6 +248,9 @@ def train_method(
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
     )
+    if torch.cuda.is_available():
+        # Sampling and reference scoring ran in this process before: measure training alone.
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train()
     elapsed = time.perf_counter() - started

@@ -21,7 +21,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Under a launcher each rank owns the GPU its LOCAL_RANK names, not cuda:0.
+    from harness.distributed import local_device
+
+    return local_device()
 
 
 def _load(loader, spec: str, **kwargs):
