@@ -108,11 +108,20 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--image", default="d2o-bench:latest", help="image for --executor docker/slurm")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices for --executor docker")
+    parser.add_argument("--cache-dir", default=None,
+                        help="host directory shared by containers/jobs as the harness cache (worlds, samples)")
+    parser.add_argument("--slurm-runtime", choices=["apptainer", "docker", "host"], default="apptainer",
+                        help="how a Slurm job runs the harness: the pinned image, or the installed one")
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--slurm-time-min", type=int, default=240)
+    parser.add_argument("--slurm-gpus-per-job", type=int, default=1)
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in _csv(args.seeds, "seeds")]
     except ValueError:
         raise BadInput(f"--seeds must be integers, got {args.seeds!r}") from None
+    if args.gpus is not None and not all(g.strip().isdigit() for g in _csv(args.gpus, "gpus")):
+        raise BadInput(f"--gpus must be comma-separated GPU indices, got {args.gpus!r}")
     out = Path(args.out)
     runs = plan_sweep(_csv(args.methods, "methods"), seeds, args.preset, args.overrides, args.grid)
     pending = [r for r in runs if not _is_complete(out, r.run_id)]
@@ -139,19 +148,36 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def _run_external(args: argparse.Namespace, runs: list[SweepRun], out: Path) -> list[dict]:
+    """Run the pending runs in containers or Slurm jobs; one status dict per run, in order."""
+    from harness.executors import ContainerJob
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
     if args.executor == "docker":
-        from harness.executors.docker_executor import ContainerJob, run_jobs_in_containers
+        from harness.executors.docker_executor import CONTAINER_OUT_DIR, run_jobs_in_containers
 
-        gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
-        jobs = [ContainerJob(name=r.run_id, args=r.cli_args(args.preset, "/out")) for r in runs]
-        results = run_jobs_in_containers(jobs, image=args.image, out_dir=out, concurrency=args.concurrency, gpus=gpus)
-    else:
-        from harness.executors.slurm_executor import run_jobs_on_slurm
+        gpus = [int(g) for g in _csv(args.gpus, "gpus")] if args.gpus else None
+        jobs = [ContainerJob(name=r.run_id, args=r.cli_args(args.preset, CONTAINER_OUT_DIR)) for r in runs]
+        results = run_jobs_in_containers(jobs, image=args.image, out_dir=out, concurrency=args.concurrency,
+                                         gpus=gpus, cache_dir=cache_dir)
+        return [{"status": "complete" if r.status == "succeeded" else "failed", "exit_code": r.exit_code,
+                 "error": r.error, "log": str(r.log_path), "gpu": r.gpu, "wall_time_s": r.wall_time_s}
+                for r in results]
 
-        results = run_jobs_on_slurm([r.cli_args(args.preset, str(out)) for r in runs], names=[r.run_id for r in runs],
-                                    out_dir=out, image=args.image)
-    return [
-        {"status": "complete" if getattr(r, "status", "failed") == "complete" else "failed",
-         "exit_code": getattr(r, "exit_code", None), "error": getattr(r, "error", None)}
-        for r in results
-    ]
+    from harness.executors.slurm_executor import CONTAINER_OUT_DIR, submit_jobs_to_slurm
+
+    in_container = args.slurm_runtime != "host"
+    target = CONTAINER_OUT_DIR if in_container else str(out.resolve())
+    jobs = [ContainerJob(name=r.run_id, args=r.cli_args(args.preset, target)) for r in runs]
+    submitted = submit_jobs_to_slurm(jobs, image=args.image, out_dir=out, runtime=args.slurm_runtime,
+                                     cache_dir=cache_dir, partition=args.slurm_partition,
+                                     time_min=args.slurm_time_min, gpus_per_job=args.slurm_gpus_per_job)
+    print(f"sweep: submitted Slurm jobs {', '.join(str(j.job_id) for j in submitted)}; waiting", file=sys.stderr)
+    statuses = []
+    for job in submitted:
+        try:
+            job.result()  # blocks; raises when the job failed for good (after requeues)
+            statuses.append({"status": "complete", "exit_code": 0, "error": None, "slurm_job_id": str(job.job_id)})
+        except Exception as error:  # noqa: BLE001 - submitit re-raises the job's own exception
+            line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            statuses.append({"status": "failed", "exit_code": None, "error": line, "slurm_job_id": str(job.job_id)})
+    return statuses
