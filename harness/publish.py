@@ -306,9 +306,12 @@ def plot_tradeoff(rows: list[dict], path: Path) -> bool:
 
     figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     try:
-        for row in points:
+        # Colours repeat after ten methods; colour × marker keeps every method distinguishable.
+        markers = "osD^v<>ph*"
+        for index, row in enumerate(points):
             x, y = row["metrics"][helpful], row["metrics"][harm]
-            axes.errorbar(x["mean"], y["mean"], xerr=x["stderr"] or 0.0, yerr=y["stderr"] or 0.0, fmt="o",
+            axes.errorbar(x["mean"], y["mean"], xerr=x["stderr"] or 0.0, yerr=y["stderr"] or 0.0,
+                          fmt=markers[(index // 10 + index) % len(markers)], color=f"C{index % 10}",
                           capsize=3, label=_plot_label(row["label"]))
         axes.set_xlabel(f"{helpful} ({_arrow(True)} better)")
         axes.set_ylabel(f"{harm} ({_arrow(False)} better)")
