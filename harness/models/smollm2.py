@@ -9,12 +9,10 @@ the GGUF `quantization_config` (the weights are no longer quantised) so later lo
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from harness.errors import BadInput
+from harness.models.build_cache import build_once
 from harness.models.hashing import weights_sha256
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,11 +35,8 @@ def ensure_smollm2_checkpoint(home: Path) -> Path:
 
     gguf = smollm2_gguf_path()
     final = Path(home) / "models" / f"smollm2-135m-instruct-{weights_sha256(gguf.parent)[:12]}"
-    if (final / "COMPLETE").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    try:
+
+    def convert(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = loaded.config
@@ -52,11 +47,5 @@ def ensure_smollm2_checkpoint(home: Path) -> Path:
         model.generation_config = loaded.generation_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "COMPLETE").write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_once(final, convert)

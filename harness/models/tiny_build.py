@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 from harness.data import tiny_world
 from harness.logprobs import collate_pairs, encode_pair
+from harness.models.build_cache import build_once
 from harness.models.hashing import sha256_json
 from harness.models.score_model import LlamaForScore, new_score_config
 from harness.prompting import format_prompt, scorer_text
@@ -90,23 +89,6 @@ class _LossFnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = self._loss_fn(model, inputs)
         return (loss, None) if return_outputs else loss
-
-
-def _atomic_dir(final: Path, build) -> Path:
-    if (final / "COMPLETE").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / "COMPLETE").write_text("ok\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _build_data(out: Path, world_cfg) -> None:
@@ -217,10 +199,10 @@ def ensure_tiny_world(home: Path, world_cfg) -> dict[str, Path]:
     """Build (or reuse) the tiny world under `home`; returns the paths of its parts."""
     root = Path(home) / "tiny-world" / world_key(world_cfg)
     parts = {
-        "data": _atomic_dir(root / "data", lambda d: _build_data(d, world_cfg)),
-        "tokenizer": _atomic_dir(root / "tokenizer", lambda d: _build_tokenizer(d, world_cfg)),
+        "data": build_once(root / "data", lambda d: _build_data(d, world_cfg)),
+        "tokenizer": build_once(root / "tokenizer", lambda d: _build_tokenizer(d, world_cfg)),
     }
-    parts["policy"] = _atomic_dir(root / "policy", lambda d: _build_policy(d, parts["tokenizer"], world_cfg))
+    parts["policy"] = build_once(root / "policy", lambda d: _build_policy(d, parts["tokenizer"], world_cfg))
     for kind in ("reward", "cost"):
-        parts[kind] = _atomic_dir(root / kind, lambda d, k=kind: _build_scorer(d, parts["tokenizer"], world_cfg, k))
+        parts[kind] = build_once(root / kind, lambda d, k=kind: _build_scorer(d, parts["tokenizer"], world_cfg, k))
     return parts

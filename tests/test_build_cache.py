@@ -1,0 +1,51 @@
+"""Shared cache directories: built once however many processes ask for them at the same time."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.models.build_cache import build_once
+
+
+def _slow_build(tmp: Path) -> None:
+    with open(tmp.parent / "builds.log", "a") as log:
+        log.write("build\n")
+    time.sleep(1.0)  # long enough that the other process arrives while this one builds
+    (tmp / "weights.bin").write_text("w")
+
+
+def _ask_for_it(final: str, results) -> None:
+    built = build_once(Path(final), _slow_build)
+    results.put((built / "weights.bin").read_text())
+
+
+def test_concurrent_processes_build_a_cache_directory_once(tmp_path):
+    final = tmp_path / "cache" / "policy"
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_ask_for_it, args=(str(final), results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert [results.get(timeout=5) for _ in workers] == ["w", "w"]
+    assert (tmp_path / "cache" / "builds.log").read_text() == "build\n"
+    assert sorted(p.name for p in final.parent.iterdir()) == [".policy.lock", "builds.log", "policy"]
+
+
+def test_a_failed_build_leaves_nothing_that_looks_finished(tmp_path):
+    final = tmp_path / "policy"
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half.bin").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_once(final, broken)
+    assert not final.exists() and [p.name for p in tmp_path.iterdir()] == [".policy.lock"]
+    assert (build_once(final, lambda tmp: (tmp / "ok.bin").write_text("y")) / "ok.bin").read_text() == "y"
