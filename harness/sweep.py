@@ -115,6 +115,8 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-partition", default=None)
     parser.add_argument("--slurm-time-min", type=int, default=240)
     parser.add_argument("--slurm-gpus-per-job", type=int, default=1)
+    parser.add_argument("--slurm-cpus-per-task", type=int, default=8)
+    parser.add_argument("--slurm-mem-gb", type=int, default=64)
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in _csv(args.seeds, "seeds")]
@@ -170,7 +172,8 @@ def _run_external(args: argparse.Namespace, runs: list[SweepRun], out: Path) -> 
     jobs = [ContainerJob(name=r.run_id, args=r.cli_args(args.preset, target)) for r in runs]
     submitted = submit_jobs_to_slurm(jobs, image=args.image, out_dir=out, runtime=args.slurm_runtime,
                                      cache_dir=cache_dir, partition=args.slurm_partition,
-                                     time_min=args.slurm_time_min, gpus_per_job=args.slurm_gpus_per_job)
+                                     time_min=args.slurm_time_min, gpus_per_job=args.slurm_gpus_per_job,
+                                     cpus_per_task=args.slurm_cpus_per_task, mem_gb=args.slurm_mem_gb)
     print(f"sweep: submitted Slurm jobs {', '.join(str(j.job_id) for j in submitted)}; waiting", file=sys.stderr)
     statuses = []
     for job in submitted:

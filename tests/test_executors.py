@@ -108,6 +108,40 @@ def test_requeue_checkpoint_resubmits_the_same_command(tmp_path):
     assert resubmission.function is command
 
 
+def _host_command_running(tmp_path, monkeypatch, script: str) -> SlurmContainerCommand:
+    fake_cli = tmp_path / "bin" / "d2o-bench"
+    fake_cli.parent.mkdir()
+    fake_cli.write_text(f"#!{sys.executable}\nimport os, signal, time\n{script}\n")
+    fake_cli.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_cli.parent}{os.pathsep}{os.environ['PATH']}")
+    return SlurmContainerCommand(ContainerJob("a", ["--method", "d2o"]), image="installed", image_digest=None,
+                                 runtime="host", out_dir=tmp_path, cache_dir=None, gpus_per_job=0)
+
+
+def test_the_run_ignores_submitits_requeue_notice(tmp_path, monkeypatch):
+    # Slurm sends the notice (USR2) to every process of the job; only submitit should act on it.
+    command = _host_command_running(tmp_path, monkeypatch, "os.kill(os.getpid(), signal.SIGUSR2); time.sleep(0.2)")
+    assert command() == 0
+
+
+def test_a_run_ended_by_slurms_sigterm_waits_for_the_requeue_instead_of_failing(tmp_path, monkeypatch, capsys):
+    import harness.executors.slurm_executor as slurm_executor
+
+    waited = []
+    monkeypatch.setattr(slurm_executor.time, "sleep", waited.append)
+    command = _host_command_running(tmp_path, monkeypatch, "os.kill(os.getpid(), signal.SIGTERM)")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with pytest.raises(RunFailure, match="exited with code -15"):
+        command()  # only reached if Slurm never sends the SIGKILL
+    assert waited == [slurm_executor.SLURM_KILL_WAIT_BOUND_S]
+    assert "waiting for Slurm to requeue or end the job" in capsys.readouterr().out
+    monkeypatch.delenv("SLURM_JOB_ID")
+    waited.clear()
+    with pytest.raises(RunFailure, match="exited with code -15"):
+        command()  # outside Slurm a SIGTERM is just a failure
+    assert waited == []
+
+
 def test_docker_runtime_on_slurm_hands_over_exactly_the_allocated_gpus(tmp_path):
     command = SlurmContainerCommand(ContainerJob("a", ["--method", "d2o", "--out", "/out"]),
                                     image=IMAGE, image_digest=DIGEST, runtime="docker",

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness.errors import BadInput, RunFailure
@@ -53,7 +56,7 @@ class SlurmContainerCommand:
         if self.image_digest:
             environment[IMAGE_DIGEST_ENV] = self.image_digest
         if self.runtime == "host":
-            return ["d2o-bench", *self.job.args]
+            return [_installed_cli(), *self.job.args]
         if self.runtime == "apptainer":
             argv = ["apptainer", "run", "--containall", "--no-home", "--pwd", CONTAINER_OUT_DIR,
                     "--bind", f"{self.out_dir}:{CONTAINER_OUT_DIR}"]
@@ -90,7 +93,15 @@ class SlurmContainerCommand:
             if self.image_digest:
                 environment[IMAGE_DIGEST_ENV] = self.image_digest
         print("+ " + shlex.join(argv), flush=True)
-        completed = subprocess.run(argv, env=environment, check=False)
+        # Slurm delivers submitit's preemption/timeout notice to every process of the job; it is
+        # meant for submitit's handler in this process, which checkpoints and requeues. Left at
+        # its default action it would kill the run first and look like a failure.
+        notice = _requeue_notice_signal()
+        completed = subprocess.run(argv, env=environment, check=False,
+                                   preexec_fn=lambda: signal.signal(notice, signal.SIG_IGN))
+        # Dead of SIGTERM, or a container runtime reporting that its container was (128 + 15).
+        if completed.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM) and "SLURM_JOB_ID" in os.environ:
+            _wait_for_slurm_to_end_this_job(self.job.name)
         if completed.returncode != 0:
             raise RunFailure(f"job {self.job.name}: `{argv[0]}` exited with code {completed.returncode}")
         return completed.returncode
@@ -100,6 +111,32 @@ class SlurmContainerCommand:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# Slurm sends SIGTERM to every process of a job it requeues, preempts or cancels, and SIGKILL
+# KillWait seconds later. The run dies of the SIGTERM at once; reporting that as a failure would
+# make submitit record a failed result that the requeued copy cannot take back. So the job waits
+# for the SIGKILL instead (bounded, in case the SIGTERM came from somewhere else).
+SLURM_KILL_WAIT_BOUND_S = 300
+
+
+def _wait_for_slurm_to_end_this_job(name: str) -> None:
+    print(f"job {name}: the run got SIGTERM; waiting for Slurm to requeue or end the job", flush=True)
+    time.sleep(SLURM_KILL_WAIT_BOUND_S)
+
+
+def _requeue_notice_signal() -> signal.Signals:
+    from submitit.core.job_environment import JobEnvironment
+
+    name = JobEnvironment.USR_SIG  # "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise
+    return getattr(signal, name if name.startswith("SIG") else f"SIG{name}")
+
+
+def _installed_cli() -> str:
+    """`d2o-bench` on the node's PATH, else the one beside this interpreter (a venv that the job
+    runs without activating: submitit starts the job with the submitting interpreter)."""
+    return (shutil.which("d2o-bench") or shutil.which("d2o-bench", path=str(Path(sys.executable).parent))
+            or "d2o-bench")
 
 
 def _apptainer_source(image: str) -> str:
