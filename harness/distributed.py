@@ -33,6 +33,13 @@ def local_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_if_launched() -> None:
     """Join the launcher's process group early, so rank-0-only stages can be fenced."""
     if world_size() <= 1 or torch.distributed.is_initialized():
@@ -84,8 +91,6 @@ def describe_single_process_group() -> None:
     if any(name in os.environ for name in launched) or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_loopback_port())
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from harness.distributed import free_loopback_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PARTITION = "d2o"
@@ -30,12 +31,6 @@ def why_slurm_tests_cannot_run() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install -y slurm-wlm munge)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PrivateSlurmCluster:
@@ -60,8 +55,8 @@ class PrivateSlurmCluster:
         self.conf_path.write_text("\n".join([
             "ClusterName=d2obench",
             "SlurmctldHost=localhost(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_loopback_port()}",
+            f"SlurmdPort={free_loopback_port()}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.root / 'munge.sock'}",

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as cli_main
+from harness.distributed import free_loopback_port
 
 
 def deepspeed_test(fn):
@@ -68,12 +68,6 @@ COMMON = ["--method", "d2o", "--k", "2", "--steps", str(STEPS), "--examples", "6
 # The tolerances stated in the module docstring.
 GA_LOSS_ATOL, GA_GRAD_NORM_ATOL = 1e-6, 1e-5
 ONE_RANK_LOSS_ATOL, ONE_RANK_GRAD_NORM_RTOL = 2e-4, 2e-3
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _env() -> dict:
@@ -101,7 +95,7 @@ def runs(tmp_path_factory) -> dict:
     launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
     if launcher is None:
         pytest.skip("DeepSpeed's launcher `deepspeed` is not on PATH")
-    _run([launcher, "--num_nodes", "1", "--num_accelerators", "2", "--master_port", str(_free_port()),
+    _run([launcher, "--num_nodes", "1", "--num_accelerators", "2", "--master_port", str(free_loopback_port()),
           str(WORKER), "--out", str(out / "two_ranks.json"), "--per-device-batch", "2", *COMMON],
          out / "two_ranks.log")
     _run([sys.executable, str(WORKER), "--out", str(out / "one_rank.json"), "--per-device-batch", "4", *COMMON],

@@ -431,11 +431,9 @@ def test_bad_inputs_return_a_failed_section(tmp_path, monkeypatch):
 
 
 def test_nothing_listens_is_a_connection_failure():
-    import socket
+    from harness.distributed import free_loopback_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_loopback_port()
     result = judge_against_base(PROMPTS[:1], CANDIDATE[:1], BASE[:1],
                                 settings_for(f"http://127.0.0.1:{port}/v1", concurrency=1, max_retries=1))
     assert result["status"] == "failed" and "connection error" in result["reason"]
