@@ -167,7 +167,7 @@ def _take_local_rank(argv: list[str]) -> list[str]:
         if name in ("--local_rank", "--local-rank"):
             value = value if eq else next(args, "")
             if not value.isdigit():
-                raise BadInput(f"d2o-bench: {name} needs a non-negative integer, got {value!r}")
+                raise BadInput(f"{name} needs a non-negative integer, got {value!r}")
             os.environ.setdefault("LOCAL_RANK", value)
             continue
         rest.append(arg)

@@ -124,6 +124,12 @@ def sweep_main(argv: list[str]) -> int:
         raise BadInput(f"--seeds must be integers, got {args.seeds!r}") from None
     if args.gpus is not None and not all(g.strip().isdigit() for g in _csv(args.gpus, "gpus")):
         raise BadInput(f"--gpus must be comma-separated GPU indices, got {args.gpus!r}")
+    if args.executor == "slurm":
+        from harness.executors.slurm_executor import check_slurm_options
+
+        check_slurm_options(image=args.image, runtime=args.slurm_runtime, image_digest=None,
+                            time_min=args.slurm_time_min, gpus_per_job=args.slurm_gpus_per_job,
+                            cpus_per_task=args.slurm_cpus_per_task, mem_gb=args.slurm_mem_gb)
     out = Path(args.out)
     runs = plan_sweep(_csv(args.methods, "methods"), seeds, args.preset, args.overrides, args.grid)
     pending = [r for r in runs if not _is_complete(out, r.run_id)]
@@ -131,17 +137,18 @@ def sweep_main(argv: list[str]) -> int:
     status_path = out / "sweep-status.json"
     status = {r.run_id: {"status": "complete" if r not in pending else "pending", "method": r.method,
                          "seed": r.seed, "overrides": r.overrides} for r in runs}
-    write_json_atomic(status_path, status)
     if args.executor == "local":
+        write_json_atomic(status_path, status)
         for run in pending:
             print(f"sweep: running {run.run_id}", file=sys.stderr, flush=True)
             status[run.run_id].update(run_local(run, args.preset, out))
             write_json_atomic(status_path, status)
-    else:
-        results = _run_external(args, pending, out)
-        for run, result in zip(pending, results):
+    elif pending:
+        # The executors check their options and the image before they start anything, so a
+        # refusal (exit 2) leaves nothing behind; the status is written once the jobs are done.
+        for run, result in zip(pending, _run_external(args, pending, out)):
             status[run.run_id].update(result)
-        write_json_atomic(status_path, status)
+    write_json_atomic(status_path, status)
     failed = [rid for rid, s in status.items() if s["status"] != "complete"]
     for rid in failed:
         print(f"sweep: FAILED {rid}: {status[rid].get('error')}", file=sys.stderr)

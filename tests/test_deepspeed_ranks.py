@@ -183,4 +183,4 @@ def test_cli_accepts_the_launchers_local_rank(monkeypatch, capsys):
     assert os.environ["LOCAL_RANK"] == "1"
     assert "method:      dpo" in capsys.readouterr().out
     assert cli_main(["--local_rank=x", "--dry-run"]) == 2
-    assert "--local_rank needs a non-negative integer" in capsys.readouterr().err
+    assert capsys.readouterr().err == "d2o-bench: error: --local_rank needs a non-negative integer, got 'x'\n"

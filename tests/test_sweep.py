@@ -29,6 +29,9 @@ def test_grid_is_a_cross_product_of_method_and_config_fields():
     (["--methods", "d2o", "--seeds", "a"], "--seeds must be integers"),
     (["--methods", "d2o", "--grid", "beta"], "--grid expects key=v1,v2"),
     (["--methods", "d2o", "--executor", "docker", "--gpus", "0,x"], "--gpus must be comma-separated GPU indices"),
+    (["--methods", "d2o", "--executor", "slurm"], "image 'd2o-bench:latest' is not pinned"),
+    (["--methods", "d2o", "--executor", "slurm", "--slurm-runtime", "host", "--slurm-cpus-per-task", "0"],
+     "cpus_per_task"),
 ])
 def test_bad_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, fragment):
     assert main(["sweep", *argv, "--out", str(tmp_path / "out")]) == 2
@@ -58,3 +61,14 @@ def test_sweep_keeps_going_past_a_failed_run_and_resumes(bench_home, tmp_path, c
     err = capsys.readouterr().err
     assert "2 runs, 1 already complete" in err
     assert json.loads((out / "leaderboard.json").read_text()) == board
+
+
+def test_an_external_sweep_with_every_run_complete_submits_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    (run,) = plan_sweep(["d2o"], [0], "tiny", [], [])
+    (out / run.run_id).mkdir(parents=True)
+    (out / run.run_id / "run.json").write_text(json.dumps({"complete": True}))
+    argv = ["sweep", "--methods", "d2o", "--executor", "slurm", "--slurm-runtime", "host", "--out", str(out)]
+    assert main(argv) == 0
+    assert "1 runs, 1 already complete" in capsys.readouterr().err
+    assert json.loads((out / "sweep-status.json").read_text())[run.run_id]["status"] == "complete"

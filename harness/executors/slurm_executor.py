@@ -146,6 +146,23 @@ def _apptainer_source(image: str) -> str:
     return f"docker://{image}"
 
 
+def check_slurm_options(*, image: str, runtime: str, image_digest: str | None, time_min: int,
+                        gpus_per_job: int, cpus_per_task: int, mem_gb: int) -> str | None:
+    """Refuse unusable job options (BadInput) before anything is written or submitted.
+
+    Returns the image digest to record: `image_digest`, else the digest part of `image`.
+    """
+    if runtime not in RUNTIMES:
+        raise BadInput(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    if gpus_per_job < 0 or time_min < 1 or cpus_per_task < 1 or mem_gb < 1:
+        raise BadInput("gpus_per_job must be >= 0 and time_min, cpus_per_task, mem_gb >= 1")
+    if image_digest is None and "@sha256:" in image:
+        image_digest = image.split("@", 1)[1]
+    if runtime != "host" and image_digest is None:
+        raise BadInput(f"image {image!r} is not pinned: pass registry/name@sha256:... or image_digest=")
+    return image_digest
+
+
 def submit_jobs_to_slurm(
     jobs: list[ContainerJob],
     *,
@@ -174,14 +191,9 @@ def submit_jobs_to_slurm(
     debug executors).
     """
     validate_jobs(jobs)
-    if runtime not in RUNTIMES:
-        raise BadInput(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
-    if gpus_per_job < 0 or time_min < 1 or cpus_per_task < 1 or mem_gb < 1:
-        raise BadInput("gpus_per_job must be >= 0 and time_min, cpus_per_task, mem_gb >= 1")
-    if image_digest is None and "@sha256:" in image:
-        image_digest = image.split("@", 1)[1]
-    if runtime != "host" and image_digest is None:
-        raise BadInput(f"image {image!r} is not pinned: pass registry/name@sha256:... or image_digest=")
+    image_digest = check_slurm_options(image=image, runtime=runtime, image_digest=image_digest,
+                                       time_min=time_min, gpus_per_job=gpus_per_job,
+                                       cpus_per_task=cpus_per_task, mem_gb=mem_gb)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if cache_dir is not None:
