@@ -1,11 +1,14 @@
 """Versioned leaderboard files: validate, migrate old versions on read, append safely.
 
-A leaderboard is one JSON file, `{"schema_version": "1.0.0", "entries": [...]}`, validated against
-the JSON Schemas in `leaderboards/schema/`. Readers accept any 1.x file (minor versions only add
-optional fields); older formats are migrated in memory through `MIGRATIONS`; a newer major version
-is refused rather than half-understood. Many runs (sweeps, Slurm arrays) append to the same file,
-so `append_entries` serialises writers with a lock file and replaces the file atomically: a reader
-never sees a partial file and a crash never leaves one behind.
+A leaderboard is one JSON file, `{"schema_version": "1.1.0", "entries": [...]}`, validated against
+the JSON Schemas in `leaderboards/schema/`, plus the checks a schema cannot state (a metric's
+ci_low <= value <= ci_high, its per-cluster counts adding up to n). Readers accept any 1.x file
+(minor versions only add optional fields: 1.1.0 added the metric fields ci_low, ci_high, ci_level,
+ci_method, n_clusters, per_cluster and kind, so a 1.0.0 file still reads); older formats are
+migrated in memory through `MIGRATIONS`; a newer major version is refused rather than
+half-understood. Many runs (sweeps, Slurm arrays) append to the same file, so `append_entries`
+serialises writers with a lock file and replaces the file atomically: a reader never sees a
+partial file and a crash never leaves one behind.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from referencing import Registry, Resource
 from harness.errors import BadInput, RunFailure
 from harness.scoring.metrics import HIGHER_IS_BETTER  # noqa: F401  (re-exported: one source of truth)
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 CURRENT_MAJOR = 1
 CURRENT_SCHEMA_FILE = "leaderboard-v1.schema.json"
 # Old formats that can still be read, each with the schema its files must satisfy before migrating.
@@ -163,6 +166,44 @@ def _non_finite(value: Any, path: tuple = ()) -> tuple | None:
     return None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metric_problem(record: dict) -> tuple[tuple, str] | None:
+    """(path inside the record, message) of the first inconsistency the schema cannot express."""
+    value, low, high = record.get("value"), record.get("ci_low"), record.get("ci_high")
+    if _number(low) and _number(high) and low > high:
+        return ("ci_low",), f"ci_low {low:.6g} > ci_high {high:.6g}"
+    if _number(value) and _number(low) and value < low:
+        return ("value",), f"value {value:.6g} is below ci_low {low:.6g}"
+    if _number(value) and _number(high) and value > high:
+        return ("value",), f"value {value:.6g} is above ci_high {high:.6g}"
+    per_cluster = record.get("per_cluster")
+    if isinstance(per_cluster, dict):
+        if record.get("kind") == "rate":
+            for cluster, (total, count) in per_cluster.items():
+                if not 0 <= total <= count:
+                    return (("per_cluster", cluster),
+                            f"a rate's cluster sum must lie in [0, count], got [{total}, {count}]")
+        counted = sum(pair[1] for pair in per_cluster.values())
+        if _number(record.get("n")) and counted != record["n"]:
+            return ("per_cluster",), f"cluster counts add up to {counted:g}, not n = {record['n']}"
+        n_clusters = record.get("n_clusters")
+        nonempty = sum(1 for pair in per_cluster.values() if pair[1] > 0)
+        if _number(n_clusters) and nonempty != n_clusters:
+            return ("per_cluster",), f"{nonempty} non-empty clusters, not n_clusters = {n_clusters}"
+    return None
+
+
+def _entry_problem(entry: dict) -> tuple[tuple, str] | None:
+    for metric, record in entry["metrics"].items():
+        problem = _metric_problem(record)
+        if problem is not None:
+            return ("metrics", metric, *problem[0]), problem[1]
+    return None
+
+
 # --------------------------------------------------------------------------- migrations
 
 
@@ -269,6 +310,9 @@ def _validate_current(document: dict, name: str, directory: str) -> None:
         if error is not None:
             where = format_path(error.absolute_path, root=f"entries[{index}]")
             raise BadInput(f"{name}: {where}: {_describe(error)}")
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise BadInput(f"{name}: {format_path(problem[0], root=f'entries[{index}]')}: {problem[1]}")
         if len(_KNOWN_VALID_ENTRIES) >= _KNOWN_VALID_LIMIT:
             _KNOWN_VALID_ENTRIES.clear()
         _KNOWN_VALID_ENTRIES[canonical] = None
@@ -330,6 +374,9 @@ def validate_entry(entry: dict) -> None:
     if error is not None:
         where = format_path(error.absolute_path)
         raise BadInput(f"{name}: {where + ': ' if where else ''}{_describe(error)}")
+    problem = _entry_problem(entry)
+    if problem is not None:
+        raise BadInput(f"{name}: {format_path(problem[0])}: {problem[1]}")
     bad = _non_finite(entry)
     if bad is not None:
         raise BadInput(f"{name}: {format_path(bad)}: NaN/Infinity cannot be stored in JSON (record null instead)")

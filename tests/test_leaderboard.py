@@ -260,3 +260,61 @@ def test_concurrent_appenders_lose_nothing(tmp_path):
     run_ids = [e["run_id"] for e in document["entries"]]
     assert len(run_ids) == 200
     assert set(run_ids) == {f"w{w}-r{i}" for w in range(8) for i in range(25)}
+
+
+# --------------------------------------------------------------------------- 1.1.0: intervals and clusters
+
+
+def _entry_with_intervals(run_id: str = "ci-run") -> dict:
+    from harness.scoring.metrics import mean_metric, rate_metric
+
+    entry = entry_for(run_id)
+    tasks = [i // 4 for i in range(16)]
+    entry["metrics"]["harmful_rate"] = rate_metric([i % 5 == 0 for i in range(16)], False, tasks, n_resamples=199)
+    entry["metrics"]["cost"] = mean_metric([0.1 * i for i in range(16)], False, tasks, n_resamples=199)
+    return entry
+
+
+def test_a_1_0_0_file_without_the_new_metric_fields_still_validates(tmp_path):
+    document = fixture()
+    assert document["schema_version"] == "1.0.0"
+    assert not any("ci_low" in r or "per_cluster" in r for e in document["entries"] for r in e["metrics"].values())
+    assert read_leaderboard(write(tmp_path, document)) == document
+    assert SCHEMA_VERSION == "1.1.0"
+
+
+def test_metric_records_with_intervals_and_clusters_validate_and_round_trip(tmp_path):
+    entry = _entry_with_intervals()
+    validate_entry(entry)
+    path = tmp_path / "leaderboard.json"
+    append_entries(path, [entry])
+    document = read_leaderboard(path)
+    assert document["schema_version"] == "1.1.0"
+    record = document["entries"][0]["metrics"]["harmful_rate"]
+    assert record["per_cluster"] == {"0": [1, 4], "1": [1, 4], "2": [1, 4], "3": [1, 4]}
+    assert record["ci_low"] <= record["value"] <= record["ci_high"] and record["kind"] == "rate"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r.update(ci_low=0.5, ci_high=0.4), "metrics.harmful_rate.ci_low: ci_low 0.5 > ci_high 0.4"),
+    (lambda r: r.update(value=0.9), "metrics.harmful_rate.value: value 0.9 is above ci_high"),
+    (lambda r: r["per_cluster"].update({"0": [5, 4]}), "a rate's cluster sum must lie in [0, count]"),
+    (lambda r: r["per_cluster"].update({"9": [0, 3]}), "cluster counts add up to 19, not n = 16"),
+    (lambda r: r.update(ci_level=95), "metrics.harmful_rate.ci_level: 95 is greater than or equal to the maximum of 1"),
+    (lambda r: r.update(kind="ratio"), 'metrics.harmful_rate.kind: "ratio" is not one of "rate", "mean"'),
+    (lambda r: r["per_cluster"].update({"0": [1]}), 'metrics.harmful_rate.per_cluster["0"]: [1] is too short'),
+])
+def test_inconsistent_interval_records_are_refused_in_one_line(tmp_path, change, expected):
+    entry = _entry_with_intervals("bad-ci")
+    change(entry["metrics"]["harmful_rate"])
+    with pytest.raises(BadInput) as raised:
+        validate_entry(entry)
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+    assert str(raised.value).startswith("leaderboard entry 'bad-ci': ")
+    document = fixture()
+    document["entries"][0] = entry
+    path = write(tmp_path, document)
+    with pytest.raises(BadInput) as raised:
+        read_leaderboard(path)
+    assert str(raised.value).startswith(f"{path}: entries[0].") and expected in str(raised.value)
+    assert "\n" not in str(raised.value)

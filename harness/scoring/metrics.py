@@ -1,9 +1,24 @@
-"""Metric records (value, standard error, n, direction) as the leaderboard stores them."""
+"""Metric records as the leaderboard stores them.
+
+A record is
+
+    {"value", "stderr", "n", "higher_is_better",              # since schema 1.0.0
+     "ci_low", "ci_high", "ci_level", "ci_method",            # since 1.1.0
+     "n_clusters", "per_cluster": {cluster_id: [sum, count]}, "kind": "rate" | "mean"}
+
+`value` is the mean over prompts; the interval is a cluster bootstrap over tasks floored by an
+analytic interval (Wilson at the effective sample size for rates, a cluster-robust t interval for
+means), and `stderr` is the bootstrap standard error, never below the floor's (so never 0 for a rate
+with n > 0). See `harness.stats` for every formula. `per_cluster` keeps the per-task sums and
+counts so that leaderboards can be pooled over seeds and paired (method − base, candidate −
+baseline) without the run directory. `clusters=None` makes every prompt its own cluster.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Iterable
+from typing import Hashable, Iterable, Optional
+
+from harness import stats
 
 # Direction of every standard metric; the leaderboard schema carries it per metric.
 HIGHER_IS_BETTER = {
@@ -15,22 +30,40 @@ HIGHER_IS_BETTER = {
 }
 
 
-def mean_metric(values: Iterable[float], higher_is_better: bool) -> dict:
-    """Sample mean with the standard error of the mean (n−1 in the variance)."""
-    xs = [float(v) for v in values]
-    n = len(xs)
-    if n == 0:
-        return {"value": None, "stderr": None, "n": 0, "higher_is_better": higher_is_better}
-    mean = sum(xs) / n
-    var = sum((x - mean) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return {"value": mean, "stderr": math.sqrt(var / n), "n": n, "higher_is_better": higher_is_better}
+def _record(values: list, clusters: Optional[Iterable[Hashable]], higher_is_better: bool, kind: str, *,
+            level: float, n_resamples: int, seed: int) -> dict:
+    if not isinstance(higher_is_better, bool):
+        from harness.errors import BadInput
+
+        raise BadInput(f"higher_is_better must be true or false, got {higher_is_better!r}")
+    table = stats.cluster_table(values, None if clusters is None else list(clusters), kind=kind)
+    result = stats.estimate_table(table, kind=kind, level=level, n_resamples=n_resamples, seed=seed)
+    return {
+        "value": result.value,
+        "stderr": result.stderr,
+        "n": result.n,
+        "higher_is_better": higher_is_better,
+        "ci_low": result.low,
+        "ci_high": result.high,
+        "ci_level": result.level,
+        "ci_method": result.method,
+        "n_clusters": result.n_clusters,
+        "per_cluster": table.per_cluster(integer_sums=kind == "rate"),
+        "kind": kind,
+    }
 
 
-def rate_metric(flags: Iterable[bool], higher_is_better: bool) -> dict:
-    """A proportion with the binomial standard error sqrt(p(1−p)/n)."""
-    xs = [bool(f) for f in flags]
-    n = len(xs)
-    if n == 0:
-        return {"value": None, "stderr": None, "n": 0, "higher_is_better": higher_is_better}
-    p = sum(xs) / n
-    return {"value": p, "stderr": math.sqrt(p * (1 - p) / n), "n": n, "higher_is_better": higher_is_better}
+def mean_metric(values: Iterable[float], higher_is_better: bool, clusters: Optional[Iterable[Hashable]] = None, *,
+                level: float = stats.DEFAULT_LEVEL, n_resamples: int = stats.DEFAULT_RESAMPLES,
+                seed: int = stats.DEFAULT_SEED) -> dict:
+    """Mean of per-prompt numbers with a cluster-bootstrap interval; `clusters` gives each prompt's task."""
+    return _record(list(values), clusters, higher_is_better, "mean", level=level, n_resamples=n_resamples,
+                   seed=seed)
+
+
+def rate_metric(flags: Iterable[bool], higher_is_better: bool, clusters: Optional[Iterable[Hashable]] = None, *,
+                level: float = stats.DEFAULT_LEVEL, n_resamples: int = stats.DEFAULT_RESAMPLES,
+                seed: int = stats.DEFAULT_SEED) -> dict:
+    """A proportion with a cluster-bootstrap interval floored by Wilson at the effective sample size."""
+    return _record([bool(f) for f in flags], clusters, higher_is_better, "rate", level=level,
+                   n_resamples=n_resamples, seed=seed)
