@@ -1,13 +1,27 @@
 """`d2o-bench compare BASELINE.json CANDIDATE.json`: did the candidate get significantly worse?
 
-Entries are matched by a key (default method, preset, config_hash). Each metric's change is tested
-with a two-sample z-test on the recorded standard errors,
+Entries are matched by a key (default method, preset, config_hash). Each metric is compared with
+the same statistics the leaderboard's intervals use (`harness.stats`):
 
-    z = (candidate − baseline) / sqrt(stderr_baseline² + stderr_candidate²),
+* Records that carry `per_cluster` (schema 1.1.0: per-task sums and counts): each side's runs
+  (seeds under one key) are pooled per cluster, because seeds share the same test prompts and are
+  never independent evidence; the paired difference candidate − baseline is bootstrapped over the
+  clusters present on both sides (plus each side's between-run variance), and the candidate has
+  regressed when that interval lies entirely on the metric's worse side. The interval's level is
+  the two-sided coverage of ±z, 2Φ(z) − 1 (95.45% for the default z = 2), so `--z` keeps its
+  meaning. The row reports the interval and the probability that the candidate is better than
+  the baseline (per prompt, ties ½).
+* Records without `per_cluster` (files written before 1.1.0, judge and capability records) fall
+  back to the two-sample z-test on the recorded standard errors,
 
-and only a change in the metric's worse direction beyond `z_threshold` counts: an improvement,
-however large, is never a regression. A run that used to complete and now fails, or a metric that
-is gone, is a regression too.
+      z = (candidate − baseline) / sqrt(stderr_baseline² + stderr_candidate²),
+
+  and the row says so ("legacy z-test"). Several runs under one key are averaged with
+  stderr sqrt(Σ stderr²)/k there.
+
+Only a change in the metric's worse direction counts: an improvement, however large, is never a
+regression. A run that used to complete and now fails, or a metric that is gone, is a regression
+too.
 
 Training trajectories are checked separately, because two runs with the same config_hash and seed
 should train alike even when their eval metrics stay within noise: on the steps both curves
@@ -28,10 +42,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from harness import stats
 from harness.errors import BadInput
 from harness.leaderboard import check_leaderboard, read_leaderboard
 
 DEFAULT_KEY = ("method", "preset", "config_hash")
+# 2Φ(6) − 1 = 1 − 2e-9: beyond that a percentile interval is just the resamples' range.
+MAX_Z = 6.0
 
 
 @dataclass(frozen=True)
@@ -105,10 +122,35 @@ def _label(key: tuple[str, ...], value: tuple) -> dict:
     return {field: json.loads(part) for field, part in zip(key, value)}
 
 
-def _compare_metrics(key_label: dict, base_runs: list[dict], cand_runs: list[dict],
-                     z_threshold: float) -> tuple[list[dict], list[str]]:
+def _cluster_test(where: str, metric: str, base_records: list[dict], cand_records: list[dict], level: float,
+                  n_resamples: int, seed: int) -> Optional[dict]:
+    """The paired cluster-bootstrap comparison, or None when no cluster is shared by both sides."""
+    kinds = {stats.record_kind(r) for r in base_records + cand_records}
+    if len(kinds) > 1:
+        raise BadInput(f"{where}: metric {metric} is a rate on one side and a mean on the other")
+    kind = kinds.pop()
+    higher_is_better = base_records[0]["higher_is_better"]
+    base_tables = [stats.record_table(r, f"{where}: {metric}") for r in base_records]
+    cand_tables = [stats.record_table(r, f"{where}: {metric}") for r in cand_records]
+    difference = stats.paired_difference_runs(cand_tables, base_tables, kind=kind, higher_is_better=higher_is_better,
+                                              level=level, n_resamples=n_resamples, seed=seed)
+    if difference.delta is None:
+        return None
+    base = stats.across_runs(base_tables, kind=kind, level=level, n_resamples=n_resamples, seed=seed)
+    cand = stats.across_runs(cand_tables, kind=kind, level=level, n_resamples=n_resamples, seed=seed)
+    return {"base": base, "cand": cand, "difference": difference}
+
+
+def _side(estimate: "stats.Estimate") -> dict:
+    return {"value": estimate.value, "stderr": estimate.stderr, "ci_low": estimate.low, "ci_high": estimate.high,
+            "n_runs": estimate.n_runs}
+
+
+def _compare_metrics(key_label: dict, base_runs: list[dict], cand_runs: list[dict], z_threshold: float,
+                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED) -> tuple[list[dict], list[str]]:
     rows, regressions = [], []
     where = ",".join(f"{k}={v}" for k, v in key_label.items())
+    level = stats.level_for_z(z_threshold)
     base_ok = [e for e in base_runs if e["status"] == "complete"]
     cand_ok = [e for e in cand_runs if e["status"] == "complete"]
     if base_ok and not cand_ok:
@@ -144,13 +186,37 @@ def _compare_metrics(key_label: dict, base_runs: list[dict], cand_runs: list[dic
             regressions.append(f"{where}: metric {metric} has no value in the candidate (baseline {base['value']:.4g})")
             rows.append(row)
             continue
+        clustered = all(r.get("per_cluster") is not None for r in base_records + cand_records)
+        paired = _cluster_test(where, metric, base_records, cand_records, level, n_resamples, seed) if clustered else None
+        if paired is not None:
+            difference = paired["difference"]
+            row.update(test="paired cluster bootstrap", level=level, baseline=_side(paired["base"]),
+                       candidate=_side(paired["cand"]), delta=difference.delta, delta_low=difference.low,
+                       delta_high=difference.high, delta_stderr=difference.stderr,
+                       p_improvement=difference.poi, p_improvement_low=difference.poi_low,
+                       p_improvement_high=difference.poi_high, p_improvement_unit=difference.poi_unit,
+                       n_clusters=difference.n_clusters, method=difference.method)
+            if difference.worse():
+                row["verdict"] = "regression"
+                regressions.append(
+                    f"{where}: {metric} {paired['base'].value:.4g} → {paired['cand'].value:.4g} "
+                    f"(Δ {difference.delta:+.4g}, {level:.2%} interval [{difference.low:+.4g}, {difference.high:+.4g}] "
+                    f"entirely worse; P(candidate better) {difference.poi:.3f})")
+            elif difference.better():
+                row["verdict"] = "improvement"
+            else:
+                row["verdict"] = "within noise"
+            rows.append(row)
+            continue
+        row["test"] = ("legacy z-test (no cluster shared by both sides)" if clustered
+                       else "legacy z-test (no per_cluster data)")
         z = z_statistic(base["value"], base["stderr"], cand["value"], cand["stderr"])
         towards_worse = worse_z(z, base["higher_is_better"])
         row.update(delta=cand["value"] - base["value"], z=z, z_worse=towards_worse)
         if towards_worse > z_threshold:
             row["verdict"] = "regression"
             regressions.append(f"{where}: {metric} {base['value']:.4g} → {cand['value']:.4g} "
-                               f"(z={towards_worse:.2f} towards worse > {z_threshold})")
+                               f"(z={towards_worse:.2f} towards worse > {z_threshold}; legacy z-test)")
         elif -towards_worse > z_threshold:
             row["verdict"] = "improvement"
         else:
@@ -216,10 +282,16 @@ def _compare_trajectories(baseline: list[dict], candidate: list[dict],
 
 def compare(baseline: dict, candidate: dict, *, z_threshold: float = 2.0, key: Iterable[str] = DEFAULT_KEY,
             tolerances: Optional[dict[str, TrajectoryTolerance]] = None,
-            baseline_name: str = "baseline", candidate_name: str = "candidate") -> dict:
-    """Verdict of candidate against baseline (leaderboard documents); BadInput when nothing matches."""
+            baseline_name: str = "baseline", candidate_name: str = "candidate",
+            n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED) -> dict:
+    """Verdict of candidate against baseline (leaderboard documents); BadInput when nothing matches.
+
+    `z_threshold` is the legacy z-test's threshold and sets the paired intervals' level 2Φ(z) − 1.
+    """
     if not (isinstance(z_threshold, (int, float)) and math.isfinite(z_threshold) and z_threshold > 0):
         raise BadInput(f"compare: z threshold must be a positive number, got {z_threshold!r}")
+    if z_threshold > MAX_Z:
+        raise BadInput(f"compare: z threshold {z_threshold:g} is too large for a bootstrap interval (at most {MAX_Z:g})")
     key = tuple(key)
     if not key:
         raise BadInput("compare: the key needs at least one field")
@@ -234,7 +306,8 @@ def compare(baseline: dict, candidate: dict, *, z_threshold: float = 2.0, key: I
                        f"on key {','.join(key)}")
     metric_rows, regressions = [], []
     for value in matched:
-        rows, found = _compare_metrics(_label(key, value), base_groups[value], cand_groups[value], z_threshold)
+        rows, found = _compare_metrics(_label(key, value), base_groups[value], cand_groups[value], z_threshold,
+                                       n_resamples, seed)
         metric_rows.extend(rows)
         regressions.extend(found)
     trajectory_rows, breaches = _compare_trajectories(baseline["entries"], candidate["entries"], tolerances)
@@ -242,6 +315,7 @@ def compare(baseline: dict, candidate: dict, *, z_threshold: float = 2.0, key: I
     return {
         "verdict": "regression" if regressions else "ok",
         "z_threshold": z_threshold,
+        "interval_level": stats.level_for_z(z_threshold),
         "key": list(key),
         "matched": len(matched),
         "unmatched_baseline": [_label(key, v) for v in sorted(base_groups.keys() - cand_groups.keys())],
@@ -267,13 +341,24 @@ def _number(value: Optional[float], digits: int = 4) -> str:
 def _measured(side) -> str:
     if not isinstance(side, dict):
         return str(side) if side is not None else "—"
+    if side.get("ci_low") is not None:
+        return f"{_number(side['value'])} [{_number(side['ci_low'], 3)}, {_number(side['ci_high'], 3)}]"
     return f"{_number(side['value'])} ± {_number(side['stderr'], 2)}"
 
 
+def _evidence(row: dict) -> str:
+    if "delta_low" in row:
+        return (f"Δ {row['delta']:+.3g} [{row['delta_low']:+.3g}, {row['delta_high']:+.3g}], "
+                f"P(better) {row['p_improvement']:.2f}")
+    if "z_worse" in row:
+        return f"z→worse {_number(row['z_worse'], 3)} ({row.get('test', 'legacy z-test')})"
+    return ""
+
+
 def format_report(result: dict) -> str:
-    header = ("key", "metric", "baseline", "candidate", "z→worse", "verdict")
+    header = ("key", "metric", "baseline", "candidate", "test", "verdict")
     lines = [[",".join(f"{k}={v}" for k, v in row["key"].items()), row["metric"], _measured(row.get("baseline")),
-              _measured(row.get("candidate")), _number(row.get("z_worse"), 3), row["verdict"]]
+              _measured(row.get("candidate")), _evidence(row), row["verdict"]]
              for row in result["metrics"]]
     for row in result["trajectories"]:
         lines.append([f"config_hash={row['config_hash']},seed={row['seed']}", row["curve"],
@@ -286,7 +371,8 @@ def format_report(result: dict) -> str:
         if unmatched:
             text.append(f"unmatched in {label}: {len(unmatched)}")
     text.append(f"verdict: {result['verdict'].upper()} ({len(result['regressions'])} regression(s), "
-                f"{result['matched']} matched, z threshold {result['z_threshold']})")
+                f"{result['matched']} matched, z threshold {result['z_threshold']}, "
+                f"paired intervals at {result['interval_level']:.2%})")
     text.extend(f"  regression: {line}" for line in result["regressions"])
     return "\n".join(text)
 
@@ -308,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Flag significant regressions of CANDIDATE against BASELINE.")
     parser.add_argument("baseline", metavar="BASELINE.json")
     parser.add_argument("candidate", metavar="CANDIDATE.json")
-    parser.add_argument("--z", type=_positive, default=2.0, help="z threshold towards worse (default 2.0)")
+    parser.add_argument("--z", type=_positive, default=2.0,
+                        help="significance in standard errors (default 2.0): the legacy z-test's threshold and, "
+                             "for records with per_cluster data, the paired interval's level 2Φ(z)−1 (95.45%%)")
     parser.add_argument("--key", default=",".join(DEFAULT_KEY),
                         help=f"comma-separated match fields (default {','.join(DEFAULT_KEY)})")
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the verdict here")

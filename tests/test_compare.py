@@ -188,3 +188,141 @@ def test_compare_main_trajectory_tolerance_flags(tmp_path):
     base_path, cand_path = write(tmp_path, "b.json", baseline()), write(tmp_path, "c.json", candidate)
     assert compare_main([base_path, cand_path]) == 1
     assert compare_main([base_path, cand_path, "--loss-max-abs", "0.3", "--loss-mean-drift", "0.1"]) == 0
+
+
+# --------------------------------------------------------------------------- records with per_cluster (1.1.0)
+
+from harness.scoring.metrics import mean_metric, rate_metric  # noqa: E402
+
+TASKS = [i // 4 for i in range(64)]  # 16 tasks × 4 prompts
+
+
+def _flags(rate: float, salt: int) -> list[bool]:
+    # Deterministic per-prompt outcomes with exactly round(rate·64) positives spread over the tasks.
+    import numpy as np
+
+    k = round(rate * 64)
+    order = np.random.default_rng(salt).permutation(64)
+    flags = [False] * 64
+    for index in order[:k]:
+        flags[int(index)] = True
+    return flags
+
+
+def _values(mean: float, salt: int) -> list[float]:
+    import numpy as np
+
+    rng = np.random.default_rng(salt)
+    task_effect = np.repeat(rng.normal(0, 0.3, 16), 4)
+    return list(mean + task_effect + rng.normal(0, 0.5, 64))
+
+
+def clustered(document: dict) -> dict:
+    """The fixture with every metric re-recorded per prompt, as a 1.1.0 pipeline writes it."""
+    document["schema_version"] = "1.1.0"
+    for index, e in enumerate(document["entries"]):
+        if e["status"] != "complete":
+            continue
+        salt = 1000 + e["seed"] * 7 + sum(map(ord, e["method"]))
+        for name, record in list(e["metrics"].items()):
+            if name.endswith("_rate"):
+                e["metrics"][name] = rate_metric(_flags(record["value"], salt), record["higher_is_better"], TASKS,
+                                                 n_resamples=199)
+            else:
+                e["metrics"][name] = mean_metric(_values(record["value"], salt), record["higher_is_better"], TASKS,
+                                                 n_resamples=199)
+    return document
+
+
+def clustered_baseline() -> dict:
+    return clustered(baseline())
+
+
+def test_clustered_unchanged_rerun_uses_the_paired_bootstrap_and_passes():
+    result = compare(clustered_baseline(), clustered_baseline(), n_resamples=999)
+    assert result["verdict"] == "ok" and result["regressions"] == []
+    rows = [r for r in result["metrics"] if r["metric"] != "status"]
+    assert rows and all(r["test"] == "paired cluster bootstrap" and "z" not in r for r in rows)
+    assert all(r["delta"] == 0.0 and r["delta_low"] <= 0.0 <= r["delta_high"] for r in rows)
+    assert all(r["p_improvement"] == 0.5 for r in rows if r["metric"].endswith("_rate"))
+    assert result["interval_level"] == pytest.approx(0.9545, abs=1e-4)
+
+
+def test_clustered_regression_is_flagged_by_the_interval_with_probability_of_improvement():
+    candidate = clustered_baseline()
+    entry(candidate, "d2o-tiny-s0-aaaa0000")["metrics"]["harmful_rate"] = rate_metric(
+        _flags(0.5, 1), False, TASKS, n_resamples=199)  # 6/64 → 32/64 harmful
+    result = compare(clustered_baseline(), candidate, n_resamples=999)
+    assert result["verdict"] == "regression"
+    (row,) = [r for r in result["metrics"] if r["verdict"] == "regression"]
+    assert row["metric"] == "harmful_rate" and row["key"]["config_hash"] == "d2o0000000000000"
+    assert row["test"] == "paired cluster bootstrap"
+    assert row["delta"] == pytest.approx(32 / 64 - 6 / 64)
+    assert 0 < row["delta_low"] <= row["delta"] <= row["delta_high"]
+    # Rates: P(candidate better) = ½(1 − Δ) for a lower-is-better 0/1 metric, per prompt.
+    assert row["p_improvement"] == pytest.approx(0.5 * (1 - row["delta"]))
+    assert row["p_improvement_high"] < 0.5
+    assert "entirely worse" in result["regressions"][0] and "P(candidate better)" in result["regressions"][0]
+
+
+def test_clustered_small_change_is_within_noise_and_improvement_is_not_a_regression():
+    candidate = clustered_baseline()
+    record = entry(clustered_baseline(), "dpo-tiny-s0-bbbb0000")["metrics"]["harmful_rate"]
+    # One more harmful answer out of 64 is noise.
+    harmful = sum(v[0] for v in record["per_cluster"].values())
+    entry(candidate, "dpo-tiny-s0-bbbb0000")["metrics"]["harmful_rate"] = rate_metric(
+        _flags((harmful + 1) / 64, 1), False, TASKS, n_resamples=199)
+    entry(candidate, "dpo-tiny-s1-bbbb0001")["metrics"]["helpful_rate"] = rate_metric(
+        [True] * 64, True, TASKS, n_resamples=199)  # far more helpful
+    result = compare(clustered_baseline(), candidate, n_resamples=999)
+    assert result["verdict"] == "ok", result["regressions"]
+    verdicts = {(r["key"]["config_hash"], r["metric"]): r["verdict"] for r in result["metrics"]}
+    assert verdicts[("dpo0000000000000", "harmful_rate")] == "within noise"
+    assert verdicts[("dpo0000000000001", "helpful_rate")] == "improvement"
+
+
+def test_seeds_that_share_prompts_are_pooled_not_treated_as_independent():
+    # Three seeds with identical per-cluster results carry the information of one: pooling them
+    # under key method,preset gives the same interval as comparing a single seed.
+    def three_copies(document: dict, shift: float) -> dict:
+        for e in document["entries"]:
+            if e["method"] == "d2o":
+                e["metrics"]["harmful_rate"] = rate_metric(_flags(0.10 + shift, 3), False, TASKS, n_resamples=199)
+        return document
+
+    base, cand = three_copies(clustered_baseline(), 0.0), three_copies(clustered_baseline(), 0.2)
+    pooled = compare(base, cand, key=("method", "preset"), n_resamples=999)
+    single = compare(base, cand, n_resamples=999)
+    (row3,) = [r for r in pooled["metrics"] if r["key"] == {"method": "d2o", "preset": "tiny"}
+               and r["metric"] == "harmful_rate"]
+    (row1,) = [r for r in single["metrics"] if r["key"].get("config_hash") == "d2o0000000000000"
+               and r["metric"] == "harmful_rate"]
+    assert row3["baseline"]["n_runs"] == 3
+    assert (row3["delta_low"], row3["delta_high"]) == pytest.approx((row1["delta_low"], row1["delta_high"]))
+
+
+def test_legacy_records_fall_back_to_the_z_test_and_say_so():
+    result = compare(baseline(), clustered_baseline(), n_resamples=999)  # baseline has no per_cluster
+    rows = [r for r in result["metrics"] if "z" in r]
+    assert rows and all(r["test"] == "legacy z-test (no per_cluster data)" for r in rows)
+    no_shared = clustered_baseline()
+    for e in no_shared["entries"]:
+        for record in e["metrics"].values() if e["status"] == "complete" else ():
+            record["per_cluster"] = {f"other-{k}": v for k, v in record["per_cluster"].items()}
+    result = compare(clustered_baseline(), no_shared, n_resamples=999)
+    assert {r["test"] for r in result["metrics"] if "test" in r} == {"legacy z-test (no cluster shared by both sides)"}
+
+
+def test_compare_main_reports_the_paired_interval(tmp_path, capsys):
+    base_path = write(tmp_path, "base.json", clustered_baseline())
+    candidate = clustered_baseline()
+    entry(candidate, "d2o-tiny-s0-aaaa0000")["metrics"]["harmful_rate"] = rate_metric(
+        _flags(0.5, 1), False, TASKS, n_resamples=199)
+    cand_path = write(tmp_path, "cand.json", candidate)
+    assert compare_main([base_path, cand_path]) == 1
+    printed = capsys.readouterr().out
+    assert "verdict: REGRESSION" in printed and "P(better)" in printed and "paired intervals at 95.45%" in printed
+    assert compare_main([base_path, base_path]) == 0
+    assert compare_main([base_path, cand_path, "--z", "40"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "too large" in error
