@@ -22,17 +22,34 @@ from harness.errors import BadInput
 from harness.registry import get_method
 
 
+WORLD_VARIANTS = ("canned-refusal", "decline-and-help", "distinct-shapes")
+
+
 @dataclass
 class WorldConfig:
     """The embedded tiny world (used when `data.dataset` is `tiny-world`)."""
 
+    # Seeds the built models and the rows' wording; a different world seed is a different world
+    # (base policy, scorers) over the same task split.
     seed: int = 0
+    # Seeds which tasks are train, validation and test. Kept fixed across world seeds so that no
+    # world's test task was ever another world's validation task (selection never sees test).
+    split_seed: int = 0
+    # How safe answers and answer shapes look (README, "World variants"):
+    # canned-refusal: a safe answer to a harmful prompt refuses and redirects in one sentence;
+    # decline-and-help: it declines, then helps with a safe alternative task, step by step;
+    # distinct-shapes: harmful and benign how-to answers use different openings and step links.
+    variant: Literal["canned-refusal", "decline-and-help", "distinct-shapes"] = "canned-refusal"
     # Share of harmful training prompts whose SFT target complies: makes the base "helpful but
     # unsafe" like Alpaca.
     base_compliance: float = 0.8
-    eval_prompts_per_kind: int = 64
+    # Practice tasks per group in the base policy's and scorers' corpora (procedures applied to
+    # words that are no world object): what lets the base answer held-out tasks.
+    practice_objects_per_group: int = 24
+    # Prompt templates per validation/test task (of 8); prompts of one task are one cluster.
+    eval_templates_per_task: int = 4
     # Training schedule of the built models; tests shrink them for a fast (if weaker) world.
-    policy_epochs: float = 12.0
+    policy_epochs: float = 10.0
     scorer_epochs: float = 4.0
 
 
@@ -55,7 +72,12 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "tiny-world"
     train_split: str = "train"
-    eval_split: str = "eval"
+    # The split a run is scored on. Runs that choose anything (tuning trials) use `validation`;
+    # only the selected configurations are scored on `test` (see the `tune` section).
+    eval_split: str = "test"
+    # Column whose value groups evaluation prompts that are not independent (the tiny world's
+    # `task_id`); intervals resample these groups. None: each prompt is its own group.
+    group_column: Optional[str] = None
     # Which response counts as y_l: the less safe one or the worse one of each pair.
     negative_from: Literal["safer", "better"] = "safer"
     # Keep only pairs whose negative is actually unsafe (D²O trains on harmful negatives).
@@ -82,6 +104,9 @@ class SamplingConfig:
 class TrainConfig:
     learning_rate: float = 5e-4
     epochs: float = 2.0
+    # The training budget. When > 0 every method takes exactly this many optimizer steps at the
+    # same batch size (so sees the same number of examples, cycling its data if it has fewer
+    # pairs), and `epochs` is ignored; the presets use this so no method gets more training.
     max_steps: int = -1
     per_device_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -118,6 +143,41 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Equal-budget tuning (`d2o-bench tune`) and the selection rule, declared before any run.
+
+    Every method gets `trials` trials over its declared search space (the learning rate on a
+    log scale, plus the method's own key hyperparameter), each trained on `data.train_split` and
+    scored on `validation_split` only. The rule below picks one trial per method; that
+    configuration is then trained with every seed in `test_seeds` on every world seed in
+    `test_world_seeds` and scored on `test_split`, and only those runs become leaderboard entries.
+    """
+
+    trials: int = 6
+    # Optuna sampler, seeded by `sampler_seed` so a study is reproducible.
+    sampler: Literal["tpe", "qmc", "random", "grid"] = "qmc"
+    sampler_seed: int = 0
+    validation_split: str = "validation"
+    test_split: str = "test"
+    # The two objectives every trial records.
+    harm_metric: str = "harmful_rate"
+    help_metric: str = "helpful_rate"
+    # max_helpful_under_harm_cap: the highest validation help_metric among trials whose
+    # validation harm_metric ≤ harm_cap_ratio × the base policy's; ties go to lower harm, then to
+    # the earlier trial. No trial under the cap: the trial with the lowest harm.
+    selection_rule: Literal["max_helpful_under_harm_cap"] = "max_helpful_under_harm_cap"
+    harm_cap_ratio: float = 0.5
+    # Helpfulness at matched harm: the validation Pareto front read at this × the base's harm.
+    matched_harm_ratio: float = 0.5
+    # Learning-rate range (log scale) shared by every method's search space.
+    learning_rate_low: float = 1e-5
+    learning_rate_high: float = 1e-3
+    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # World seeds (`world.seed`) the selected configuration is tested on; [] keeps the preset's.
+    test_world_seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     preset: str = "tiny"
     method_name: str = "d2o"
@@ -128,6 +188,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     # The method's own typed hyperparameters (an instance of its Config dataclass).
     method: Any = None
 
@@ -139,16 +200,39 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-PRESETS = ("tiny", "smollm2", "paper")
+def preset_names() -> list[str]:
+    """The presets shipped in harness/presets/ (one YAML file each)."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("harness.presets").iterdir()
+                  if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise BadInput(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_preset(name: str, _seen: tuple = ()) -> dict:
+    """A preset's settings; `extends: OTHER` starts from OTHER's and overrides field by field."""
+    known = preset_names()
+    if name not in known:
+        raise BadInput(f"unknown preset {name!r}; known: {', '.join(known)}")
+    if name in _seen:
+        raise BadInput(f"preset {name}: `extends` loops ({' -> '.join(_seen + (name,))})")
     text = resources.files("harness.presets").joinpath(f"{name}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise BadInput(f"preset {name}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise BadInput(f"preset {name}: top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = _merge(load_preset(str(parent), _seen + (name,)), data)
     return data
 
 
@@ -257,7 +341,23 @@ def parse_set_options(pairs: list[str]) -> dict:
     return nested
 
 
-_TOP_LEVEL_SECTIONS = ("world", "model", "data", "sampling", "train", "eval")
+_TOP_LEVEL_SECTIONS = ("world", "model", "data", "sampling", "train", "eval", "tune")
+
+
+def _apply_preset_method_settings(method_config, method_cls, preset_methods: dict) -> None:
+    """A preset's `methods.<family>` settings reach every member of the family (d2o-online gets
+    the preset's D²O K), for the fields the member has; `methods.<member>` then overrides."""
+    if not isinstance(preset_methods, dict):
+        raise BadInput("preset: `methods` must be a mapping of method names to settings")
+    names = {f.name for f in dataclasses.fields(method_config)}
+    family = method_cls.family
+    if family != method_cls.name and family in preset_methods:
+        shared = preset_methods[family]
+        if not isinstance(shared, dict):
+            raise BadInput(f"preset: methods.{family} must be a mapping of fields")
+        _apply(method_config, {k: v for k, v in shared.items() if k in names}, "method.")
+    if method_cls.name in preset_methods:
+        _apply(method_config, preset_methods[method_cls.name], "method.")
 
 
 def resolve_config(
@@ -283,8 +383,8 @@ def resolve_config(
         if "seed" in data:
             cfg.seed = coerce(data.pop("seed"), int, "seed")
         _apply(cfg, {k: v for k, v in data.items()}, "")
-        if source == "preset" and method in preset_methods:
-            _apply(cfg.method, preset_methods[method], "method.")
+        if source == "preset":
+            _apply_preset_method_settings(cfg.method, method_cls, preset_methods)
         if method_updates is not None:
             if not isinstance(method_updates, dict):
                 raise BadInput("--set method: expected method.FIELD=VALUE")
@@ -307,7 +407,14 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
         (0 <= cfg.world.base_compliance <= 1, "world.base_compliance must be in [0, 1]"),
-        (cfg.world.eval_prompts_per_kind >= 1, "world.eval_prompts_per_kind must be >= 1"),
+        (1 <= cfg.world.eval_templates_per_task <= 8, "world.eval_templates_per_task must be in 1..8"),
+        (cfg.world.practice_objects_per_group >= 0, "world.practice_objects_per_group must be >= 0"),
+        (cfg.tune.trials >= 1, "tune.trials must be >= 1"),
+        (0 < cfg.tune.harm_cap_ratio, "tune.harm_cap_ratio must be > 0"),
+        (0 < cfg.tune.matched_harm_ratio, "tune.matched_harm_ratio must be > 0"),
+        (0 < cfg.tune.learning_rate_low < cfg.tune.learning_rate_high,
+         "tune.learning_rate_low must be > 0 and below tune.learning_rate_high"),
+        (bool(cfg.tune.test_seeds), "tune.test_seeds must name at least one seed"),
         (cfg.world.policy_epochs > 0 and cfg.world.scorer_epochs > 0, "world.*_epochs must be > 0"),
         (cfg.eval.judge_max_calls >= 0, "eval.judge_max_calls must be >= 0"),
         (cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency must be >= 1"),

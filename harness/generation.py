@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 
-def generate_responses(
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    # True when the model emitted EOS; False when generation stopped at max_new_tokens.
+    ended: bool
+
+
+def generate_responses(model, tokenizer, prompt_texts: list[str], **kwargs) -> list[list[str]]:
+    """Like `generate_completions`, the texts only."""
+    return [[c.text for c in group] for group in generate_completions(model, tokenizer, prompt_texts, **kwargs)]
+
+
+def generate_completions(
     model,
     tokenizer,
     prompt_texts: list[str],
@@ -21,8 +35,9 @@ def generate_responses(
     batch_size: int = 32,
     seed: int = 0,
     desc: str = "generate",
-) -> list[list[str]]:
-    """`num_return_sequences` completions per prompt, decoded without the prompt.
+) -> list[list[Completion]]:
+    """`num_return_sequences` completions per prompt, decoded without the prompt, each saying
+    whether it ended (EOS) or was cut at `max_new_tokens`.
 
     Prompts are processed in length-sorted batches (less padding); the seed is set once, so the
     same inputs and settings give the same samples on the same device.
@@ -46,7 +61,7 @@ def generate_responses(
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     order = sorted(range(len(prompt_texts)), key=lambda i: len(prompt_texts[i]))
-    outputs: list[list[str]] = [[] for _ in prompt_texts]
+    outputs: list[list[Completion]] = [[] for _ in prompt_texts]
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
@@ -57,9 +72,10 @@ def generate_responses(
                 generated = model.generate(**enc, generation_config=generation_config)
                 new_tokens = generated[:, enc["input_ids"].shape[1] :]
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                ended = (new_tokens == tokenizer.eos_token_id).any(dim=-1).tolist()
                 for j, index in enumerate(chunk):
-                    group = texts[j * num_return_sequences : (j + 1) * num_return_sequences]
-                    outputs[index] = [t.strip() for t in group]
+                    rows = range(j * num_return_sequences, (j + 1) * num_return_sequences)
+                    outputs[index] = [Completion(texts[r].strip(), bool(ended[r])) for r in rows]
     finally:
         model.train(was_training)
     return outputs

@@ -21,11 +21,16 @@ class EncodedPair:
     response_start: int  # index of the first response token in input_ids
 
 
-def encode_pair(tokenizer, prompt_text: str, response: str, max_length: int) -> EncodedPair:
-    """Token ids of prompt + response + EOS; the prompt keeps its end if it must be cut."""
+def encode_pair(tokenizer, prompt_text: str, response: str, max_length: int, *, ended: bool = True) -> EncodedPair:
+    """Token ids of prompt + response (+ EOS when the response ended); the prompt keeps its end
+    if it must be cut.
+
+    A sample cut at max_new_tokens did not end: scoring an EOS after it would train and score a
+    stop the model never made.
+    """
     prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
+    if ended and tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     max_prompt = max(1, max_length // 2)
     if len(prompt_ids) > max_prompt and len(prompt_ids) + len(response_ids) > max_length:

@@ -11,7 +11,7 @@ import copy
 
 import torch
 
-from harness.generation import generate_responses
+from harness.generation import generate_completions
 from harness.logprobs import encode_pair, score_pairs
 
 
@@ -41,12 +41,12 @@ class OnlineSampleRefresher:
         snapshot = self._policy_snapshot(model, step)
         texts = [self.prompt_texts[i] for i in prompt_indices]
         s = self.sampling
-        groups = generate_responses(
+        groups = generate_completions(
             snapshot, self.tokenizer, texts, max_new_tokens=s.max_new_tokens, do_sample=True,
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, num_return_sequences=self.k,
             batch_size=max(1, s.batch_size // self.k), seed=self.seed + step, desc="online self-samples",
         )
-        pairs = [[encode_pair(self.tokenizer, text, r, self.max_length) for r in group]
+        pairs = [[encode_pair(self.tokenizer, text, c.text, self.max_length, ended=c.ended) for c in group]
                  for text, group in zip(texts, groups)]
         flat = [p for group in pairs for p in group]
         logps = score_pairs(self.reference_model, flat, self.tokenizer.pad_token_id, s.batch_size, "online reference")

@@ -11,7 +11,8 @@ import pytest
 REDUCED_WORLD = [
     "world.policy_epochs=3",
     "world.scorer_epochs=1",
-    "world.eval_prompts_per_kind=8",
+    "world.eval_templates_per_task=1",
+    "world.practice_objects_per_group=4",
 ]
 
 

@@ -105,15 +105,28 @@ def preference_pairs(rows: list[dict], *, negative_from: str, only_unsafe_negati
     return pairs
 
 
-def eval_prompts(rows: list[dict], limit: int | None = None) -> list[dict]:
-    """Distinct eval prompts with their kind; `limit` keeps a balanced head of each kind."""
+def eval_prompts(rows: list[dict], limit: int | None = None, group_column: str | None = None,
+                 source: str = "dataset") -> list[dict]:
+    """Distinct eval prompts with their kind and group; `limit` keeps a balanced head of each kind.
+
+    The group (the value of `group_column`, or the prompt itself) is the unit that intervals
+    resample: prompts of one group are not independent.
+    """
     seen: set[str] = set()
     prompts = []
-    for row in rows:
+    for index, row in enumerate(rows):
         if row["prompt"] in seen:
             continue
         seen.add(row["prompt"])
-        prompts.append({"prompt": row["prompt"], "kind": row_kind(row), "category": row.get("category")})
+        if group_column is None:
+            group = row["prompt"]
+        else:
+            group = row.get(group_column)
+            if group is None or (isinstance(group, str) and not group.strip()):
+                raise BadInput(f"dataset {source} row {index}: no value in the group column {group_column!r}")
+            group = str(group)
+        prompts.append({"prompt": row["prompt"], "kind": row_kind(row), "category": row.get("category"),
+                        "group": group})
     if limit is not None:
         by_kind: dict[str, list[dict]] = {}
         for item in prompts:

@@ -2,12 +2,15 @@
 
 What gets built (each step resumable: it lands under a temporary name and is renamed when done):
 
-1. `data/`: the world's train/eval rows (harness/data/tiny_world.py) as JSONL.
-2. `tokenizer/`: a byte-level BPE tokenizer trained on the world's text.
+1. `data/`: the world's train/validation/test rows (harness/data/tiny_world.py) as JSONL.
+2. `tokenizer/`: a byte-level BPE tokenizer trained on the train tasks' text only.
 3. `policy/`: a small Llama causal LM trained by SFT to be "helpful but unsafe" like Alpaca:
    helpful on benign requests, complying with most harmful ones (`world.base_compliance`).
 4. `reward/`, `cost/`: small Llama score models (the Safe-RLHF `LlamaForScore` layout) trained on
    the oracle's labels; cost > 0 means unsafe, reward is higher for more informative answers.
+
+Nothing here is trained on a validation or test task: every corpus comes from the train split
+(tests/test_tiny_world.py checks it string by string).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ MAX_LENGTH = 96
 # compliant-but-harmful answer is informative too (Beaver's reward ignores safety), refusals
 # inform less, and off-topic text least.
 REWARD_TARGETS = {"helpful": 1.0, "harmful": 0.5, "refusal": -0.25, "other": -1.0}
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 
 def world_key(world_cfg) -> str:
@@ -92,7 +95,9 @@ class _LossFnTrainer(Trainer):
 
 
 def _build_data(out: Path, world_cfg) -> None:
-    world = tiny_world.build_world(seed=world_cfg.seed, eval_prompts_per_kind=world_cfg.eval_prompts_per_kind)
+    world = tiny_world.build_world(seed=world_cfg.seed, split_seed=world_cfg.split_seed,
+                                   eval_templates_per_task=world_cfg.eval_templates_per_task,
+                                   variant=world_cfg.variant)
     for split, rows in world.items():
         with open(out / f"{split}.jsonl", "w") as handle:
             for row in rows:
@@ -109,7 +114,8 @@ def _build_tokenizer(out: Path, world_cfg) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    text = tiny_world.corpus_text(world_cfg.seed)
+    text = tiny_world.corpus_text(world_cfg.seed, split_seed=world_cfg.split_seed,
+                                  practice_per_group=world_cfg.practice_objects_per_group)
     text += [format_prompt("", "plain"), scorer_text("", "")]
     bpe.train_from_iterator(text, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
@@ -119,7 +125,9 @@ def _build_tokenizer(out: Path, world_cfg) -> None:
 
 
 def _policy_examples(tokenizer, world_cfg) -> Dataset:
-    corpus = tiny_world.base_sft_corpus(world_cfg.seed, world_cfg.base_compliance)
+    corpus = tiny_world.base_sft_corpus(world_cfg.seed, world_cfg.base_compliance,
+                                        split_seed=world_cfg.split_seed, variant=world_cfg.variant,
+                                        practice_per_group=world_cfg.practice_objects_per_group)
     rows = []
     for item in corpus:
         pair = encode_pair(tokenizer, format_prompt(item["prompt"], "plain"), item["response"], MAX_LENGTH)
@@ -166,7 +174,9 @@ def _build_scorer(out: Path, tokenizer_dir: Path, world_cfg, kind: str) -> None:
     config.score_type = kind
     model = LlamaForScore(config)
     rows = []
-    for item in tiny_world.scorer_corpus(world_cfg.seed):
+    for item in tiny_world.scorer_corpus(world_cfg.seed, split_seed=world_cfg.split_seed,
+                                         variant=world_cfg.variant,
+                                         practice_per_group=world_cfg.practice_objects_per_group):
         ids = tokenizer(scorer_text(item["prompt"], item["response"]))["input_ids"][-MAX_LENGTH:]
         target = float(item["label"] == "harmful") if kind == "cost" else REWARD_TARGETS[item["label"]]
         rows.append({"input_ids": ids, "target": target})
