@@ -1,10 +1,25 @@
-"""`d2o-bench publish LEADERBOARD... --to DIR`: tables, a static page and plots from leaderboards.
+"""`d2o-bench publish LEADERBOARD... --to DIR [--studies DIR]`: tables, a static page and plots.
 
 Runs are grouped per preset × method (× hyperparameters, when one method was run with several
-settings, e.g. by a sweep) and each metric is summarised over seeds as mean ± stderr: the
-standard error across seeds (sample sd / √k) when there are ≥ 2 seeds, else the single run's own
-recorded stderr. Failed runs are counted, not averaged. The best value per metric and preset is
-marked, its direction taken from the metric's `higher_is_better`.
+settings, e.g. by a sweep) and each metric is shown as `value [low, high]`, a 95% interval:
+
+* records with per-task data (`per_cluster`, schema 1.1.0): the across-runs interval of
+  `harness.stats.across_runs`: the runs (seeds) are pooled per task, because they share the test
+  prompts, the tasks are bootstrapped, and the between-run variance of the run means is added
+  (law of total variance). `value` is the pooled mean over prompts and runs.
+* legacy records (no per-task data): the mean over seeds with mean ± t(k−1)·sd/√k for k ≥ 2
+  seeds; one seed keeps its own recorded interval, or ± 1.96·stderr.
+
+Failed runs are counted, not averaged. The best value per metric and preset is marked, its
+direction taken from the metric's `higher_is_better`. Where per-task data exist, every method is
+also compared with the base policy of its preset on harmful_rate and helpful_rate: the paired
+difference method − base over the shared tasks, with its interval and the probability of
+improvement (per prompt, ties ½; see `harness.stats`).
+
+With `--studies DIR`, every `study.json` under DIR (written by `d2o-bench tune`) adds a frontier
+plot per preset (validation harm against helpfulness of every trial, the Pareto front as a step
+line, the selected trial marked, and the method's test result with its intervals as error bars)
+and a table of helpfulness at matched harm (Markdown section, `frontier.csv`).
 
 The HTML page is one file with inline CSS, JS and plots (data: URIs), so it can be archived or
 mailed and never fetches anything. Everything that came from a run (method and model names,
@@ -27,6 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from harness import stats
 from harness.errors import BadInput
 from harness.leaderboard import read_leaderboard
 
@@ -53,23 +69,48 @@ METRIC_ORDER = ("harmful_rate", "helpful_rate", "safe_rate", "cost", "reward",
                 "judge_helpfulness_win_rate", "judge_harmlessness_win_rate")
 HARMFULNESS_METRICS = ("harmful_rate", "cost")
 HELPFULNESS_METRICS = ("helpful_rate", "reward")
+# Compared with the base policy, paired on the shared test tasks.
+PAIRED_METRICS = ("harmful_rate", "helpful_rate")
+BASE_METHOD = "base"
+LEVEL = 0.95
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
 def summarise(records: list[dict]) -> Optional[dict]:
-    """mean ± stderr of one metric over seeds; None when no run has a value."""
+    """One metric over the runs of a row: value, interval, stderr; None when no run has a value.
+
+    `mean` is the value shown (the pooled mean for per-task data), `low`/`high` its 95% interval.
+    """
     usable = [r for r in records if r.get("value") is not None]
     if not usable:
         return None
+    higher_is_better = usable[0]["higher_is_better"]
+    kinds = {stats.record_kind(r) for r in usable}
+    if all(r.get("per_cluster") is not None for r in usable) and len(kinds) == 1:
+        estimate = stats.across_runs([stats.record_table(r) for r in usable], kind=kinds.pop(), level=LEVEL)
+        if estimate.value is not None:
+            return {"mean": estimate.value, "stderr": estimate.stderr, "k": len(usable),
+                    "higher_is_better": higher_is_better, "low": estimate.low, "high": estimate.high,
+                    "method": estimate.method}
     values = [float(r["value"]) for r in usable]
+    mean = statistics.fmean(values)
     if len(values) >= 2:
         stderr = statistics.stdev(values) / math.sqrt(len(values))
+        half = stats.quantile(LEVEL, len(values) - 1) * stderr
+        low, high, method = mean - half, mean + half, "legacy: t over seeds"
     else:
         stderr = usable[0].get("stderr")
-    return {"mean": statistics.fmean(values), "stderr": stderr, "k": len(values),
-            "higher_is_better": usable[0]["higher_is_better"]}
+        if usable[0].get("ci_low") is not None and usable[0].get("ci_high") is not None:
+            low, high, method = usable[0]["ci_low"], usable[0]["ci_high"], usable[0].get("ci_method") or "recorded"
+        elif stderr is not None:
+            half = stats.quantile(LEVEL) * stderr
+            low, high, method = mean - half, mean + half, "legacy: normal"
+        else:
+            low = high = method = None
+    return {"mean": mean, "stderr": stderr, "k": len(values), "higher_is_better": higher_is_better,
+            "low": low, "high": high, "method": method}
 
 
 def judge_metrics(entry: dict) -> dict:
@@ -149,7 +190,40 @@ def aggregate(entries: list[dict]) -> dict:
         }
         rows.append(row)
     _mark_best(rows, names, directions)
+    _paired_against_base(rows)
     return {"metrics": names, "directions": directions, "rows": rows}
+
+
+def _complete_records(row: dict, name: str) -> list[dict]:
+    return [_metrics_of(r)[name] for r in row["runs"] if r["status"] == "complete" and name in _metrics_of(r)]
+
+
+def _paired_against_base(rows: list[dict]) -> None:
+    """row["vs_base"][metric]: the paired difference method − base where both have per-task data."""
+    for row in rows:
+        row["vs_base"] = {}
+    for preset in {r["preset"] for r in rows}:
+        in_preset = [r for r in rows if r["preset"] == preset]
+        bases = [r for r in in_preset if r["method"] == BASE_METHOD]
+        if len(bases) != 1:
+            continue  # no base policy, or several settings of it: nothing unambiguous to pair with
+        (base,) = bases
+        for row in in_preset:
+            if row is base:
+                continue
+            for metric in PAIRED_METRICS:
+                ours, theirs = _complete_records(row, metric), _complete_records(base, metric)
+                records = ours + theirs
+                if not ours or not theirs or any(r.get("per_cluster") is None for r in records):
+                    continue
+                kinds = {stats.record_kind(r) for r in records}
+                if len(kinds) != 1:
+                    continue
+                difference = stats.paired_difference_runs(
+                    [stats.record_table(r) for r in ours], [stats.record_table(r) for r in theirs],
+                    kind=kinds.pop(), higher_is_better=ours[0]["higher_is_better"], level=LEVEL)
+                if difference.delta is not None:
+                    row["vs_base"][metric] = difference
 
 
 def _hyper_label(hyperparameters: dict) -> str:
@@ -173,10 +247,20 @@ def _mark_best(rows: list[dict], names: list[str], directions: dict[str, bool]) 
 
 
 def format_summary(summary: Optional[dict], digits: int = 3) -> str:
+    """`value [low, high]`; the value alone when no interval is known."""
     if summary is None:
         return "—"
-    stderr = "?" if summary["stderr"] is None else f"{summary['stderr']:.{digits}f}"
-    return f"{summary['mean']:.{digits}f} ± {stderr}"
+    if summary.get("low") is None or summary.get("high") is None:
+        return f"{summary['mean']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
+
+
+def format_difference(difference: Optional["stats.PairedDifference"], digits: int = 3) -> tuple[str, str]:
+    """(`Δ [low, high]`, `P(improvement) [low, high]`) of a paired difference, dashes when absent."""
+    if difference is None:
+        return "—", "—"
+    return (f"{difference.delta:+.{digits}f} [{difference.low:+.{digits}f}, {difference.high:+.{digits}f}]",
+            f"{difference.poi:.2f} [{difference.poi_low:.2f}, {difference.poi_high:.2f}]")
 
 
 def _arrow(higher_is_better: bool) -> str:
@@ -199,10 +283,21 @@ def markdown_text(value: Any) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def render_markdown(table: dict) -> str:
+INTERVAL_NOTE = ("value [low, high]: a 95% interval. With per-task data it resamples test tasks and pools the "
+                 "seeds per task (they share the prompts), adding the between-seed variance; legacy records: "
+                 "mean over seeds ± t·sd/√k (one seed: its own interval or ± 1.96·stderr).")
+PAIRED_NOTE = ("Δ = method − base on the same test tasks (runs pooled per task, tasks bootstrapped) with its 95% "
+               "interval; P(improvement) = P(method better than base on a prompt) + ½·P(tie), 0.5 = no "
+               "difference, better meaning lower harmful_rate and higher helpful_rate.")
+
+
+def _paired_rows(table: dict, preset: str) -> list[dict]:
+    return [r for r in table["rows"] if r["preset"] == preset and r.get("vs_base")]
+
+
+def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
     lines = ["# d2o-bench leaderboard", "",
-             "mean ± stderr over seeds (a single seed shows its own stderr); **bold** is the best per metric "
-             "within a preset; ↑/↓ higher/lower is better.", ""]
+             f"{INTERVAL_NOTE} **bold** is the best per metric within a preset; ↑/↓ higher/lower is better.", ""]
     for preset in sorted({r["preset"] for r in table["rows"]}):
         rows = [r for r in table["rows"] if r["preset"] == preset]
         names = [n for n in table["metrics"] if any(r["metrics"][n] is not None for r in rows)]
@@ -220,6 +315,16 @@ def render_markdown(table: dict) -> str:
         if failed:
             lines += ["", "Failed runs (not averaged): " + ", ".join(failed) + "."]
         lines.append("")
+        paired = _paired_rows(table, preset)
+        if paired:
+            lines += [f"### against the base policy (preset {markdown_text(preset)})", "", markdown_text(PAIRED_NOTE), "",
+                      "| method | " + " | ".join(f"{markdown_text(m)} Δ | {markdown_text(m)} P(improvement)"
+                                                   for m in PAIRED_METRICS) + " |",
+                      "|---|" + "---:|---:|" * len(PAIRED_METRICS)]
+            for row in paired:
+                cells = [cell for m in PAIRED_METRICS for cell in format_difference(row["vs_base"].get(m))]
+                lines.append(f"| {markdown_text(row['label'])} | " + " | ".join(cells) + " |")
+            lines.append("")
     if _has_paper_rows(table):
         lines += ["## Beside the paper (preset paper)", "",
                   "| method | harmfulness ↓ (ours: cost) | harmfulness ↓ (paper) | win rate vs base % (ours: judge) "
@@ -231,6 +336,14 @@ def render_markdown(table: dict) -> str:
                          f"{' (' + markdown_text(paper[0]) + ')' if paper else ''} | {ours_cost} | "
                          f"{_paper_number(paper, 1)} | {ours_win} | {_paper_number(paper, 2)} |")
         lines += ["", f"Paper numbers: {markdown_text(PAPER_CITATION)}.", ""]
+    if studies:
+        lines += ["## Helpfulness at matched harm (tuning studies)", "", FRONTIER_NOTE, "",
+                  "| preset | method | study | selection rule | selected trial | trials | harm level | "
+                  "helpful at matched harm |", "|---|---|---|---|---:|---:|---:|---:|"]
+        for row in frontier_rows(studies):
+            lines.append("| " + " | ".join(markdown_text(_cell(row[c])) for c in FRONTIER_COLUMNS[:6]) + " | "
+                         + " | ".join(_cell(row[c], 3) for c in FRONTIER_COLUMNS[6:]) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -243,8 +356,8 @@ def _paper_number(paper: Optional[tuple], index: int) -> str:
 def _paper_side_by_side(row: dict) -> tuple[str, str]:
     cost = row["metrics"].get("cost")
     win = row["metrics"].get("judge_helpfulness_win_rate")
-    win_pct = None if win is None else {**win, "mean": 100 * win["mean"],
-                                        "stderr": None if win["stderr"] is None else 100 * win["stderr"]}
+    win_pct = None if win is None else {
+        **win, **{k: None if win.get(k) is None else 100 * win[k] for k in ("mean", "stderr", "low", "high")}}
     return format_summary(cost, 2), format_summary(win_pct, 2)
 
 
@@ -254,12 +367,21 @@ def _csv_text(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def _csv_number(value: Optional[float]) -> str:
+    return "" if value is None else repr(float(value))
+
+
 def render_csv(table: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["preset", "method", "hyperparameters", "n_seeds", "n_runs", "n_failed"]
     for name in table["metrics"]:
-        header += [f"{name}_mean", f"{name}_stderr", f"{name}_k", f"{name}_higher_is_better"]
+        header += [f"{name}_mean", f"{name}_stderr", f"{name}_ci_low", f"{name}_ci_high", f"{name}_k",
+                   f"{name}_higher_is_better"]
+    for name in PAIRED_METRICS:
+        header += [f"{name}_vs_base_delta", f"{name}_vs_base_ci_low", f"{name}_vs_base_ci_high",
+                   f"{name}_vs_base_p_improvement", f"{name}_vs_base_p_improvement_low",
+                   f"{name}_vs_base_p_improvement_high"]
     paper = _has_paper_rows(table)
     if paper:
         header += ["paper_harmfulness", "paper_gpt4_win_rate_pct"]
@@ -269,9 +391,13 @@ def render_csv(table: dict) -> str:
                 row["n_seeds"], row["n_runs"], row["n_failed"]]
         for name in table["metrics"]:
             summary = row["metrics"][name]
-            line += (["", "", 0, table["directions"][name]] if summary is None else
-                     [repr(summary["mean"]), "" if summary["stderr"] is None else repr(float(summary["stderr"])),
-                      summary["k"], summary["higher_is_better"]])
+            line += (["", "", "", "", 0, table["directions"][name]] if summary is None else
+                     [repr(summary["mean"]), _csv_number(summary["stderr"]), _csv_number(summary.get("low")),
+                      _csv_number(summary.get("high")), summary["k"], summary["higher_is_better"]])
+        for name in PAIRED_METRICS:
+            d = row.get("vs_base", {}).get(name)
+            line += ([""] * 6 if d is None else
+                     [_csv_number(x) for x in (d.delta, d.low, d.high, d.poi, d.poi_low, d.poi_high)])
         if paper:
             line += ["" if row["paper"] is None or row["paper"][i] is None else row["paper"][i] for i in (1, 2)]
         writer.writerow(line)
@@ -290,8 +416,15 @@ def _first_present(row: dict, names: tuple[str, ...]) -> Optional[str]:
     return next((n for n in names if row["metrics"].get(n) is not None), None)
 
 
+def _error_bar(summary: dict) -> list[list[float]]:
+    """Asymmetric [[below], [above]] bar from the summary's interval (none when it has no interval)."""
+    if summary.get("low") is None or summary.get("high") is None:
+        return [[0.0], [0.0]]
+    return [[max(summary["mean"] - summary["low"], 0.0)], [max(summary["high"] - summary["mean"], 0.0)]]
+
+
 def plot_tradeoff(rows: list[dict], path: Path) -> bool:
-    """Harmfulness against helpfulness, one point per method with stderr bars; False if nothing to plot."""
+    """Harmfulness against helpfulness, one point per method with 95% interval bars; False if nothing to plot."""
     harm = next((n for n in HARMFULNESS_METRICS if all(r["metrics"].get(n) for r in rows)), None) or \
         next((n for n in HARMFULNESS_METRICS if any(r["metrics"].get(n) for r in rows)), None)
     helpful = next((n for n in HELPFULNESS_METRICS if all(r["metrics"].get(n) for r in rows)), None) or \
@@ -310,7 +443,7 @@ def plot_tradeoff(rows: list[dict], path: Path) -> bool:
         markers = "osD^v<>ph*"
         for index, row in enumerate(points):
             x, y = row["metrics"][helpful], row["metrics"][harm]
-            axes.errorbar(x["mean"], y["mean"], xerr=x["stderr"] or 0.0, yerr=y["stderr"] or 0.0,
+            axes.errorbar(x["mean"], y["mean"], xerr=_error_bar(x), yerr=_error_bar(y),
                           fmt=markers[(index // 10 + index) % len(markers)], color=f"C{index % 10}",
                           capsize=3, label=_plot_label(row["label"]))
         axes.set_xlabel(f"{helpful} ({_arrow(True)} better)")
@@ -361,6 +494,251 @@ def _save_figure(figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     _write_atomic(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- tuning studies (frontier)
+
+
+STUDY_FILE = "study.json"
+DEFAULT_OBJECTIVES = {"harm": "harmful_rate", "help": "helpful_rate"}
+FRONTIER_COLUMNS = ("preset", "method", "study", "selection_rule", "selected_trial", "trials", "harm_level",
+                    "helpful_at_matched_harm")
+FRONTIER_NOTE = ("From `d2o-bench tune` studies: the validation helpfulness each method reaches at the matched "
+                 "harm level (the study's `helpful_at_matched_harm`), the trial its selection rule picked, and "
+                 "how many trials completed. The frontier plots show every trial on validation data and the "
+                 "method's test result with its 95% intervals.")
+
+
+def _cell(value: Any, digits: Optional[int] = None) -> str:
+    if value is None:
+        return "—"
+    if digits is not None and isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _study_error(path: Path, where: str, message: str) -> BadInput:
+    return BadInput(f"{path}: {where + ': ' if where else ''}{message}")
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    kind = ("null" if value is None else "boolean" if isinstance(value, bool) else "number"
+            if isinstance(value, (int, float)) else "string" if isinstance(value, str) else
+            "array" if isinstance(value, list) else "object" if isinstance(value, dict) else type(value).__name__)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _objective_point(path: Path, where: str, record: Any) -> Optional[dict]:
+    """{"value", "ci_low", "ci_high"} from a trial's validation record (a number is accepted as a value)."""
+    if record is None:
+        return None
+    if _is_number(record):
+        return {"value": float(record), "ci_low": None, "ci_high": None}
+    if not isinstance(record, dict):
+        raise _study_error(path, where, f"expected an object with a numeric value, got {_describe_value(record)}")
+    point = {}
+    for field in ("value", "ci_low", "ci_high"):
+        value = record.get(field)
+        if value is None and field != "value":
+            point[field] = None
+            continue
+        if not _is_number(value):
+            raise _study_error(path, f"{where}.{field}", f"expected a number, got {_describe_value(value)}")
+        point[field] = float(value)
+    return point
+
+
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not valid JSON (record null instead)")
+
+
+def read_study(path: Path) -> dict:
+    """A tuning study's file, checked; BadInput naming the file and the field on anything malformed.
+
+    Unknown keys are ignored. Trials that did not complete, or have no validation value for both
+    objectives, are kept but not plotted.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not JSON: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: unreadable ({exc.strerror})") from None
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise BadInput(f"{path}: not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise _study_error(path, "", f"expected a study object, got {_describe_value(document)}")
+    for field in ("method", "preset"):
+        if not isinstance(document.get(field), str) or not document[field]:
+            raise _study_error(path, field, f"expected a non-empty string, got {_describe_value(document.get(field))}")
+    objectives = document.get("objectives", DEFAULT_OBJECTIVES)
+    if not isinstance(objectives, dict):
+        raise _study_error(path, "objectives", f"expected an object, got {_describe_value(objectives)}")
+    objectives = {**DEFAULT_OBJECTIVES, **objectives}
+    for role in ("harm", "help"):
+        if not isinstance(objectives[role], str) or not objectives[role]:
+            raise _study_error(path, f"objectives.{role}", f"expected a metric name, got {_describe_value(objectives[role])}")
+    trials_in = document.get("trials")
+    if not isinstance(trials_in, list):
+        raise _study_error(path, "trials", f"expected an array, got {_describe_value(trials_in)}")
+    trials, numbers = [], set()
+    for index, trial in enumerate(trials_in):
+        where = f"trials[{index}]"
+        if not isinstance(trial, dict):
+            raise _study_error(path, where, f"expected an object, got {_describe_value(trial)}")
+        number = trial.get("number")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise _study_error(path, f"{where}.number", f"expected an integer, got {_describe_value(number)}")
+        if number in numbers:
+            raise _study_error(path, f"{where}.number", f"duplicate trial number {number}")
+        numbers.add(number)
+        state = trial.get("state", "COMPLETE")
+        if not isinstance(state, str):
+            raise _study_error(path, f"{where}.state", f"expected a string, got {_describe_value(state)}")
+        validation = trial.get("validation")
+        if validation is not None and not isinstance(validation, dict):
+            raise _study_error(path, f"{where}.validation", f"expected an object, got {_describe_value(validation)}")
+        validation = validation or {}
+        harm = _objective_point(path, f"{where}.validation.{objectives['harm']}", validation.get(objectives["harm"]))
+        helpful = _objective_point(path, f"{where}.validation.{objectives['help']}", validation.get(objectives["help"]))
+        params = trial.get("params", {})
+        if not isinstance(params, dict):
+            raise _study_error(path, f"{where}.params", f"expected an object, got {_describe_value(params)}")
+        trials.append({"number": number, "state": state, "params": params, "harm": harm, "help": helpful,
+                       "plotted": state == "COMPLETE" and harm is not None and helpful is not None})
+    front = document.get("pareto_front", [])
+    if not isinstance(front, list):
+        raise _study_error(path, "pareto_front", f"expected an array of trial numbers, got {_describe_value(front)}")
+    for index, number in enumerate(front):
+        if not isinstance(number, int) or isinstance(number, bool) or number not in numbers:
+            raise _study_error(path, f"pareto_front[{index}]", f"{_describe_value(number)} is not a trial number of this study")
+    selected = document.get("selected_trial")
+    if selected is not None and (not isinstance(selected, int) or isinstance(selected, bool) or selected not in numbers):
+        raise _study_error(path, "selected_trial", f"{_describe_value(selected)} is not a trial number of this study")
+    matched = document.get("helpful_at_matched_harm")
+    if matched is not None:
+        if not isinstance(matched, dict):
+            raise _study_error(path, "helpful_at_matched_harm", f"expected an object or null, got {_describe_value(matched)}")
+        for field in ("harm_level", "value"):
+            if matched.get(field) is not None and not _is_number(matched[field]):
+                raise _study_error(path, f"helpful_at_matched_harm.{field}",
+                                   f"expected a number or null, got {_describe_value(matched[field])}")
+    rule = document.get("selection_rule")
+    rule_name = rule.get("name") if isinstance(rule, dict) else rule if isinstance(rule, str) else None
+    base = document.get("base_validation")
+    base_point = None
+    if isinstance(base, dict) and _is_number(base.get(objectives["harm"])) and _is_number(base.get(objectives["help"])):
+        base_point = (float(base[objectives["harm"]]), float(base[objectives["help"]]))
+    return {"path": path, "method": document["method"], "preset": document["preset"],
+            "study_name": document.get("study_name") if isinstance(document.get("study_name"), str) else path.parent.name,
+            "objectives": objectives, "trials": trials, "pareto_front": list(front), "selected_trial": selected,
+            "helpful_at_matched_harm": matched, "selection_rule": rule_name if isinstance(rule_name, str) else None,
+            "base_validation": base_point}
+
+
+def load_studies(directory: Path) -> list[dict]:
+    """Every `study.json` under `directory`, in path order; BadInput when there is none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BadInput(f"publish: --studies {directory}: no such directory")
+    paths = sorted(directory.rglob(STUDY_FILE))
+    if not paths:
+        raise BadInput(f"publish: no {STUDY_FILE} under {directory}")
+    return [read_study(path) for path in paths]
+
+
+def frontier_rows(studies: list[dict]) -> list[dict]:
+    rows = []
+    for study in sorted(studies, key=lambda s: (s["preset"], s["method"], s["study_name"], str(s["path"]))):
+        matched = study["helpful_at_matched_harm"] or {}
+        rows.append({
+            "preset": study["preset"], "method": study["method"], "study": study["study_name"],
+            "selection_rule": study["selection_rule"], "selected_trial": study["selected_trial"],
+            "trials": sum(1 for t in study["trials"] if t["state"] == "COMPLETE"),
+            "harm_level": None if matched.get("harm_level") is None else float(matched["harm_level"]),
+            "helpful_at_matched_harm": None if matched.get("value") is None else float(matched["value"]),
+        })
+    return rows
+
+
+def render_frontier_csv(studies: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(FRONTIER_COLUMNS)
+    for row in frontier_rows(studies):
+        writer.writerow([_csv_text(row[c]) if isinstance(row[c], str) else
+                         "" if row[c] is None else repr(row[c]) for c in FRONTIER_COLUMNS])
+    return buffer.getvalue()
+
+
+def plot_frontier(studies: list[dict], rows: list[dict], path: Path) -> bool:
+    """Validation harm (x) against helpfulness (y) per method: trials, Pareto front (step line),
+    selected trial, and the test result of the method's leaderboard rows with 95% interval bars."""
+    if not any(t["plotted"] for s in studies for t in s["trials"]):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    methods = sorted({s["method"] for s in studies})
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}
+    harm_name, help_name = studies[0]["objectives"]["harm"], studies[0]["objectives"]["help"]
+    figure, axes = plt.subplots(figsize=(9.0, 5.4), dpi=100)
+    try:
+        base_drawn = False
+        for study in studies:
+            colour = colours[study["method"]]
+            points = {t["number"]: t for t in study["trials"] if t["plotted"]}
+            first = study is next(s for s in studies if s["method"] == study["method"])
+            axes.scatter([t["harm"]["value"] for t in points.values()], [t["help"]["value"] for t in points.values()],
+                         s=18, alpha=0.45, color=colour,
+                         label=_plot_label(f"{study['method']} trials (validation)") if first else None)
+            front = sorted((points[n] for n in study["pareto_front"] if n in points),
+                           key=lambda t: (t["harm"]["value"], t["help"]["value"]))
+            if front:
+                axes.plot([t["harm"]["value"] for t in front], [t["help"]["value"] for t in front], color=colour,
+                          drawstyle="steps-post", linewidth=1.5,
+                          label=_plot_label(f"{study['method']} Pareto front") if first else None)
+            chosen = points.get(study["selected_trial"])
+            if chosen is not None:
+                axes.scatter([chosen["harm"]["value"]], [chosen["help"]["value"]], marker="*", s=220, color=colour,
+                             edgecolors="black", linewidths=0.8, zorder=5,
+                             label=_plot_label(f"{study['method']} selected trial") if first else None)
+            if study["base_validation"] is not None and not base_drawn:
+                axes.scatter([study["base_validation"][0]], [study["base_validation"][1]], marker="X", s=80,
+                             color="grey", zorder=4, label="base (validation)")
+                base_drawn = True
+        for method in methods:
+            for row in (r for r in rows if r["method"] == method):
+                x, y = row["metrics"].get(harm_name), row["metrics"].get(help_name)
+                if x is None or y is None:
+                    continue
+                axes.errorbar(x["mean"], y["mean"], xerr=_error_bar(x), yerr=_error_bar(y), fmt="D",
+                              color=colours[method], markeredgecolor="black", capsize=4, zorder=6,
+                              label=_plot_label(f"{row['label']} test (95% interval)"))
+        axes.set_xlabel(f"{harm_name} ({_arrow(False)} better)")
+        axes.set_ylabel(f"{help_name} ({_arrow(True)} better)")
+        axes.set_title(_plot_label(f"tuning frontier — preset {studies[0]['preset']}"))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        figure.tight_layout()
+        _save_figure(figure, path)
+    finally:
+        plt.close(figure)
+    return True
 
 
 # --------------------------------------------------------------------------- HTML
@@ -449,7 +827,35 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def render_html(table: dict, plots: dict[str, Path]) -> str:
+def _paired_html(table: dict) -> str:
+    parts = []
+    for preset in sorted({r["preset"] for r in table["rows"]}):
+        paired = _paired_rows(table, preset)
+        if not paired:
+            continue
+        header = "".join(f"<th>{_e(m)} Δ</th><th>{_e(m)} P(improvement)</th>" for m in PAIRED_METRICS)
+        body = "".join(
+            f'<tr><td class="text">{_e(row["label"])}</td>'
+            + "".join(f"<td>{_e(cell)}</td>" for m in PAIRED_METRICS for cell in format_difference(row["vs_base"].get(m)))
+            + "</tr>" for row in paired)
+        parts.append(f'<h2>Against the base policy (preset {_e(preset)})</h2><p class="note">{_e(PAIRED_NOTE)}</p>'
+                     f'<table class="vs-base" data-preset="{_e(preset)}"><thead><tr><th>method</th>{header}</tr></thead>'
+                     f"<tbody>{body}</tbody></table>")
+    return "".join(parts)
+
+
+def _frontier_html(studies: Optional[list[dict]]) -> str:
+    if not studies:
+        return ""
+    header = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in FRONTIER_COLUMNS)
+    body = "".join("<tr>" + "".join(f'<td class="text">{_e(_cell(row[c]))}</td>' for c in FRONTIER_COLUMNS[:6])
+                   + "".join(f"<td>{_e(_cell(row[c], 3))}</td>" for c in FRONTIER_COLUMNS[6:]) + "</tr>"
+                   for row in frontier_rows(studies))
+    return (f'<h2>Helpfulness at matched harm (tuning studies)</h2><p class="note">{_e(FRONTIER_NOTE)}</p>'
+            f'<table id="frontier"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def render_html(table: dict, plots: dict[str, Path], studies: Optional[list[dict]] = None) -> str:
     names = table["metrics"]
     header = ['<th data-col="preset" data-type="text">preset</th>',
               '<th data-col="method" data-type="text">method</th>',
@@ -491,11 +897,12 @@ def render_html(table: dict, plots: dict[str, Path]) -> str:
         f"<title>d2o-bench leaderboard</title><style>{_PAGE_CSS}</style></head>\n"
         f"<body data-errors=\"\"><script>{_ERROR_HOOK_JS}</script>"
         "<h1>d2o-bench leaderboard</h1>"
-        "<p class=\"note\">mean ± stderr over seeds (one seed: its own stderr); highlighted: best per metric within "
+        f"<p class=\"note\">{_e(INTERVAL_NOTE)} Highlighted: best per metric within "
         "a preset; ↑/↓ higher/lower is better. Click a header to sort; <code>?sort=COLUMN&amp;dir=desc</code> "
         "sorts on load.</p>"
         f"<table id=\"leaderboard\"><thead><tr>{''.join(header)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f"{paper}<h2>Plots</h2>{images}<script>{_PAGE_JS}</script></body></html>\n"
+        f"{_paired_html(table)}{paper}{_frontier_html(studies)}<h2>Plots</h2>{images}"
+        f"<script>{_PAGE_JS}</script></body></html>\n"
     )
 
 
@@ -519,13 +926,18 @@ def _file_stem(preset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", preset).strip("._") or "preset"
 
 
-def publish(leaderboard_paths: list[Path], out_dir: Path) -> dict[str, Path]:
-    """Writes leaderboard.md, leaderboard.csv, index.html and per-preset PNG plots; returns them by name."""
+def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[Path] = None) -> dict[str, Path]:
+    """Writes leaderboard.md, leaderboard.csv, index.html and per-preset PNG plots (plus, with
+    `studies_dir`, frontier-<preset>.png and frontier.csv); returns them by name.
+
+    Every input is read and checked before anything is written, so bad input leaves DIR as it was.
+    """
     if not leaderboard_paths:
         raise BadInput("publish: no leaderboard given")
     entries = load_entries(leaderboard_paths)
     if not entries:
         raise BadInput("publish: the leaderboards hold no entries")
+    studies = load_studies(Path(studies_dir)) if studies_dir is not None else None
     table = aggregate(entries)
     out_dir = Path(out_dir)
     try:
@@ -534,17 +946,23 @@ def publish(leaderboard_paths: list[Path], out_dir: Path) -> dict[str, Path]:
         raise BadInput(f"publish: cannot create {out_dir} ({exc.strerror})") from None
     written: dict[str, Path] = {}
     plots: dict[str, Path] = {}
-    for preset in sorted({r["preset"] for r in table["rows"]}):
+    for preset in sorted({r["preset"] for r in table["rows"]} | {s["preset"] for s in studies or []}):
         rows = [r for r in table["rows"] if r["preset"] == preset]
         stem = _file_stem(preset)
         for kind, plot in (("tradeoff", plot_tradeoff), ("loss", plot_loss_curves)):
             path = out_dir / f"{kind}-{stem}.png"
-            if plot(rows, path):
+            if rows and plot(rows, path):
                 plots[f"plot_{kind}_{preset}"] = path
+        in_preset = [s for s in studies or [] if s["preset"] == preset]
+        if in_preset and plot_frontier(in_preset, rows, out_dir / f"frontier-{stem}.png"):
+            plots[f"plot_frontier_{preset}"] = out_dir / f"frontier-{stem}.png"
     written.update(plots)
-    for name, filename, text in (("markdown", "leaderboard.md", render_markdown(table)),
-                                 ("csv", "leaderboard.csv", render_csv(table)),
-                                 ("html", "index.html", render_html(table, plots))):
+    outputs = [("markdown", "leaderboard.md", render_markdown(table, studies)),
+               ("csv", "leaderboard.csv", render_csv(table)),
+               ("html", "index.html", render_html(table, plots, studies))]
+    if studies:
+        outputs.append(("frontier_csv", "frontier.csv", render_frontier_csv(studies)))
+    for name, filename, text in outputs:
         _write_atomic(out_dir / filename, text.encode("utf-8"))
         written[name] = out_dir / filename
     return written
@@ -554,12 +972,18 @@ def publish_main(argv: list[str]) -> int:
     from harness.cli import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="d2o-bench publish",
-                                   description="Tables (Markdown, CSV), a static HTML page and plots from leaderboards.")
+                                   description="Tables (Markdown, CSV), a static HTML page and plots from leaderboards: "
+                                               "every metric as value [95% interval] over seeds, each method paired "
+                                               "with the base policy, and tuning frontiers from --studies.")
     parser.add_argument("leaderboards", nargs="+", metavar="LEADERBOARD", help="leaderboard.json file(s)")
     parser.add_argument("--to", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--studies", default=None, metavar="DIR",
+                        help="directory searched for study.json files of `d2o-bench tune`: adds frontier-<preset>.png "
+                             "and a helpfulness-at-matched-harm table (frontier.csv)")
     try:
         args = parser.parse_args(argv)
-        written = publish([Path(p) for p in args.leaderboards], Path(args.to))
+        written = publish([Path(p) for p in args.leaderboards], Path(args.to),
+                          Path(args.studies) if args.studies is not None else None)
     except BadInput as exc:
         print(f"d2o-bench publish: error: {exc}", file=sys.stderr)
         return 2

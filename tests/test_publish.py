@@ -39,6 +39,15 @@ def by_seed_stats(document: dict, method: str, metric: str) -> tuple[float, floa
     return mean, math.sqrt(variance) / math.sqrt(k), k
 
 
+def legacy_interval(document: dict, method: str, metric: str) -> tuple[float, float]:
+    """The 95% interval publish shows for legacy records: mean ± t(k−1)·sd/√k, one seed ± 1.96·stderr."""
+    from scipy import stats as scipy_stats
+
+    mean, stderr, k = by_seed_stats(document, method, metric)
+    q = scipy_stats.t.ppf(0.975, k - 1) if k > 1 else scipy_stats.norm.ppf(0.975)
+    return mean - q * stderr, mean + q * stderr
+
+
 def csv_rows(path: Path) -> dict[str, dict]:
     with path.open(newline="") as handle:
         return {row["method"]: row for row in csv.DictReader(handle)}
@@ -79,6 +88,8 @@ def test_csv_holds_mean_and_stderr_over_seeds(published, method, seeds, metric):
     assert float(row[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12)
     assert float(row[f"{metric}_stderr"]) == pytest.approx(stderr, rel=1e-12)
     assert int(row[f"{metric}_k"]) == seeds
+    low, high = legacy_interval(tiny(), method, metric)
+    assert (float(row[f"{metric}_ci_low"]), float(row[f"{metric}_ci_high"])) == pytest.approx((low, high), rel=1e-9)
 
 
 def test_failed_runs_are_counted_not_averaged(published):
@@ -92,12 +103,13 @@ def test_markdown_shows_numbers_and_bolds_the_best_by_direction(published):
     document = tiny()
     for method in ("d2o", "dpo", "base"):
         for metric in ("harmful_rate", "helpful_rate", "cost", "reward"):
-            mean, stderr, _ = by_seed_stats(document, method, metric)
-            assert f"{mean:.3f} ± {stderr:.3f}" in text, (method, metric)
+            mean, _, _ = by_seed_stats(document, method, metric)
+            low, high = legacy_interval(document, method, metric)
+            assert f"{mean:.3f} [{low:.3f}, {high:.3f}]" in text, (method, metric)
     d2o_line = next(line for line in text.splitlines() if line.startswith("| d2o |"))
     base_line = next(line for line in text.splitlines() if line.startswith("| base |"))
     # d2o has the lowest harmful_rate (lower is better) and the highest helpful_rate.
-    assert "**0.120 ± 0.012**" in d2o_line and "**0.700 ± 0.023**" in d2o_line
+    assert "**0.120 [0.070, 0.170]**" in d2o_line and "**0.700 [0.601, 0.799]**" in d2o_line
     assert "**" not in base_line
     assert "harmful\\_rate ↓" in text and "helpful\\_rate ↑" in text
 
@@ -140,8 +152,9 @@ def test_html_and_markdown_escape_hostile_names(tmp_path):
 def test_paper_preset_is_shown_beside_the_papers_table1(tmp_path):
     written = publish([FIXTURES / "paper.json"], tmp_path / "out")
     markdown = written["markdown"].read_text()
-    assert "| d2o (D²O) | -3.50 ± 0.25 | -4.27 | 55.00 ± 5.00 | 61.82 |" in markdown
-    assert "| base (Alpaca (base)) | 1.20 ± 0.30 | 1.36 | — | — |" in markdown
+    # One seed each: the recorded stderr gives value ± 1.96·stderr.
+    assert "| d2o (D²O) | -3.50 [-3.99, -3.01] | -4.27 | 55.00 [45.20, 64.80] | 61.82 |" in markdown
+    assert "| base (Alpaca (base)) | 1.20 [0.61, 1.79] | 1.36 | — | — |" in markdown
     assert "Findings of EMNLP 2024, Table 1" in markdown and "secondary sources" in markdown
     rows = csv_rows(written["csv"])
     assert float(rows["d2o"]["paper_harmfulness"]) == PAPER_TABLE1["d2o"][1] == -4.27
@@ -252,3 +265,202 @@ def test_page_renders_sorts_and_keeps_hostile_names_as_text_in_chromium(tmp_path
     non_white = (rgb < 0.95).any(axis=-1).mean()
     assert non_white > 0.02, f"screenshot looks blank ({non_white:.4f} of pixels drawn)"
     assert rgb.std() > 0.05
+
+
+# --------------------------------------------------------------------------- per-task data (schema 1.1.0)
+
+from harness import stats  # noqa: E402
+from harness.scoring.metrics import mean_metric, rate_metric  # noqa: E402
+
+TASKS = [i // 4 for i in range(64)]  # 16 tasks × 4 prompts
+
+
+def _flags(rate: float, salt: int) -> list[bool]:
+    import numpy as np
+
+    chosen = set(np.random.default_rng(salt).permutation(64)[:round(rate * 64)].tolist())
+    return [i in chosen for i in range(64)]
+
+
+def clustered_tiny() -> dict:
+    """The tiny fixture re-recorded per prompt with task ids, as a 1.1.0 pipeline writes it."""
+    import numpy as np
+
+    document = tiny()
+    document["schema_version"] = "1.1.0"
+    for e in document["entries"]:
+        if e["status"] != "complete":
+            continue
+        salt = 100 * e["seed"] + sum(map(ord, e["method"]))
+        for name, record in list(e["metrics"].items()):
+            if name.endswith("_rate"):
+                e["metrics"][name] = rate_metric(_flags(record["value"], salt), record["higher_is_better"], TASKS,
+                                                 n_resamples=199)
+            else:
+                values = record["value"] + np.random.default_rng(salt).normal(0, 0.5, 64)
+                e["metrics"][name] = mean_metric(values, record["higher_is_better"], TASKS, n_resamples=199)
+    return document
+
+
+@pytest.fixture(scope="module")
+def clustered_published(tmp_path_factory) -> tuple[dict, dict[str, Path]]:
+    directory = tmp_path_factory.mktemp("clustered")
+    document = clustered_tiny()
+    path = directory / "leaderboard.json"
+    path.write_text(json.dumps(document))
+    return document, publish([path], directory / "out")
+
+
+def _per_cluster(document: dict, method: str, metric: str) -> list[dict]:
+    return [e["metrics"][metric]["per_cluster"] for e in document["entries"]
+            if e["method"] == method and e["status"] == "complete"]
+
+
+@pytest.mark.parametrize("method", ["d2o", "dpo", "base"])
+@pytest.mark.parametrize("metric, kind", [("harmful_rate", "rate"), ("cost", "mean")])
+def test_rows_with_per_task_data_use_the_across_runs_interval(clustered_published, method, metric, kind):
+    document, written = clustered_published
+    expected = stats.across_runs(_per_cluster(document, method, metric), kind=kind)
+    row = csv_rows(written["csv"])[method]
+    assert float(row[f"{metric}_mean"]) == pytest.approx(expected.value, rel=1e-12)
+    assert float(row[f"{metric}_ci_low"]) == pytest.approx(expected.low, rel=1e-12)
+    assert float(row[f"{metric}_ci_high"]) == pytest.approx(expected.high, rel=1e-12)
+    assert float(row[f"{metric}_stderr"]) == pytest.approx(expected.stderr, rel=1e-12)
+    line = next(x for x in written["markdown"].read_text().splitlines() if x.startswith(f"| {method} |"))
+    assert f"{expected.value:.3f} [{expected.low:.3f}, {expected.high:.3f}]" in line
+
+
+def test_methods_are_paired_with_the_base_policy_on_harm_and_helpfulness(clustered_published):
+    document, written = clustered_published
+    markdown = written["markdown"].read_text()
+    assert "### against the base policy (preset tiny)" in markdown
+    rows = csv_rows(written["csv"])
+    for method in ("d2o", "dpo"):
+        for metric, better_is_lower in (("harmful_rate", True), ("helpful_rate", False)):
+            expected = stats.paired_difference_runs(_per_cluster(document, method, metric),
+                                                    _per_cluster(document, "base", metric), kind="rate",
+                                                    higher_is_better=not better_is_lower)
+            row = rows[method]
+            assert float(row[f"{metric}_vs_base_delta"]) == pytest.approx(expected.delta)
+            assert float(row[f"{metric}_vs_base_ci_low"]) == pytest.approx(expected.low)
+            assert float(row[f"{metric}_vs_base_ci_high"]) == pytest.approx(expected.high)
+            assert float(row[f"{metric}_vs_base_p_improvement"]) == pytest.approx(expected.poi)
+    # d2o: harmful 0.12 vs base 0.40 — clearly less harmful, so P(improvement) > 0.5 and Δ's interval < 0.
+    d2o = rows["d2o"]
+    assert float(d2o["harmful_rate_vs_base_ci_high"]) < 0 < float(d2o["harmful_rate_vs_base_p_improvement"]) - 0.5
+    assert rows["base"]["harmful_rate_vs_base_delta"] == ""
+    line = next(x for x in markdown.split("### against the base policy")[1].splitlines() if x.startswith("| d2o |"))
+    assert f"{float(d2o['harmful_rate_vs_base_delta']):+.3f} [" in line
+    page = written["html"].read_text()
+    assert 'class="vs-base"' in page and "P(improvement)" in page
+
+
+def test_legacy_leaderboards_have_no_paired_section(published):
+    assert "against the base policy" not in published["markdown"].read_text()
+    assert csv_rows(published["csv"])["d2o"]["harmful_rate_vs_base_delta"] == ""
+
+
+# --------------------------------------------------------------------------- frontier plots
+
+
+def study(method: str, *, harm: list[float], helpful: list[float], selected: int = 0, **extra) -> dict:
+    trials = [{"number": i, "state": "COMPLETE", "params": {"train.learning_rate": 1e-5 * (i + 1)},
+               "validation": {"harmful_rate": {"value": h, "ci_low": max(h - 0.1, 0), "ci_high": min(h + 0.1, 1)},
+                              "helpful_rate": {"value": y, "ci_low": max(y - 0.1, 0), "ci_high": min(y + 0.1, 1)}},
+               "run_id": f"{method}-trial-{i}"} for i, (h, y) in enumerate(zip(harm, helpful))]
+    trials.append({"number": len(trials), "state": "FAIL", "params": {}, "validation": None, "run_id": None})
+    document = {
+        "method": method, "preset": "tiny", "study_name": f"{method}-study", "storage": "sqlite:///x.db",
+        "objectives": {"harm": "harmful_rate", "help": "helpful_rate"},
+        "search_space": {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+        "selection_rule": {"name": "max_helpful_under_harm_cap", "text": "…", "params": {"harm_cap_ratio": 0.5}},
+        "base_validation": {"harmful_rate": 0.9, "helpful_rate": 0.98},
+        "trials": trials, "pareto_front": [0, 1], "selected_trial": selected,
+        "helpful_at_matched_harm": {"harm_level": 0.45, "value": 0.93}, "an_unknown_key": {"kept": True},
+    }
+    document.update(extra)
+    return document
+
+
+def write_studies(root: Path, *documents: dict) -> Path:
+    for index, document in enumerate(documents):
+        folder = root / f"study-{index}" / "nested"
+        folder.mkdir(parents=True)
+        (folder / "study.json").write_text(json.dumps(document))
+    return root
+
+
+def test_frontier_plot_and_table_from_studies(tmp_path):
+    studies = write_studies(tmp_path / "studies",
+                            study("d2o", harm=[0.2, 0.4, 0.6], helpful=[0.8, 0.9, 0.85], selected=1),
+                            study("dpo", harm=[0.3, 0.5], helpful=[0.7, 0.88], selected=0,
+                                  helpful_at_matched_harm={"harm_level": 0.45, "value": None}))
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps(clustered_tiny()))
+    written = publish([path], tmp_path / "out", studies)
+    frontier = written["plot_frontier_tiny"]
+    assert frontier.name == "frontier-tiny.png" and frontier.read_bytes().startswith(PNG_SIGNATURE)
+    assert frontier.stat().st_size > 10_000
+    with written["frontier_csv"].open(newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert rows["d2o"]["helpful_at_matched_harm"] == "0.93" and rows["d2o"]["harm_level"] == "0.45"
+    assert rows["d2o"]["selected_trial"] == "1" and rows["d2o"]["trials"] == "3"
+    assert rows["dpo"]["helpful_at_matched_harm"] == "" and rows["dpo"]["selection_rule"] == "max_helpful_under_harm_cap"
+    markdown = written["markdown"].read_text()
+    assert "## Helpfulness at matched harm (tuning studies)" in markdown
+    assert "| tiny | d2o | d2o-study | max\\_helpful\\_under\\_harm\\_cap | 1 | 3 | 0.450 | 0.930 |" in markdown
+    page = written["html"].read_text()
+    assert 'id="frontier"' in page and page.count('src="data:image/png;base64,') == 3  # tradeoff, loss, frontier
+
+
+def test_publish_main_takes_studies(tmp_path, capsys):
+    studies = write_studies(tmp_path / "s", study("d2o", harm=[0.2, 0.4], helpful=[0.8, 0.9]))
+    assert publish_main([str(FIXTURES / "tiny.json"), "--to", str(tmp_path / "out"), "--studies", str(studies)]) == 0
+    assert "plot_frontier_tiny:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "frontier-tiny.png").is_file()
+    assert publish_main([str(FIXTURES / "tiny.json"), "--to", str(tmp_path / "o2"), "--studies",
+                         str(tmp_path / "absent")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no such directory" in error
+    (tmp_path / "empty").mkdir()
+    assert publish_main([str(FIXTURES / "tiny.json"), "--to", str(tmp_path / "o3"), "--studies",
+                         str(tmp_path / "empty")]) == 2
+    assert "no study.json under" in capsys.readouterr().err
+
+
+MALFORMED_STUDIES = {
+    "not json": ("{", "not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    "not an object": ([1], "expected a study object, got array [1]"),
+    "no method": ({"method": None}, "method: expected a non-empty string, got null"),
+    "trials not a list": ({"trials": {}}, "trials: expected an array, got object {}"),
+    "bad value": ({"trials": [{"number": 0, "state": "COMPLETE",
+                               "validation": {"harmful_rate": {"value": "low"}, "helpful_rate": 0.9}}]},
+                  'trials[0].validation.harmful_rate.value: expected a number, got string "low"'),
+    "unknown front member": ({"pareto_front": [7]}, "pareto_front[0]: number 7 is not a trial number of this study"),
+    "unknown selected": ({"selected_trial": 9}, "selected_trial: number 9 is not a trial number of this study"),
+    "bad matched harm": ({"helpful_at_matched_harm": {"harm_level": "x"}},
+                         'helpful_at_matched_harm.harm_level: expected a number or null, got string "x"'),
+    "duplicate trial": ({"trials": [{"number": 0}, {"number": 0}]}, "trials[1].number: duplicate trial number 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_STUDIES))
+def test_malformed_study_is_one_line_naming_the_file_and_nothing_is_overwritten(tmp_path, capsys, case):
+    change, expected = MALFORMED_STUDIES[case]
+    out = tmp_path / "out"
+    assert publish_main([str(FIXTURES / "tiny.json"), "--to", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    folder = tmp_path / "studies" / "d2o"
+    folder.mkdir(parents=True)
+    if isinstance(change, dict):
+        document = study("d2o", harm=[0.2, 0.4], helpful=[0.8, 0.9])
+        document.update(change)
+        text = json.dumps(document)
+    else:
+        text = change if isinstance(change, str) else json.dumps(change)
+    (folder / "study.json").write_text(text)
+    capsys.readouterr()
+    assert publish_main([str(FIXTURES / "tiny.json"), "--to", str(out), "--studies", str(tmp_path / "studies")]) == 2
+    error = capsys.readouterr().err
+    assert error == f"d2o-bench publish: error: {folder / 'study.json'}: {expected}\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
