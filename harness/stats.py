@@ -36,9 +36,10 @@ Per-run interval (`estimate`, `estimate_table`).
      * means (`kind="mean"`): θ̂ ± q·SE_lin with the cluster-robust (CR1) linearisation variance of
        a ratio estimator, SE_lin² = C/(C−1) · Σ_c (s_c − θ̂ m_c)² / (Σ m_c)², the analytic
        counterpart of the cluster bootstrap plus the small-sample factor it lacks. Constant data
-       have SE_lin = 0 and an unbounded mean has no scale to borrow, so the rule assumes a
-       per-task standard deviation of max(1, |θ̂|) (the scale of the scorer outputs here):
-       SE = max(1, |θ̂|)/sqrt(C). It only applies when the data carry no spread at all.
+       (and a single cluster) give SE_lin = 0, and an unbounded mean has no scale to borrow, so
+       the rule then assumes a per-task standard deviation of max(1, |θ̂|) (the scale of the
+       scorer outputs here): SE = max(1, |θ̂|)/sqrt(C). It only applies when the clusters carry
+       no spread at all.
      stderr = max(SE_boot, half-width of the floor / q): never 0 when n > 0.
 
 Across runs (`across_runs`): R runs (training seeds × world seeds) evaluated on the same test
