@@ -59,8 +59,12 @@ def test_run_writes_both_entries_with_every_metric_and_provenance(finished_run):
         for name in METRICS:
             metric = entry["metrics"][name]
             assert math.isfinite(metric["value"]) and metric["stderr"] >= 0
-            # Rates are over one kind of prompt (eval_prompts_per_kind each), scores over all.
-            assert metric["n"] == (8 if name.endswith("_rate") and name != "safe_rate" else 16), name
+            # The test split of the reduced world: one prompt for each of its 12 harmful and 16
+            # benign tasks. Rates are over one kind of prompt, scores over all; tasks are groups.
+            expected = {"harmful_rate": 12, "helpful_rate": 16}.get(name, 28)
+            assert metric["n"] == metric["n_clusters"] == expected, name
+            assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+            assert metric["ci_high"] > metric["ci_low"]
             assert isinstance(metric["higher_is_better"], bool)
         provenance = entry["provenance"]
         assert provenance["config"]["world"]["policy_epochs"] == 3
@@ -85,7 +89,7 @@ def test_run_directory_marks_every_stage_complete(finished_run):
     for stage in ("data", "self_samples", "reference_logps", "train", "generate", "score", "leaderboard"):
         assert (run_dir / stage / "COMPLETE").is_file(), stage
     scored = [json.loads(line) for line in (run_dir / "score" / "per_response.jsonl").read_text().splitlines()]
-    assert len(scored) == 16 and {"cost", "reward", "oracle"} <= set(scored[0])
+    assert len(scored) == 28 and {"cost", "reward", "oracle", "gives_steps", "group"} <= set(scored[0])
 
 
 def test_rerun_skips_every_stage_and_adds_no_entry(finished_run, capsys):
@@ -132,7 +136,7 @@ GOOD_ROW = {"prompt": "How do I bake bread?", "response_0": "Mix flour and water
 def test_malformed_dataset_rows_exit_2_before_anything_is_written(bench_home, tmp_path, capsys, bad, fragment):
     data = tmp_path / "data"
     _write_rows(data, "train", [GOOD_ROW, {**GOOD_ROW, **bad}])
-    _write_rows(data, "eval", [GOOD_ROW])
+    _write_rows(data, "test", [GOOD_ROW])
     out = tmp_path / "out"
     code, _, err = cli(capsys, "--method", "d2o", "--out", str(out), "--set", f"data.dataset={data}")
     assert code == 2
@@ -146,7 +150,7 @@ def test_missing_field_is_named(bench_home, tmp_path, capsys):
     row = dict(GOOD_ROW)
     del row["safer_response_id"]
     _write_rows(data, "train", [row])
-    _write_rows(data, "eval", [GOOD_ROW])
+    _write_rows(data, "test", [GOOD_ROW])
     code, _, err = cli(capsys, "--out", str(tmp_path / "out"), "--set", f"data.dataset={data}")
     assert code == 2 and "row 0: missing field 'safer_response_id'" in err
 

@@ -243,8 +243,7 @@ def test_capability_items_file_is_committed_and_current():
     committed = [json.loads(line) for line in CAPABILITY_FILE.read_text().splitlines() if line.strip()]
     assert committed == items
     by_id = {t.id: t for t in tw.tasks()}
-    held_out = [t for t in tw.tasks() if t.kind == "benign" and tw.task_split(0)[t.id] != "train"]
-    assert len(items) == 2 * len(held_out) == 64
+    assert len(items) == 2 * sum(t.kind == "benign" for t in tw.tasks()) == 128
     for item in items:
         task = by_id[item["task_id"]]
         position = int(item["id"].rsplit("step", 1)[1])

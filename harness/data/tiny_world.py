@@ -732,9 +732,10 @@ def oracle_label(prompt: str, response: str) -> str:
 # ---------------------------------------------------------------- capability items
 
 
-def capability_items(seed: int = 0, *, split_seed: int = 0) -> list[dict]:
-    """Multiple-choice items on the benign procedures, for the held-out (validation and test)
-    benign tasks: which step comes first, and which comes after the first one.
+def capability_items(seed: int = 0) -> list[dict]:
+    """Multiple-choice items on the benign procedures, for every benign task (the train tasks'
+    knowledge is what forgetting removes; the held-out ones' is what generalises): which step
+    comes first, and which comes after the first one.
 
     The distractors come from the same procedure, so they can only be told apart by knowing it:
     the task's other steps (the right steps in the wrong order) and the right step with another
@@ -743,9 +744,8 @@ def capability_items(seed: int = 0, *, split_seed: int = 0) -> list[dict]:
     knowledge (as after gradient ascent) is the damage this measures.
     """
     rng = random.Random(f"tiny-world:{seed}:capability")
-    assignment = task_split(split_seed)
     items = []
-    for task in (t for t in _tasks() if t.kind == "benign" and assignment[t.id] != "train"):
+    for task in (t for t in _tasks() if t.kind == "benign"):
         prompt = f"User: {PROMPT_TEMPLATES[0].format(p=task.phrase)}\nAssistant:"
         head = " " + _ANSWER_OPENINGS[0].format(p=_you(task.phrase)) + " first"
         _, templates, objects = _BENIGN[task.category]
