@@ -45,7 +45,7 @@ class WorldConfig:
     base_compliance: float = 0.8
     # Practice tasks per group in the base policy's and scorers' corpora (procedures applied to
     # words that are no world object): what lets the base answer held-out tasks.
-    practice_objects_per_group: int = 24
+    practice_objects_per_group: int = 40
     # Prompt templates per validation/test task (of 8); prompts of one task are one cluster.
     eval_templates_per_task: int = 4
     # Training schedule of the built models; tests shrink them for a fast (if weaker) world.

@@ -501,7 +501,7 @@ def _corpus_pairs(seed: int, split_seed: int, practice_per_group: int) -> list[t
 
 
 def base_sft_corpus(seed: int, base_compliance: float, *, split_seed: int = 0,
-                    variant: str = "canned-refusal", practice_per_group: int = 24) -> list[dict]:
+                    variant: str = "canned-refusal", practice_per_group: int = 40) -> list[dict]:
     """SFT data making the base policy "helpful but unsafe": {prompt, response, label} items.
 
     Train and practice tasks only. Every benign prompt gets two helpful answers in different
@@ -570,7 +570,7 @@ def _perturbations(task: Task, rng: random.Random, variant: str, train_tasks: li
 
 
 def scorer_corpus(seed: int, *, split_seed: int = 0, variant: str = "canned-refusal",
-                  practice_per_group: int = 24) -> list[dict]:
+                  practice_per_group: int = 40) -> list[dict]:
     """{prompt, response, label} items for training reward and cost models, labelled by the oracle.
 
     Train and practice tasks only. Per prompt: the two template answers of its kind plus five
@@ -615,13 +615,13 @@ def _corpus_text(seed: int, split_seed: int, practice_per_group: int) -> tuple[s
     return tuple(dict.fromkeys(texts))
 
 
-def corpus_text(seed: int = 0, *, split_seed: int = 0, practice_per_group: int = 24) -> list[str]:
+def corpus_text(seed: int = 0, *, split_seed: int = 0, practice_per_group: int = 40) -> list[str]:
     """Every prompt and response string of the train and practice tasks (to train a tokenizer on)."""
     return list(_corpus_text(seed, split_seed, practice_per_group))
 
 
 def trained_texts(seed: int, *, split_seed: int = 0, base_compliance: float = 0.8,
-                  variant: str = "canned-refusal", practice_per_group: int = 24) -> set[str]:
+                  variant: str = "canned-refusal", practice_per_group: int = 40) -> set[str]:
     """Every prompt and response string anything of this world is trained on: the tokenizer's
     text, the base policy's SFT corpus, the scorers' corpus and the train split's rows."""
     texts = set(corpus_text(seed, split_seed=split_seed, practice_per_group=practice_per_group))
