@@ -185,3 +185,25 @@ def test_every_method_trains_with_finite_loss_and_changes_every_parameter(bench_
     assert not unchanged, f"{method}: parameters not updated: {unchanged}"
     if method == "d2o-online":
         assert summary["sample_refreshes"] >= 1
+
+
+def test_capability_task_can_fail_a_collapsed_model(bench_home, tmp_path):
+    """The capability instrument can fail: gradient ascent at a high learning rate collapses the
+    policy, and its tiny_world_knowledge accuracy (same-domain distractors, chance 0.25) falls
+    clearly below the base's."""
+    from harness.pipeline import run_pipeline
+
+    sets = [*REDUCED_WORLD, "train.max_steps=12", "train.per_device_batch_size=8", "train.learning_rate=3e-3",
+            "eval.max_new_tokens=8"]
+    cfg = resolve_config(method="ga", preset="tiny", seed=0, overrides=parse_set_options(sets))
+    ctx = run_pipeline(cfg, tmp_path, progress=lambda _: None, stop_after="score")
+    scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
+
+    def accuracy(sections):
+        return sections["capability"]["tasks"]["tiny_world_knowledge"]["metrics"]["acc"]
+
+    base, collapsed = accuracy(scores["base_sections"]), accuracy(scores["sections"])
+    # Measured: base 0.53 (the reduced world's 3-epoch base), collapsed GA 0.23 (chance 0.25).
+    assert base["value"] >= 0.4, base
+    assert collapsed["value"] <= base["value"] - 0.2, (base, collapsed)
+    assert collapsed["value"] < 0.35, collapsed
