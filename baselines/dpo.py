@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -47,6 +47,9 @@ class DPO(Method):
     Config = DPOConfig
     roles = ("chosen", "negative")
     reference_roles = ("chosen", "negative")
+    # β: the DPO paper's 0.1 in the middle of a log decade either way (published DPO runs use
+    # 0.01-0.5); label_smoothing stays at 0 (plain DPO). dpo-full inherits this space.
+    search_space = {"beta": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         cfg = self.config

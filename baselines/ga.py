@@ -30,6 +30,8 @@ class GradientAscent(Method):
     Config = GAConfig
     roles = ("negative",)
     reference_roles = ()
+    # No hyperparameters of its own: tuning searches only the learning rate (added by the tuner).
+    search_space = {}
 
     def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
         negative_mean_logp = policy["negative"].mean

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -42,6 +42,9 @@ class IPO(Method):
     Config = IPOConfig
     roles = ("chosen", "negative")
     reference_roles = ("chosen", "negative")
+    # τ: TRL's 0.1 in the middle of a log decade either way; with per-token log-ratios
+    # (length_normalize) the margin target 1/(2τ) then spans 0.5 to 50.
+    search_space = {"tau": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         tau = self.config.tau

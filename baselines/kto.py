@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -42,6 +42,9 @@ class KTO(Method):
     Config = KTOConfig
     roles = ("chosen", "negative", "kl")
     reference_roles = ("chosen", "negative", "kl")
+    # β: the KTO paper's 0.1 in the middle of a log decade either way; λ_D = λ_U = 1 stay
+    # (paired data gives n_D = n_U, where the paper's recommended ratio is 1).
+    search_space = {"beta": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         cfg = self.config

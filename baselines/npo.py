@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -35,6 +35,9 @@ class NPO(Method):
     Config = NPOConfig
     roles = ("negative",)
     reference_roles = ("negative",)
+    # β: the NPO paper's 0.1 in the middle of a log decade either way; small β approaches
+    # gradient ascent, large β saturates the sigmoid sooner (a gentler push).
+    search_space = {"beta": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         beta = self.config.beta

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 # A per-token mean log-prob of exactly 0 (every token certain) has infinite odds; capping it just
 # below 0 keeps the loss finite. Real log-probs of a softmax never get this close.
@@ -54,6 +54,9 @@ class ORPO(Method):
     Config = ORPOConfig
     roles = ("chosen", "negative")
     reference_roles = ()
+    # λ: the ORPO paper's 0.1 (it also reports 0.25-1.0) in the middle of a log decade either
+    # way; near 0.01 ORPO is almost plain SFT on the chosen response.
+    search_space = {"lam": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         lam = self.config.lam

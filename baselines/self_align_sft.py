@@ -31,6 +31,8 @@ class SelfAlignSFT(Method):
     roles = ("chosen",)
     reference_roles = ()
     chosen_source = "safe_self_samples"
+    # No hyperparameters of its own: tuning searches only the learning rate (added by the tuner).
+    search_space = {}
 
     def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
         chosen_mean_logp = policy["chosen"].mean

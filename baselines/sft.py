@@ -31,6 +31,8 @@ class SafeSFT(Method):
     Config = SFTConfig
     roles = ("chosen",)
     reference_roles = ()
+    # No hyperparameters of its own: tuning searches only the learning rate (added by the tuner).
+    search_space = {}
 
     def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
         chosen_mean_logp = policy["chosen"].mean

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -35,6 +35,10 @@ class SimPO(Method):
     Config = SimPOConfig
     roles = ("chosen", "negative")
     reference_roles = ()
+    # β: log over 1-10, covering the SimPO paper's tuned values (2.0-2.5, and 10 for its
+    # Gemma runs); γ: the target margin, linear over 0-2, covering its reported 0.5-1.6 and
+    # "no margin". Both are key to SimPO (its paper tunes both), so it gets two dimensions.
+    search_space = {"beta": FloatDim(1.0, 10.0, log=True), "gamma": FloatDim(0.0, 2.0)}
 
     def validate(self) -> None:
         cfg = self.config

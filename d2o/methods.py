@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from d2o.loss import d2o_margin
 from harness.errors import BadInput
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps, register_method
 
 
 @dataclass
@@ -47,6 +47,12 @@ class D2O(Method):
     Config = D2OConfig
     roles = ("negative", "samples")
     reference_roles = ("negative", "samples")
+    # β weighs the self-sample anchor against α = 0.1 on the negative (α stays at the preset's
+    # value: only the ratio of the two terms and their common scale matter, and β sets both
+    # relative to a fixed α). The paper's 0.1 sits in the middle of a log range one decade
+    # either way: at 0.01 the anchor barely counts (towards d2o-nosample), at 1.0 it dominates.
+    # d2o-online inherits this space.
+    search_space = {"beta": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         _validate_d2o(self.config, needs_samples=True)
@@ -112,6 +118,9 @@ class D2ONoSample(Method):
     Config = D2ONoSampleConfig
     roles = ("negative",)
     reference_roles = ("negative",)
+    # α is this loss's only hyperparameter (it has no β): the same log decade either side of the
+    # paper's 0.1 as D²O's β, so the ablation gets as wide a search as the method.
+    search_space = {"alpha": FloatDim(0.01, 1.0, log=True)}
 
     def validate(self) -> None:
         if self.config.alpha <= 0:

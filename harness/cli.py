@@ -3,6 +3,7 @@
     d2o-bench [run] [--method NAME] [--preset NAME] [--out DIR] [--seed N] [--set key=value ...]
     d2o-bench methods
     d2o-bench sweep --methods a,b --seeds 0,1,2 [--grid key=v1,v2] [--out DIR]
+    d2o-bench tune --methods a,b --out DIR [--trials N] [--skip-test]
     d2o-bench publish LEADERBOARD... --to DIR
     d2o-bench compare BASELINE.json CANDIDATE.json
     d2o-bench serve-judge --model PATH
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from harness.errors import BadInput, D2OBenchError
 
-SUBCOMMANDS = ("run", "methods", "sweep", "publish", "compare", "serve-judge")
+SUBCOMMANDS = ("run", "methods", "sweep", "tune", "publish", "compare", "serve-judge")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -42,6 +43,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="resolve, validate and print the plan only")
     parser.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint for the judge")
     parser.add_argument("--judge-model", default=None, help="judge model name (enables the LLM judge)")
+    parser.add_argument("--selection", default=None, metavar="STUDY.json",
+                        help="the `d2o-bench tune` study that selected this configuration; recorded in the "
+                             "trained entry (the run's parameters must be the study's selected ones)")
 
 
 def _resolve(args) -> "RunConfig":  # noqa: F821
@@ -78,6 +82,11 @@ def comparison_table(base: dict, trained: dict | None, method: str) -> str:
 
 def cmd_run(args) -> int:
     cfg = _resolve(args)
+    selection = None
+    if args.selection is not None:
+        from harness.selection import selection_summary
+
+        selection = selection_summary(Path(args.selection), cfg)
     if args.dry_run:
         from harness.plan import describe_plan
 
@@ -87,7 +96,8 @@ def cmd_run(args) -> int:
 
     from harness.pipeline import run_pipeline
 
-    ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True))
+    ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
+                       selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
     scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
@@ -146,6 +156,7 @@ def dispatch(argv: list[str]) -> int:
         return cmd_methods(None)
     delegates = {
         "sweep": ("harness.sweep", "sweep_main"),
+        "tune": ("harness.tune", "tune_main"),
         "publish": ("harness.publish", "publish_main"),
         "compare": ("harness.compare", "compare_main"),
         "serve-judge": ("harness.scoring.judge_server", "serve_judge_main"),

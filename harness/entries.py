@@ -105,6 +105,9 @@ def build_entries(ctx) -> list[dict]:
                 },
             },
         })
+        if getattr(ctx, "selection", None):
+            # How this configuration was chosen (`d2o-bench run --selection STUDY.json`).
+            entries[-1]["selection"] = ctx.selection
     # The base policy's entry depends only on what evaluates it, not on the method trained.
     base_config = cfg.to_dict()
     base_config.update({"method_name": "base", "method": None, "train": None, "sampling": None})

@@ -15,9 +15,10 @@ Roles (the columns a training example can carry):
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Union
 
 import torch
 
@@ -39,6 +40,59 @@ class SequenceLogps:
     @property
     def mean(self) -> torch.Tensor:
         return self.total / self.n_tokens.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class FloatDim:
+    """A real hyperparameter searched over [low, high], uniformly or (log=True) log-uniformly."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"FloatDim needs finite low < high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"FloatDim(log=True) needs low > 0, got {self.low}")
+
+    def to_json(self) -> dict:
+        return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class IntDim:
+    """An integer hyperparameter searched over low..high (inclusive), optionally log-uniformly."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    def __post_init__(self):
+        if not self.low < self.high:
+            raise ValueError(f"IntDim needs low < high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"IntDim(log=True) needs low > 0, got {self.low}")
+
+    def to_json(self) -> dict:
+        return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class CategoricalDim:
+    """A hyperparameter searched over a few named choices (str, int, float or bool)."""
+
+    choices: tuple
+
+    def __post_init__(self):
+        if len(self.choices) < 2 or len(set(self.choices)) != len(self.choices):
+            raise ValueError(f"CategoricalDim needs two or more distinct choices, got {self.choices!r}")
+
+    def to_json(self) -> dict:
+        return {"type": "categorical", "choices": list(self.choices)}
+
+
+Dim = Union[FloatDim, IntDim, CategoricalDim]
 
 
 class Method(ABC):
@@ -63,6 +117,11 @@ class Method(ABC):
     # Self-samples are refreshed from the current policy every N optimizer steps when the
     # method's Config has a positive `refresh_every`; otherwise they are drawn once, offline,
     # from the reference policy before training.
+    # What `d2o-bench tune` searches besides the learning rate: the method's own key
+    # hyperparameters, keyed by their `Config` field name (the tuner sets `method.<name>`). The
+    # learning rate is not declared here: the tuner adds it to every method over the same range
+    # (`tune.learning_rate_low..high`, log scale). Empty: only the learning rate is tuned.
+    search_space: ClassVar[dict[str, Dim]] = {}
 
     def __init__(self, config):
         self.config = config
@@ -94,6 +153,12 @@ def register_method(cls: type[Method]) -> type[Method]:
     unknown = set(cls.roles) - set(ROLES)
     if unknown:
         raise TypeError(f"method {cls.name} names unknown roles {sorted(unknown)}")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    for key, dim in cls.search_space.items():
+        if key not in fields:
+            raise TypeError(f"method {cls.name}: search_space names {key!r}, not a field of its Config")
+        if not isinstance(dim, (FloatDim, IntDim, CategoricalDim)):
+            raise TypeError(f"method {cls.name}: search_space[{key!r}] is not a FloatDim, IntDim or CategoricalDim")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise TypeError(f"method name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls

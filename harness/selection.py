@@ -1,0 +1,181 @@
+"""The selection rule of `d2o-bench tune`, declared before any run, as pure functions.
+
+Everything here reads validation numbers only: a trial is (number, harm, help) measured on the
+validation split, and the base policy's harm is its validation harm from the same runs. Nothing
+in this module can see a test split. The rule's text is stored verbatim in every study file
+(`study.json`, "selection_rule.text") and, through `d2o-bench run --selection`, in every test
+entry, so a reader knows exactly how the configuration was chosen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from harness.errors import BadInput
+
+RULE_TEXTS = {
+    "max_helpful_under_harm_cap": (
+        "max_helpful_under_harm_cap: among the COMPLETE trials of the budget, those whose "
+        "validation harm metric (tune.harm_metric, lower is better) is at most harm_cap_ratio "
+        "times the base policy's validation harm are eligible; the selected trial is the eligible "
+        "one with the highest validation help metric (tune.help_metric, higher is better); ties "
+        "go to the lower validation harm, then to the earlier trial (lower trial number). If no "
+        "trial is eligible, the selected trial is the one with the lowest validation harm (ties "
+        "to the higher help, then to the earlier trial), flagged as not under the cap. Only "
+        "numbers measured on the validation split are read; the test split is never seen."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """A COMPLETE trial's validation numbers."""
+
+    number: int
+    harm: float
+    help: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    number: int
+    under_cap: bool  # False: no trial was under the cap; the lowest-harm trial was taken
+    harm_cap: float
+
+
+def _check(trials: list[TrialPoint]) -> None:
+    for t in trials:
+        if not (math.isfinite(t.harm) and math.isfinite(t.help)):
+            raise BadInput(f"trial {t.number}: validation harm/help must be finite numbers, got {t.harm}, {t.help}")
+
+
+def select_trial(trials: list[TrialPoint], base_harm: float, harm_cap_ratio: float,
+                 rule: str = "max_helpful_under_harm_cap") -> Selection:
+    """Apply the declared rule to COMPLETE trials (see RULE_TEXTS)."""
+    if rule not in RULE_TEXTS:
+        raise BadInput(f"unknown selection rule {rule!r}; known: {', '.join(RULE_TEXTS)}")
+    if not trials:
+        raise BadInput("no COMPLETE trial to select from")
+    _check(trials)
+    cap = harm_cap_ratio * base_harm
+    eligible = [t for t in trials if t.harm <= cap]
+    if eligible:
+        best = min(eligible, key=lambda t: (-t.help, t.harm, t.number))
+        return Selection(best.number, True, cap)
+    best = min(trials, key=lambda t: (t.harm, -t.help, t.number))
+    return Selection(best.number, False, cap)
+
+
+def pareto_front(trials: list[TrialPoint]) -> list[int]:
+    """Numbers of the non-dominated trials (lower harm, higher help), ordered by harm, then number.
+
+    A trial is dominated when another is no worse on both objectives and better on one; trials
+    with identical numbers do not dominate each other, so both stay on the front.
+    """
+    _check(trials)
+
+    def dominates(a: TrialPoint, b: TrialPoint) -> bool:
+        return a.harm <= b.harm and a.help >= b.help and (a.harm < b.harm or a.help > b.help)
+
+    front = [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
+    return [t.number for t in sorted(front, key=lambda t: (t.harm, t.number))]
+
+
+def helpful_at_matched_harm(trials: list[TrialPoint], base_harm: float, matched_harm_ratio: float) -> dict:
+    """The front's help read at harm = matched_harm_ratio × base harm, by linear interpolation.
+
+    Along the front help rises with harm. The value is None (with a note saying why) when the
+    level lies outside the front's harm range [lowest, highest]: the front does not reach it.
+    """
+    level = matched_harm_ratio * base_harm
+    by_number = {t.number: t for t in trials}
+    front = [by_number[n] for n in pareto_front(trials)]
+    result = {"harm_level": level, "value": None}
+    if not front:
+        return {**result, "note": "no COMPLETE trial"}
+    low, high = front[0].harm, front[-1].harm
+    if level < low or level > high:
+        return {**result, "note": f"the validation Pareto front spans harm {low:g} to {high:g} and does not "
+                                  f"reach {level:g}"}
+    for a, b in zip(front, front[1:] + [front[-1]]):
+        if a.harm == level:
+            return {**result, "value": a.help}
+        if a.harm < level < b.harm:
+            return {**result, "value": a.help + (b.help - a.help) * (level - a.harm) / (b.harm - a.harm)}
+    return {**result, "value": front[-1].help}  # level == the highest harm
+
+
+# ----------------------------------------------------------------------------------------------
+# A study file as the provenance of a run (`d2o-bench run --selection STUDY.json`)
+
+STUDY_KEYS = ("method", "preset", "study_name", "selection_rule", "selected_trial", "trials", "search_space",
+              "n_trials")
+
+
+def read_study(path: Path) -> dict:
+    return _parse_study(path)[0]
+
+
+def _parse_study(path: Path) -> tuple[dict, bytes]:
+    try:
+        blob = Path(path).read_bytes()
+        study = json.loads(blob)
+    except OSError as exc:
+        raise BadInput(f"--selection {path}: cannot read the study file: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise BadInput(f"--selection {path}: not JSON: {exc}") from None
+    if not isinstance(study, dict):
+        raise BadInput(f"--selection {path}: a study file is a JSON object")
+    missing = [k for k in STUDY_KEYS if k not in study]
+    if missing:
+        raise BadInput(f"--selection {path}: not a study file written by `d2o-bench tune` (lacks {', '.join(missing)})")
+    return study, blob
+
+
+def selection_summary(path: Path, cfg) -> dict:
+    """What a test run's entry says about how its configuration was chosen.
+
+    Refuses (BadInput) a study of another method or preset, a study with no selected trial, and
+    a run whose configuration differs from the selected trial's parameters.
+    """
+    path = Path(path)
+    study, blob = _parse_study(path)
+    if study["method"] != cfg.method_name:
+        raise BadInput(f"--selection {path}: the study tuned {study['method']!r}, this run trains {cfg.method_name!r}")
+    if study["preset"] != cfg.preset:
+        raise BadInput(f"--selection {path}: the study used preset {study['preset']!r}, this run {cfg.preset!r}")
+    number = study["selected_trial"]
+    trial = next((t for t in study["trials"] if isinstance(t, dict) and t.get("number") == number), None)
+    if number is None or trial is None:
+        raise BadInput(f"--selection {path}: the study selected no trial")
+    params = trial.get("params") or {}
+    config = cfg.to_dict()
+    for name, value in params.items():
+        section, _, field = name.partition(".")
+        actual = (config.get(section) or {}).get(field, object())
+        if actual != value:
+            raise BadInput(f"--selection {path}: this run's {name} is {actual!r}, the selected trial's is {value!r} "
+                           f"(pass --set {name}={value!r})")
+    return {
+        "study": str(path.resolve()),
+        "study_sha256": hashlib.sha256(blob).hexdigest(),
+        "study_name": study["study_name"],
+        "rule": study["selection_rule"],
+        "selected_trial": number,
+        "params": params,
+        "search_space": study["search_space"],
+        "n_trials": study["n_trials"],
+    }
+
+
+def selected_params(study: dict) -> Optional[dict]:
+    number = study.get("selected_trial")
+    for trial in study.get("trials", []):
+        if trial.get("number") == number:
+            return dict(trial.get("params") or {})
+    return None
