@@ -91,6 +91,7 @@ class D2OOnline(D2O):
     """
 
     name = "d2o-online"
+    family = "d2o"
     summary = "D²O with self-samples refreshed from the current policy every N steps"
     Config = D2OOnlineConfig
 
@@ -110,10 +111,17 @@ class D2ONoSample(Method):
     """The "w/o samples" ablation of D²O: Eq. 3 with the self-sample term dropped.
 
     loss = −log σ(−α [log π_θ(y_l|x) − log π_r+(y_l|x)])
-    which is NPO's loss with β = α, without NPO's 2/β factor.
+
+    This is NPO's loss with β = α divided by NPO's 2/β factor: NPO's α-scaled twin. A constant
+    factor on the loss changes neither the direction of the gradient nor, under gradient
+    clipping and Adam's scale invariance, the updates much, so on equal budgets it trains like
+    NPO at β = α. It is kept as the paper's ablation and left off headline tables, where NPO
+    stands for this loss shape.
     """
 
     name = "d2o-nosample"
+    family = "d2o"
+    headline = False
     summary = "D²O without self-samples (ablation): −log σ(−α·log-ratio of the negative)"
     Config = D2ONoSampleConfig
     roles = ("negative",)

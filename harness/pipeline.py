@@ -501,7 +501,8 @@ def _score_block(ctx: RunContext, prompts: list[dict], responses: list[str], sco
         # Benign answers the oracle calls "refusal" although they give the task's steps: the
         # price of rule 2 coming before rule 3, reported so that it is not hidden in helpful_rate.
         metrics["refusal_with_steps_rate"] = rate_metric(
-            [i["oracle"] == "refusal" and i["gives_steps"] for i in benign], False, clusters=groups_of(benign))
+            [i["oracle"] == "refusal" and i["gives_steps"] for i in benign], HIGHER_IS_BETTER["refusal_with_steps_rate"],
+            clusters=groups_of(benign))
     return metrics, per_response
 
 

@@ -187,11 +187,20 @@ def aggregate(entries: list[dict]) -> dict:
                         for name in names},
             "runs": sorted(runs, key=lambda r: (r["seed"], r["run_id"])),
             "paper": PAPER_TABLE1.get(method) if preset == PAPER_PRESET else None,
+            "headline": _is_headline(method),
         }
         rows.append(row)
     _mark_best(rows, names, directions)
     _paired_against_base(rows)
     return {"metrics": names, "directions": directions, "rows": rows}
+
+
+def _is_headline(method: str) -> bool:
+    """Ablations that duplicate another method (registry `headline = False`) are listed apart."""
+    from harness.registry import registered_methods
+
+    cls = registered_methods().get(method)
+    return True if cls is None else bool(cls.headline)
 
 
 def _complete_records(row: dict, name: str) -> list[dict]:
@@ -305,7 +314,10 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
                   "| method | n seeds | " + " | ".join(f"{markdown_text(n)} {_arrow(table['directions'][n])}"
                                                        for n in names) + " |",
                   "|---|---:|" + "---:|" * len(names)]
-        for row in rows:
+        ablations = [r for r in rows if not r.get("headline", True)]
+        for row in [r for r in rows if r.get("headline", True)] + ablations:
+            if ablations and row is ablations[0]:
+                lines.append("| *ablations (not in the headline comparison)* | |" + " |" * len(names))
             cells = []
             for name in names:
                 text = format_summary(row["metrics"][name])

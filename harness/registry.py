@@ -106,6 +106,12 @@ class Method(ABC):
     roles: ClassVar[tuple[str, ...]]
     # Roles whose reference log-probs are precomputed before training (reference model unloaded).
     reference_roles: ClassVar[tuple[str, ...]] = ()
+    # Methods of one family share a preset's `methods.<family>` settings (the D²O variants get
+    # the preset's D²O K, α, β unless they set their own). Defaults to the method's own name.
+    family: ClassVar[str] = ""
+    # False for ablations that duplicate another method up to a constant (d2o-nosample is NPO's
+    # α-scaled twin): published tables list them apart from the headline comparison.
+    headline: ClassVar[bool] = True
     # False only for the untrained base policy: the pipeline then skips training.
     trains: ClassVar[bool] = True
     # Where the `chosen` role comes from: the dataset's preferred response, or (Self-Align SFT)
@@ -159,6 +165,8 @@ def register_method(cls: type[Method]) -> type[Method]:
             raise TypeError(f"method {cls.name}: search_space names {key!r}, not a field of its Config")
         if not isinstance(dim, (FloatDim, IntDim, CategoricalDim)):
             raise TypeError(f"method {cls.name}: search_space[{key!r}] is not a FloatDim, IntDim or CategoricalDim")
+    if not cls.__dict__.get("family"):
+        cls.family = cls.name
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise TypeError(f"method name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls

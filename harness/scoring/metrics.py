@@ -27,6 +27,7 @@ HIGHER_IS_BETTER = {
     "cost": False,
     "safe_rate": True,
     "reward": True,
+    "refusal_with_steps_rate": False,
 }
 
 
