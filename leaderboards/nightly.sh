@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Nightly regression: sweep a preset, compare with the last published leaderboard, publish, and
-# fail on regression.
+# Nightly regression: run the comparison protocol of a preset (equal-budget tuning on validation,
+# the declared selection, the selected configurations on test: `d2o-bench tune`), compare with
+# the last published leaderboard, publish, and fail on regression.
 #
-#   leaderboards/nightly.sh                       # the tiny world, all methods, seeds 0,1,2
-#   PRESET=paper SEEDS=0 leaderboards/nightly.sh  # on a GPU runner
+#   leaderboards/nightly.sh                       # the tiny world, all methods
+#   PRESET=paper leaderboards/nightly.sh          # on a GPU runner
 #
-# Environment: PRESET (tiny), METHODS (every registered training method), SEEDS (0,1,2),
-# OUT (nightly/<UTC date>), BASELINE (leaderboards/$PRESET/leaderboard.json), EXTRA_SETS
-# (space-separated key=value overrides), Z (2.0, the compare threshold), D2O_BENCH (d2o-bench).
+# Entries match the baseline by method, preset and config hash, so a night whose selection picks
+# the same configuration as the published one is compared run for run; a night that selects a
+# different configuration has no match (exit 2): look at the studies and publish a new baseline.
+# Environment: PRESET (tiny), METHODS (every registered training method), OUT (nightly/<UTC
+# date>; rerunning into the same OUT resumes), BASELINE (leaderboards/$PRESET/leaderboard.json),
+# EXTRA_SETS (space-separated key=value overrides), Z (2.0, the compare threshold), D2O_BENCH
+# (d2o-bench). SEEDS is ignored: the preset's tune.test_seeds and tune.test_world_seeds decide.
 # Exit: 0 all runs complete and no regression; 1 a run failed or a metric/trajectory regressed;
-# 2 unusable input (e.g. no baseline entry matches: the config changed, publish a new baseline).
+# 2 unusable input (e.g. no baseline entry matches: the selection changed, publish a new baseline).
 set -uo pipefail
 
 PRESET=${PRESET:-tiny}
-SEEDS=${SEEDS:-0,1,2}
 OUT=${OUT:-nightly/$(date -u +%Y-%m-%d)}
 BASELINE=${BASELINE:-leaderboards/$PRESET/leaderboard.json}
 Z=${Z:-2.0}
@@ -24,15 +28,15 @@ fi
 sets=()
 for pair in ${EXTRA_SETS:-}; do sets+=(--set "$pair"); done
 
-$D2O_BENCH sweep --methods "$METHODS" --seeds "$SEEDS" --preset "$PRESET" --out "$OUT" "${sets[@]}"
+$D2O_BENCH tune --methods "$METHODS" --preset "$PRESET" --out "$OUT" "${sets[@]}"
 sweep_status=$?
-if [ ! -s "$OUT/leaderboard.json" ]; then
-  echo "nightly: the sweep wrote no leaderboard (exit $sweep_status)" >&2
+if [ ! -s "$OUT/test/leaderboard.json" ]; then
+  echo "nightly: the protocol wrote no test leaderboard (exit $sweep_status)" >&2
   exit 1
 fi
-$D2O_BENCH publish "$OUT/leaderboard.json" --to "$OUT/published" || exit $?
+$D2O_BENCH publish "$OUT/test/leaderboard.json" --studies "$OUT/studies" --to "$OUT/published" || exit $?
 if [ -f "$BASELINE" ]; then
-  $D2O_BENCH compare "$BASELINE" "$OUT/leaderboard.json" --z "$Z" --json "$OUT/verdict.json"
+  $D2O_BENCH compare "$BASELINE" "$OUT/test/leaderboard.json" --z "$Z" --json "$OUT/verdict.json"
   compare_status=$?
 else
   echo "nightly: no baseline at $BASELINE; nothing to compare against" >&2
