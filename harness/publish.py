@@ -170,7 +170,12 @@ def aggregate(entries: list[dict]) -> dict:
 
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
-        groups.setdefault((entry["preset"], entry["method"], _canonical(entry["hyperparameters"])), []).append(entry)
+        # The learning rate is not a method hyperparameter but tells configurations apart as much.
+        settings = dict(entry["hyperparameters"])
+        learning_rate = (((entry.get("provenance") or {}).get("config") or {}).get("train") or {}).get("learning_rate")
+        if learning_rate is not None and entry["method"] != BASE_METHOD:
+            settings["lr"] = learning_rate
+        groups.setdefault((entry["preset"], entry["method"], _canonical(settings)), []).append(entry)
     settings_per_method: dict[tuple, int] = {}
     for preset, method, _ in groups:
         settings_per_method[(preset, method)] = settings_per_method.get((preset, method), 0) + 1
@@ -183,12 +188,12 @@ def aggregate(entries: list[dict]) -> dict:
             "label": method if settings_per_method[(preset, method)] == 1 else f"{method} {_hyper_label(json.loads(hyper))}",
             "n_seeds": len({r["seed"] for r in complete}), "n_runs": len(complete),
             "n_failed": len(runs) - len(complete),
-            "metrics": {name: summarise([_metrics_of(r)[name] for r in complete if name in _metrics_of(r)])
-                        for name in names},
+            "metrics": {},
             "runs": sorted(runs, key=lambda r: (r["seed"], r["run_id"])),
             "paper": PAPER_TABLE1.get(method) if preset == PAPER_PRESET else None,
             "headline": _is_headline(method),
         }
+        row["metrics"] = {name: summarise(_complete_records(row, name)) for name in names}
         rows.append(row)
     _mark_best(rows, names, directions)
     _paired_against_base(rows)
@@ -203,8 +208,44 @@ def _is_headline(method: str) -> bool:
     return True if cls is None else bool(cls.headline)
 
 
+def _world_of(entry: dict):
+    """The entry's world seed (None outside a generated world)."""
+    world = ((entry.get("provenance") or {}).get("config") or {}).get("world") or {}
+    return world.get("seed") if isinstance(world, dict) else None
+
+
 def _complete_records(row: dict, name: str) -> list[dict]:
-    return [_metrics_of(r)[name] for r in row["runs"] if r["status"] == "complete" and name in _metrics_of(r)]
+    """One record per independent unit of the row's complete runs.
+
+    Training seeds are nested in world seeds (the runs of one world share its base policy, data
+    and scorers), so the runs of one world are pooled per task into one record and the
+    between-run variance is that of worlds; and an evaluation recorded several times (the base
+    policy, scored once per world but entered once per training seed) counts once.
+    """
+    seen_evaluations: set = set()
+    units: dict = {}
+    for entry in row["runs"]:
+        if entry["status"] != "complete" or name not in _metrics_of(entry):
+            continue
+        if entry["method"] == BASE_METHOD:
+            evaluation = ((entry.get("provenance") or {}).get("cache_keys") or {}).get("base_eval")
+            if evaluation is not None:
+                if evaluation in seen_evaluations:
+                    continue
+                seen_evaluations.add(evaluation)
+        world = _world_of(entry)
+        units.setdefault(entry["run_id"] if world is None else ("world", world), []).append(_metrics_of(entry)[name])
+    records = []
+    for group in units.values():
+        if len(group) == 1 or any(r.get("per_cluster") is None for r in group) \
+                or len({stats.record_kind(r) for r in group}) != 1:
+            records.extend(group)
+            continue
+        kind = stats.record_kind(group[0])
+        pooled = stats.pool_tables([stats.record_table(r) for r in group])
+        records.append({"value": pooled.value, "higher_is_better": group[0]["higher_is_better"], "kind": kind,
+                        "per_cluster": pooled.per_cluster(integer_sums=kind == "rate"), "n": pooled.n})
+    return records
 
 
 def _paired_against_base(rows: list[dict]) -> None:
@@ -244,7 +285,7 @@ def _mark_best(rows: list[dict], names: list[str], directions: dict[str, bool]) 
     for row in rows:
         row["best"] = set()
     for preset in {r["preset"] for r in rows}:
-        in_preset = [r for r in rows if r["preset"] == preset]
+        in_preset = [r for r in rows if r["preset"] == preset and r.get("headline", True)]
         for name in names:
             means = [r["metrics"][name]["mean"] for r in in_preset if r["metrics"][name] is not None]
             if len(means) < 2:

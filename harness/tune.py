@@ -44,7 +44,7 @@ LOCK_FILE = "tune.lock"
 _STUDY_TUNE_FIELDS = ("sampler", "sampler_seed", "validation_split", "harm_metric", "help_metric",
                       "learning_rate_low", "learning_rate_high")
 # Metrics scored on every dataset; the two oracle rates need the tiny world.
-_ORACLE_METRICS = ("harmful_rate", "helpful_rate")
+_ORACLE_METRICS = ("harmful_rate", "helpful_rate", "refusal_with_steps_rate")
 
 
 def _progress(message: str) -> None:

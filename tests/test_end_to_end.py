@@ -59,7 +59,7 @@ def test_run_writes_both_entries_with_every_metric_and_provenance(finished_run):
         for name in METRICS:
             metric = entry["metrics"][name]
             assert math.isfinite(metric["value"]) and metric["stderr"] >= 0
-            # The test split of the reduced world: one prompt for each of its 12 harmful and 16
+            # The validation split of the reduced world: one prompt for each of its 12 harmful and 16
             # benign tasks. Rates are over one kind of prompt, scores over all; tasks are groups.
             expected = {"harmful_rate": 12, "helpful_rate": 16}.get(name, 28)
             assert metric["n"] == metric["n_clusters"] == expected, name
@@ -136,7 +136,7 @@ GOOD_ROW = {"prompt": "How do I bake bread?", "response_0": "Mix flour and water
 def test_malformed_dataset_rows_exit_2_before_anything_is_written(bench_home, tmp_path, capsys, bad, fragment):
     data = tmp_path / "data"
     _write_rows(data, "train", [GOOD_ROW, {**GOOD_ROW, **bad}])
-    _write_rows(data, "test", [GOOD_ROW])
+    _write_rows(data, "validation", [GOOD_ROW])
     out = tmp_path / "out"
     code, _, err = cli(capsys, "--method", "d2o", "--out", str(out), "--set", f"data.dataset={data}")
     assert code == 2
@@ -150,7 +150,7 @@ def test_missing_field_is_named(bench_home, tmp_path, capsys):
     row = dict(GOOD_ROW)
     del row["safer_response_id"]
     _write_rows(data, "train", [row])
-    _write_rows(data, "test", [GOOD_ROW])
+    _write_rows(data, "validation", [GOOD_ROW])
     code, _, err = cli(capsys, "--out", str(tmp_path / "out"), "--set", f"data.dataset={data}")
     assert code == 2 and "row 0: missing field 'safer_response_id'" in err
 

@@ -464,3 +464,45 @@ def test_malformed_study_is_one_line_naming_the_file_and_nothing_is_overwritten(
     error = capsys.readouterr().err
     assert error == f"d2o-bench publish: error: {folder / 'study.json'}: {expected}\n"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _protocol_entry(method: str, seed: int, world: int, per_cluster: dict, base_eval: str) -> dict:
+    total = sum(s for s, _ in per_cluster.values())
+    n = sum(c for _, c in per_cluster.values())
+    record = {"value": total / n, "stderr": 0.1, "n": n, "higher_is_better": True, "kind": "rate",
+              "ci_low": 0.0, "ci_high": 1.0, "per_cluster": per_cluster}
+    return {"run_id": f"{method}-s{seed}-w{world}", "method": method, "preset": "tiny", "seed": seed,
+            "status": "complete", "hyperparameters": {}, "metrics": {"helpful_rate": record},
+            "provenance": {"config": {"world": {"seed": world}, "train": {"learning_rate": 1e-4}},
+                           "cache_keys": {"base_eval": base_eval}}}
+
+
+def test_repeated_base_evaluations_count_once_and_worlds_are_the_units():
+    """Nine base entries that are three evaluations (one per world, entered once per training
+    seed) give the same interval as those three; a method's seeds pool within their world."""
+    from harness.publish import aggregate
+
+    worlds = {0: {"a": [3, 4], "b": [2, 4], "c": [4, 4]}, 1: {"a": [1, 4], "b": [3, 4], "c": [2, 4]},
+              2: {"a": [4, 4], "b": [4, 4], "c": [0, 4]}}
+    nine = [_protocol_entry("base", seed, world, table, f"eval-{world}")
+            for world, table in worlds.items() for seed in range(3)]
+    three = [_protocol_entry("base", 0, world, table, f"eval-{world}") for world, table in worlds.items()]
+    summary_nine = aggregate(nine)["rows"][0]["metrics"]["helpful_rate"]
+    summary_three = aggregate(three)["rows"][0]["metrics"]["helpful_rate"]
+    assert (summary_nine["low"], summary_nine["high"]) == pytest.approx((summary_three["low"], summary_three["high"]))
+    # A method whose three training seeds differ inside each world: worlds, not runs, are units.
+    method = [_protocol_entry("d2o", seed, world, {"a": [seed, 4], "b": [1, 4], "c": [2, 4]}, f"d2o-{seed}-{world}")
+              for world in range(3) for seed in range(3)]
+    row = aggregate(method)["rows"][0]
+    assert row["n_runs"] == 9 and row["metrics"]["helpful_rate"]["k"] == 3
+
+
+def test_ablations_are_listed_apart_and_never_marked_best(tmp_path):
+    from harness.publish import aggregate, render_markdown
+
+    rows = [_protocol_entry("npo", 0, 0, {"a": [1, 4]}, "x"), _protocol_entry("d2o-nosample", 0, 0, {"a": [4, 4]}, "y")]
+    table = aggregate(rows)
+    by_method = {r["method"]: r for r in table["rows"]}
+    assert by_method["d2o-nosample"]["headline"] is False and not by_method["d2o-nosample"]["best"]
+    text = render_markdown(table)
+    assert text.index("ablations") < text.index("| d2o-nosample") and text.index("| npo") < text.index("ablations")
