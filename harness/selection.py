@@ -134,6 +134,13 @@ def _parse_study(path: Path) -> tuple[dict, bytes]:
     missing = [k for k in STUDY_KEYS if k not in study]
     if missing:
         raise BadInput(f"--selection {path}: not a study file written by `d2o-bench tune` (lacks {', '.join(missing)})")
+    trials = study["trials"]
+    if not isinstance(trials, list) or not all(isinstance(t, dict) and isinstance(t.get("params"), dict)
+                                               and isinstance(t.get("number"), int) for t in trials):
+        raise BadInput(f"--selection {path}: `trials` must be a list of objects with an integer `number` and "
+                       "a `params` object")
+    if not isinstance(study["search_space"], dict):
+        raise BadInput(f"--selection {path}: `search_space` must be an object")
     return study, blob
 
 

@@ -638,6 +638,8 @@ def tune_main(argv: list[str]) -> int:
     plans = [plan_method(method, args.preset, sets) for method in methods]
     out = Path(args.out)
     _quiet_optuna()
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(out / LOCK_FILE), timeout=0)
     try:

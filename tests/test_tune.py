@@ -480,3 +480,20 @@ def test_killed_tune_resumes_without_repeating_finished_trials(bench_home, tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert "running " not in again.stderr
     assert len(_storage_states(out / "studies.db")) == len(trials)
+
+
+def test_malformed_selection_study_and_out_file_are_one_line_bad_input(tmp_path, capsys):
+    from harness.cli import main
+
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"method": "d2o", "preset": "tiny", "study_name": "x", "selection_rule": {},
+                                 "selected_trial": 0, "trials": [{"number": "zero", "params": []}],
+                                 "search_space": {}, "n_trials": 1}))
+    code = main(["--method", "d2o", "--selection", str(study), "--out", str(tmp_path / "out"), "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "`trials` must be a list" in err[0]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    code = main(["tune", "--methods", "sft", "--out", str(a_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "is not a directory" in err[-1]
