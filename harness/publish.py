@@ -193,6 +193,8 @@ def aggregate(entries: list[dict]) -> dict:
             "paper": PAPER_TABLE1.get(method) if preset == PAPER_PRESET else None,
             "headline": _is_headline(method),
         }
+        if not row["headline"]:
+            row["label"] += " (ablation)"  # every table, page and plot says so, not only Markdown
         row["metrics"] = {name: summarise(_complete_records(row, name)) for name in names}
         rows.append(row)
     _mark_best(rows, names, directions)
@@ -482,7 +484,8 @@ def plot_tradeoff(rows: list[dict], path: Path) -> bool:
         next((n for n in HARMFULNESS_METRICS if any(r["metrics"].get(n) for r in rows)), None)
     helpful = next((n for n in HELPFULNESS_METRICS if all(r["metrics"].get(n) for r in rows)), None) or \
         next((n for n in HELPFULNESS_METRICS if any(r["metrics"].get(n) for r in rows)), None)
-    points = [r for r in rows if harm and helpful and r["metrics"].get(harm) and r["metrics"].get(helpful)]
+    points = [r for r in rows if harm and helpful and r["metrics"].get(harm) and r["metrics"].get(helpful)
+              and r.get("headline", True)]
     if not points:
         return False
     import matplotlib

@@ -506,3 +506,4 @@ def test_ablations_are_listed_apart_and_never_marked_best(tmp_path):
     assert by_method["d2o-nosample"]["headline"] is False and not by_method["d2o-nosample"]["best"]
     text = render_markdown(table)
     assert text.index("ablations") < text.index("| d2o-nosample") and text.index("| npo") < text.index("ablations")
+    assert by_method["d2o-nosample"]["label"] == "d2o-nosample (ablation)"
