@@ -497,3 +497,23 @@ def test_malformed_selection_study_and_out_file_are_one_line_bad_input(tmp_path,
     code = main(["tune", "--methods", "sft", "--out", str(a_file)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "is not a directory" in err[-1]
+
+
+def test_a_retried_trial_does_not_shift_the_qmc_sequence():
+    """An interrupted trial re-enqueued with its own parameters must not consume a Sobol point:
+    the study then draws the same trials as an uninterrupted one with the same seed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = search_space_for("d2o", resolve_config(method="d2o").tune)
+    uninterrupted = _ask("qmc", 0, space, 3)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler("qmc", 0, space, 3))
+    first = study.ask()
+    first_params = suggest(first, space)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # killed mid-run
+    study.enqueue_trial(first_params)
+    retry = study.ask()
+    assert suggest(retry, space) == first_params
+    study.tell(retry, [0.0, 0.5])
+    following = [suggest(study.ask(), space) for _ in range(2)]
+    assert [first_params, *following] == uninterrupted
