@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from harness.errors import BadInput
 
@@ -144,6 +144,39 @@ def _parse_study(path: Path) -> tuple[dict, bytes]:
     return study, blob
 
 
+# Fields that differ between a study's trials and its test runs by design.
+_PER_RUN_FIELDS = (("data", "eval_split"), ("world", "seed"))
+
+
+def comparable_config(config: dict, tuned: Iterable[str]) -> dict:
+    """A resolved config without what the protocol varies on purpose: the tune section, the tuned
+    fields, the run seed, the evaluated split and the world seed. A test run and the trials of
+    the study that selected it must agree on everything else."""
+    config = json.loads(json.dumps(config, default=str))
+    for key in ("tune", "seed", "preset", "method_name"):
+        config.pop(key, None)
+    for name in tuned:
+        section, _, field_name = name.partition(".")
+        (config.get(section) or {}).pop(field_name, None)
+    for section, field_name in _PER_RUN_FIELDS:
+        (config.get(section) or {}).pop(field_name, None)
+    return config
+
+
+_MISSING = object()
+
+
+def _dotted(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"section.field": value} so a mismatch can be named field by field."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def selection_summary(path: Path, cfg) -> dict:
     """What a test run's entry says about how its configuration was chosen.
 
@@ -162,6 +195,13 @@ def selection_summary(path: Path, cfg) -> dict:
         raise BadInput(f"--selection {path}: the study selected no trial")
     params = trial.get("params") or {}
     config = cfg.to_dict()
+    if isinstance(study.get("trial_config"), dict):
+        ours = _dotted(comparable_config(config, study.get("search_space") or {}))
+        theirs = _dotted(comparable_config(study["trial_config"], study.get("search_space") or {}))
+        differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key, _MISSING) != theirs.get(key, _MISSING))
+        if differing:
+            raise BadInput(f"--selection {path}: this run's configuration differs from the study's trials in "
+                           f"{', '.join(differing[:5])}")
     for name, value in params.items():
         section, _, field = name.partition(".")
         actual = (config.get(section) or {}).get(field, object())

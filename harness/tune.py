@@ -193,6 +193,7 @@ class MethodPlan:
     test_sets: list[str]  # --set pairs of every test run, before the selected parameters
     seed: int  # the trials' run seed
     study_name: str
+    trial_config: dict = field(default_factory=dict)  # a trial's resolved config (tuned fields at a probe)
     study_json: Path = field(default=None)
 
 
@@ -270,7 +271,7 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
                 "tune": {k: getattr(tune_cfg, k) for k in _STUDY_TUNE_FIELDS}}
     name = f"{preset}-{method}-{sha256_json(identity)[:12]}"
     return MethodPlan(method=method, space=space, tune=tune_cfg, trial_sets=trial_sets, test_sets=test_sets,
-                      seed=trial_cfg.seed, study_name=name)
+                      seed=trial_cfg.seed, study_name=name, trial_config=trial_cfg.to_dict())
 
 
 def _run_for(plan: MethodPlan, preset: str, seed: int, sets: list[str]):
@@ -458,6 +459,9 @@ def study_record(study, plan: MethodPlan, preset: str, storage_url: str) -> dict
         "storage": storage_url,
         "objectives": {"harm": harm, "help": help_},
         "search_space": space_json(plan.space),
+        # What every trial ran with (tuned fields at a probe value): `run --selection` refuses a
+        # test run that differs from it in anything but the tuned fields, seeds and split.
+        "trial_config": plan.trial_config,
         "sampler": {"name": tune_cfg.sampler, "seed": tune_cfg.sampler_seed, "optuna": optuna.__version__},
         "n_trials": tune_cfg.trials,
         "validation_split": tune_cfg.validation_split,

@@ -195,12 +195,32 @@ def test_run_refuses_a_selection_that_does_not_match_the_run(tmp_path, capsys):
     assert "not a study file" in capsys.readouterr().err
 
 
+def test_run_refuses_a_selection_whose_trials_ran_another_configuration(tmp_path, capsys):
+    from harness.config import parse_set_options, resolve_config
+
+    trial = resolve_config(method="npo", preset="tiny", overrides=parse_set_options(
+        ["data.eval_split=validation", "train.learning_rate=1e-4"]))
+    study = {"method": "npo", "preset": "tiny", "study_name": "s", "selection_rule": {"name": "r"},
+             "selected_trial": 0, "search_space": {"train.learning_rate": {}}, "n_trials": 1,
+             "trial_config": trial.to_dict(),
+             "trials": [{"number": 0, "state": "COMPLETE", "params": {"train.learning_rate": 5e-5}}]}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study))
+    test_run = ["--method", "npo", "--preset", "tiny", "--seed", "2", "--set", "train.learning_rate=5e-05",
+                "--set", "data.eval_split=test", "--set", "world.seed=1", "--selection", str(path), "--dry-run"]
+    assert main(test_run) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*test_run, "--set", "world.variant=decline-and-help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from the study's trials in world.variant" in err[0], err
+
+
 # ----------------------------------------------------------------------------------------------
 # The tuning loop with a fake executor (no training): batches, failures, budget, test stage
 
 SPEC_KEYS = {"method", "preset", "study_name", "storage", "objectives", "search_space", "sampler", "n_trials",
              "selection_rule", "base_validation", "trials", "pareto_front", "selected_trial",
-             "helpful_at_matched_harm"}
+             "helpful_at_matched_harm", "trial_config"}
 
 
 class FakeExecutor:
