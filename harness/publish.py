@@ -14,7 +14,9 @@ Failed runs are counted, not averaged. The best value per metric and preset is m
 direction taken from the metric's `higher_is_better`. Where per-task data exist, every method is
 also compared with the base policy of its preset on harmful_rate and helpful_rate: the paired
 difference method − base over the shared tasks, with its interval and the probability of
-improvement (per prompt, ties ½; see `harness.stats`).
+improvement (per prompt, ties ½; see `harness.stats`). When both have runs on the same world seeds,
+the worlds are paired: the between-run part of the interval is the spread of the per-world
+differences.
 
 With `--studies DIR`, every `study.json` under DIR (written by `d2o-bench tune`) adds a frontier
 plot per preset (validation harm against helpfulness of every trial, the Pareto front as a step
@@ -217,7 +219,11 @@ def _world_of(entry: dict):
 
 
 def _complete_records(row: dict, name: str) -> list[dict]:
-    """One record per independent unit of the row's complete runs.
+    return list(_unit_records(row, name).values())
+
+
+def _unit_records(row: dict, name: str) -> dict:
+    """One record per independent unit of the row's complete runs, keyed by the unit.
 
     Training seeds are nested in world seeds (the runs of one world share its base policy, data
     and scorers), so the runs of one world are pooled per task into one record and the
@@ -237,16 +243,19 @@ def _complete_records(row: dict, name: str) -> list[dict]:
                 seen_evaluations.add(evaluation)
         world = _world_of(entry)
         units.setdefault(entry["run_id"] if world is None else ("world", world), []).append(_metrics_of(entry)[name])
-    records = []
-    for group in units.values():
+    records = {}
+    for key, group in units.items():
         if len(group) == 1 or any(r.get("per_cluster") is None for r in group) \
                 or len({stats.record_kind(r) for r in group}) != 1:
-            records.extend(group)
+            if len(group) == 1:
+                records[key] = group[0]
+            else:  # not poolable: each run stands alone (and the row is not paired by world)
+                records.update(((key, i), r) for i, r in enumerate(group))
             continue
         kind = stats.record_kind(group[0])
         pooled = stats.pool_tables([stats.record_table(r) for r in group])
-        records.append({"value": pooled.value, "higher_is_better": group[0]["higher_is_better"], "kind": kind,
-                        "per_cluster": pooled.per_cluster(integer_sums=kind == "rate"), "n": pooled.n})
+        records[key] = {"value": pooled.value, "higher_is_better": group[0]["higher_is_better"], "kind": kind,
+                        "per_cluster": pooled.per_cluster(integer_sums=kind == "rate"), "n": pooled.n}
     return records
 
 
@@ -264,7 +273,14 @@ def _paired_against_base(rows: list[dict]) -> None:
             if row is base:
                 continue
             for metric in PAIRED_METRICS:
-                ours, theirs = _complete_records(row, metric), _complete_records(base, metric)
+                ours_by_unit, theirs_by_unit = _unit_records(row, metric), _unit_records(base, metric)
+                # Same worlds on both sides: pair them, so a world that is easy for every
+                # policy does not widen the method-vs-base interval.
+                by_world = set(ours_by_unit) == set(theirs_by_unit) and len(ours_by_unit) > 1 \
+                    and all(isinstance(k, tuple) and k[0] == "world" for k in ours_by_unit)
+                keys = sorted(ours_by_unit, key=repr) if by_world else None
+                ours = [ours_by_unit[k] for k in keys] if by_world else list(ours_by_unit.values())
+                theirs = [theirs_by_unit[k] for k in keys] if by_world else list(theirs_by_unit.values())
                 records = ours + theirs
                 if not ours or not theirs or any(r.get("per_cluster") is None for r in records):
                     continue
@@ -273,7 +289,8 @@ def _paired_against_base(rows: list[dict]) -> None:
                     continue
                 difference = stats.paired_difference_runs(
                     [stats.record_table(r) for r in ours], [stats.record_table(r) for r in theirs],
-                    kind=kinds.pop(), higher_is_better=ours[0]["higher_is_better"], level=LEVEL)
+                    kind=kinds.pop(), higher_is_better=ours[0]["higher_is_better"], level=LEVEL,
+                    paired_runs=by_world)
                 if difference.delta is not None:
                     row["vs_base"][metric] = difference
 

@@ -426,11 +426,14 @@ def _as_table(run: Any, kind: str, name: str) -> ClusterTable:
 
 def _between(tables: Sequence[ClusterTable], level: float) -> tuple[float, float]:
     """(s_b, B): sd of the run means and the between-run half-width t(R−1)·s_b/sqrt(R)."""
-    means = [t.value for t in tables if t.n]
-    if len(means) < 2:
+    return _spread([t.value for t in tables if t.n], level)
+
+
+def _spread(values: Sequence[float], level: float) -> tuple[float, float]:
+    if len(values) < 2:
         return 0.0, 0.0
-    sd = float(np.std(means, ddof=1))
-    return sd, quantile(level, len(means) - 1) * sd / math.sqrt(len(means))
+    sd = float(np.std(values, ddof=1))
+    return sd, quantile(level, len(values) - 1) * sd / math.sqrt(len(values))
 
 
 def _combine(theta: float, low: float, high: float, *halves: float) -> tuple[float, float]:
@@ -522,7 +525,8 @@ def _mover(a: ClusterTable, b: ClusterTable, level: float, n_eff_a: float, n_eff
 
 
 def _paired(a_tables: list[ClusterTable], b_tables: list[ClusterTable], *, kind: str, higher_is_better: bool,
-            level: float, n_resamples: int, seed: int, prompt_wins: Optional[ClusterTable]) -> PairedDifference:
+            level: float, n_resamples: int, seed: int, prompt_wins: Optional[ClusterTable],
+            paired_runs: bool = False) -> PairedDifference:
     pooled_a, pooled_b = pool_tables(a_tables), pool_tables(b_tables)
     a, b = _align(pooled_a, pooled_b)
     runs = (len(a_tables), len(b_tables))
@@ -556,10 +560,20 @@ def _paired(a_tables: list[ClusterTable], b_tables: list[ClusterTable], *, kind:
     low, high, se, _ = _bootstrap(data, statistic, level=level, n_resamples=n_resamples, seed=seed)
     low, high, se = np.atleast_1d(low), np.atleast_1d(high), np.atleast_1d(se)
     delta = a.value - b.value
-    sd_a, half_a = _between(a_tables, level)
-    sd_b, half_b = _between(b_tables, level)
-    d_low, d_high = _combine(delta, float(low[0]), float(high[0]), half_a, half_b)
-    stderr = math.sqrt(float(se[0]) ** 2 + sd_a ** 2 / max(runs[0], 1) + sd_b ** 2 / max(runs[1], 1))
+    if paired_runs:
+        # Run i of each side shares a unit (a world: its base, data and scorers), so what varies
+        # between units is the per-unit difference; the two sides' spreads would count the
+        # shared world effect twice.
+        unit_deltas = [ra.value - rb.value for ra, rb in (_align(ta, tb) for ta, tb in zip(a_tables, b_tables))
+                       if ra.n and rb.n]
+        sd_d, half_d = _spread(unit_deltas, level)
+        d_low, d_high = _combine(delta, float(low[0]), float(high[0]), half_d)
+        stderr = math.sqrt(float(se[0]) ** 2 + sd_d ** 2 / max(len(unit_deltas), 1))
+    else:
+        sd_a, half_a = _between(a_tables, level)
+        sd_b, half_b = _between(b_tables, level)
+        d_low, d_high = _combine(delta, float(low[0]), float(high[0]), half_a, half_b)
+        stderr = math.sqrt(float(se[0]) ** 2 + sd_a ** 2 / max(runs[0], 1) + sd_b ** 2 / max(runs[1], 1))
     q = quantile(level, _df(a.n_clusters))
     if kind == "rate":
         # Each side's n' from its own runs' tables (restricted to the shared clusters), pooled runs
@@ -582,7 +596,9 @@ def _paired(a_tables: list[ClusterTable], b_tables: list[ClusterTable], *, kind:
     if kind == "rate":
         d_low, d_high = max(d_low, -1.0), min(d_high, 1.0)
     stderr = max(stderr, (f_high - f_low) / (2 * q))
-    if len(a_tables) > 1 or len(b_tables) > 1:
+    if paired_runs and len(a_tables) > 1:
+        method += "+between-unit-differences"
+    elif len(a_tables) > 1 or len(b_tables) > 1:
         method += "+between-runs"
 
     if wins is None:  # 0/1 data: PoI = ½(1 + sign·Δ), exactly, and so is its interval
@@ -622,19 +638,29 @@ def paired_difference(a: Iterable[Any], b: Iterable[Any], clusters: Optional[Ite
 
 def paired_difference_runs(a_runs: Sequence[Any], b_runs: Sequence[Any], *, kind: str, higher_is_better: bool,
                            level: float = DEFAULT_LEVEL, n_resamples: int = DEFAULT_RESAMPLES,
-                           seed: int = DEFAULT_SEED) -> PairedDifference:
-    """a − b from per-cluster tables of several runs per side (pooled per cluster; see the docstring)."""
+                           seed: int = DEFAULT_SEED, paired_runs: bool = False) -> PairedDifference:
+    """a − b from per-cluster tables of several runs per side (pooled per cluster; see the docstring).
+
+    paired_runs: a_runs[i] and b_runs[i] come from the same unit (e.g. one world seed), so the
+    between-run part of the interval is the spread of the per-unit differences."""
     _check_kind(kind)
     level = _check_level(level)
     n_resamples = _check_resamples(n_resamples)
-    a_tables = [t for t in (_as_table(r, kind, f"a[{i}].per_cluster") for i, r in enumerate(a_runs)) if t.n]
-    b_tables = [t for t in (_as_table(r, kind, f"b[{i}].per_cluster") for i, r in enumerate(b_runs)) if t.n]
+    if paired_runs and len(a_runs) != len(b_runs):
+        raise BadInput(f"paired runs need one run per unit on each side, got {len(a_runs)} and {len(b_runs)}")
+    a_tables = [_as_table(r, kind, f"a[{i}].per_cluster") for i, r in enumerate(a_runs)]
+    b_tables = [_as_table(r, kind, f"b[{i}].per_cluster") for i, r in enumerate(b_runs)]
+    if paired_runs:
+        kept = [(ta, tb) for ta, tb in zip(a_tables, b_tables) if ta.n and tb.n]
+        a_tables, b_tables = [ta for ta, _ in kept], [tb for _, tb in kept]
+    else:
+        a_tables, b_tables = [t for t in a_tables if t.n], [t for t in b_tables if t.n]
     if not a_tables or not b_tables:
         return PairedDifference(None, None, None, None, None, None, None,
                                 "prompt" if kind == "rate" else "cluster", level, "no data", kind,
                                 higher_is_better, 0, len(a_tables), len(b_tables))
     return _paired(a_tables, b_tables, kind=kind, higher_is_better=higher_is_better, level=level,
-                   n_resamples=n_resamples, seed=seed, prompt_wins=None)
+                   n_resamples=n_resamples, seed=seed, prompt_wins=None, paired_runs=paired_runs)
 
 
 # --------------------------------------------------------------------------- leaderboard records

@@ -495,6 +495,16 @@ def test_repeated_base_evaluations_count_once_and_worlds_are_the_units():
               for world in range(3) for seed in range(3)]
     row = aggregate(method)["rows"][0]
     assert row["n_runs"] == 9 and row["metrics"]["helpful_rate"]["k"] == 3
+    # Method and base on the same three worlds: the difference is paired world by world.
+    together = {r["method"]: r for r in aggregate(nine + method)["rows"]}
+    assert together["d2o"]["vs_base"]["helpful_rate"].method.endswith("+between-unit-differences")
+    one_world_less = [e for e in method if _world_of_entry(e) != 2]
+    apart = {r["method"]: r for r in aggregate(nine + one_world_less)["rows"]}
+    assert apart["d2o"]["vs_base"]["helpful_rate"].method.endswith("+between-runs")
+
+
+def _world_of_entry(entry: dict) -> int:
+    return entry["provenance"]["config"]["world"]["seed"]
 
 
 def test_ablations_are_listed_apart_and_never_marked_best(tmp_path):

@@ -305,6 +305,38 @@ def test_paired_runs_pool_per_cluster_and_match_per_prompt_rates():
     assert from_records.worse() is False and from_records.better() is True and from_records.high < 0
 
 
+def test_runs_paired_by_world_cover_the_difference_and_drop_the_shared_world_effect():
+    """Three worlds, each easy or hard for every policy alike (base rate 0.3–0.7); the method
+    halves each task's rate, so the true Δ over worlds is −0.25. Pairing run i with run i (one
+    world) covers it (conservatively: the between-world spread of the differences already holds
+    some task-sampling noise, which is counted again) and is narrower than adding both sides'
+    between-world spreads."""
+    rng = np.random.default_rng(5)
+    covered, paired_widths, unpaired_widths = 0, [], []
+    for run in range(200):
+        method_runs, base_runs = [], []
+        for world_rate in rng.uniform(0.3, 0.7, 3):
+            task_rates = rng.beta(world_rate * 20, (1 - world_rate) * 20, 16)
+            tasks = np.repeat(np.arange(16), 8)
+            base = rng.random((16, 8)) < task_rates[:, None]
+            method = rng.random((16, 8)) < (task_rates / 2)[:, None]
+            base_runs.append(stats.cluster_table(base.ravel(), tasks, kind="rate"))
+            method_runs.append(stats.cluster_table(method.ravel(), tasks, kind="rate"))
+        paired = stats.paired_difference_runs(method_runs, base_runs, kind="rate", higher_is_better=False,
+                                              n_resamples=B, seed=run, paired_runs=True)
+        unpaired = stats.paired_difference_runs(method_runs, base_runs, kind="rate", higher_is_better=False,
+                                                n_resamples=B, seed=run)
+        covered += paired.low <= -0.25 <= paired.high
+        paired_widths.append(paired.high - paired.low)
+        unpaired_widths.append(unpaired.high - unpaired.low)
+    assert paired.method.endswith("+between-unit-differences") and unpaired.method.endswith("+between-runs")
+    assert covered / 200 >= 0.90, covered
+    assert np.mean(paired_widths) < 0.8 * np.mean(unpaired_widths), (np.mean(paired_widths), np.mean(unpaired_widths))
+    with pytest.raises(BadInput, match="one run per unit"):
+        stats.paired_difference_runs(method_runs, base_runs[:2], kind="rate", higher_is_better=False,
+                                     paired_runs=True)
+
+
 def test_paired_difference_uses_only_shared_clusters():
     a = {"t1": [1, 4], "t2": [2, 4], "t3": [4, 4]}
     b = {"t2": [2, 4], "t3": [0, 4], "t9": [4, 4]}
