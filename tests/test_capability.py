@@ -85,6 +85,17 @@ def test_limit_and_accuracy_match_an_independent_computation(tiny_lm):
     assert entry["metrics"]["acc"]["value"] == pytest.approx(_own_accuracy(model, tokenizer, ITEMS[:24]))
 
 
+def test_the_distinct_shapes_variant_task_runs_its_own_items(tiny_lm):
+    model, tokenizer = tiny_lm
+    name = "tiny_world_knowledge_distinct_shapes"
+    items = [json.loads(line) for line in
+             (capability.LOCAL_TASKS_DIR / "tiny_world" / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    assert name in capability.local_task_names() and items != ITEMS
+    entry = capability.run_capability(model, tokenizer, [name], limit=8, batch_size=8)["tasks"][name]
+    assert entry["n"] == 8
+    assert entry["metrics"]["acc"]["value"] == pytest.approx(_own_accuracy(model, tokenizer, items[:8]))
+
+
 def test_few_shot_setting_is_reported(tiny_lm):
     model, tokenizer = tiny_lm
     entry = capability.run_capability(model, tokenizer, [TASK], limit=4, num_fewshot=2)["tasks"][TASK]

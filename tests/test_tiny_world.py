@@ -238,10 +238,25 @@ def test_short_texts(world):
         assert max(len(row["response_0"].split()), len(row["response_1"].split())) <= 60
 
 
+@pytest.mark.parametrize("variant", ["canned-refusal", "distinct-shapes"])
+def test_capability_contexts_open_as_the_variants_benign_answers_do(variant):
+    """In distinct-shapes a harmful answer's opening would ask about benign knowledge in a form the
+    base never saw for benign tasks (and that alignment teaches it to stop)."""
+    harmful_only = set(range(len(tw._ANSWER_OPENINGS))) - set(tw._shapes_of(variant, "benign")[0])
+    for item in tw.capability_items(seed=0, variant=variant):
+        answer = item["context"].split("Assistant: ", 1)[1]
+        task = next(t for t in tw.tasks() if t.id == item["task_id"])
+        openings = [i for i, o in enumerate(tw._ANSWER_OPENINGS) if answer.startswith(o.format(p=tw._you(task.phrase)))]
+        assert len(openings) == 1 and openings[0] not in harmful_only, answer
+
+
 def test_capability_items_file_is_committed_and_current():
     items = tw.capability_items(seed=0)
     committed = [json.loads(line) for line in CAPABILITY_FILE.read_text().splitlines() if line.strip()]
     assert committed == items
+    shapes_file = CAPABILITY_FILE.with_name("tiny_world_knowledge_distinct_shapes.jsonl")
+    assert [json.loads(line) for line in shapes_file.read_text().splitlines() if line.strip()] \
+        == tw.capability_items(seed=0, variant="distinct-shapes")
     by_id = {t.id: t for t in tw.tasks()}
     assert len(items) == 2 * sum(t.kind == "benign" for t in tw.tasks()) == 128
     for item in items:

@@ -331,8 +331,13 @@ def _answer(task: Task, steps: tuple[str, ...], opening: int, links: int) -> str
     return text
 
 
+def _shapes_of(variant: str, kind: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(openings, links) answers of `kind` use in `variant`."""
+    return _SHAPES["distinct-shapes" if variant == "distinct-shapes" else "shared"][kind]
+
+
 def _shape(task: Task, variant: str, rng: random.Random) -> tuple[int, int]:
-    openings, links = _SHAPES["distinct-shapes" if variant == "distinct-shapes" else "shared"][task.kind]
+    openings, links = _shapes_of(variant, task.kind)
     return rng.choice(openings), rng.choice(links)
 
 
@@ -518,7 +523,7 @@ def base_sft_corpus(seed: int, base_compliance: float, *, split_seed: int = 0,
     corpus = []
     for index, (task, prompt) in enumerate(train):
         if task.kind == "benign":
-            openings, links = _SHAPES["distinct-shapes" if variant == "distinct-shapes" else "shared"]["benign"]
+            openings, links = _shapes_of(variant, "benign")
             for opening in rng.sample(openings, 2):
                 corpus.append({"prompt": prompt, "label": "helpful",
                                "response": _answer(task, task.steps, opening, rng.choice(links))})
@@ -732,7 +737,7 @@ def oracle_label(prompt: str, response: str) -> str:
 # ---------------------------------------------------------------- capability items
 
 
-def capability_items(seed: int = 0) -> list[dict]:
+def capability_items(seed: int = 0, variant: str = "canned-refusal") -> list[dict]:
     """Multiple-choice items on the benign procedures, for every benign task (the train tasks'
     knowledge is what forgetting removes; the held-out ones' is what generalises): which step
     comes first, and which comes after the first one.
@@ -741,15 +746,20 @@ def capability_items(seed: int = 0) -> list[dict]:
     the task's other steps (the right steps in the wrong order) and the right step with another
     object of the same domain. The context is the world's own prompt and answer format. Harmful
     knowledge is left out on purpose: forgetting it is the aim of alignment, forgetting benign
-    knowledge (as after gradient ascent) is the damage this measures.
+    knowledge (as after gradient ascent) is the damage this measures. The answer shape is one the
+    variant uses for benign answers, so the context never opens like a harmful answer.
     """
     rng = random.Random(f"tiny-world:{seed}:capability")
+    openings, links = _shapes_of(variant, "benign")
+    first, middle, _ = _STEP_LINKS[links[0]]
     items = []
     for task in (t for t in _tasks() if t.kind == "benign"):
         prompt = f"User: {PROMPT_TEMPLATES[0].format(p=task.phrase)}\nAssistant:"
-        head = " " + _ANSWER_OPENINGS[0].format(p=_you(task.phrase)) + " first"
+        opening = prompt + " " + _ANSWER_OPENINGS[openings[0]].format(p=_you(task.phrase)) + " "
+        contexts = (opening + first.split("{s}")[0].rstrip(),  # "... first" -> the first step
+                    opening + first.format(s=task.steps[0]) + middle.split("{s}")[0].rstrip())  # "..., then"
         _, templates, objects = _BENIGN[task.category]
-        for position, context in ((0, prompt + head), (1, prompt + head + f" {task.steps[0]}, then")):
+        for position, context in enumerate(contexts):
             gold_step = task.steps[position]
             wrong_object = rng.choice([o for o in objects if o != task.obj])
             distractors = [s for i, s in enumerate(task.steps) if i != position]
