@@ -201,6 +201,13 @@ def _entry_problem(entry: dict) -> tuple[tuple, str] | None:
         problem = _metric_problem(record)
         if problem is not None:
             return ("metrics", metric, *problem[0]), problem[1]
+    # Capability metrics carry intervals too (since lm-eval samples are logged), so the same checks.
+    capability = (entry.get("sections") or {}).get("capability")
+    for task, result in ((capability or {}).get("tasks") or {}).items() if isinstance(capability, dict) else ():
+        for metric, record in ((result or {}).get("metrics") or {}).items() if isinstance(result, dict) else ():
+            problem = _metric_problem(record) if isinstance(record, dict) else None
+            if problem is not None:
+                return ("sections", "capability", "tasks", task, "metrics", metric, *problem[0]), problem[1]
     return None
 
 

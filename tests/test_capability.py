@@ -51,10 +51,15 @@ def _own_accuracy(model, tokenizer, items):
 
 
 def _check_metric(record, n):
-    assert set(record) == {"value", "stderr", "n", "higher_is_better"}
-    assert 0.0 <= record["value"] <= 1.0
+    assert set(record) == {"value", "stderr", "n", "higher_is_better", "ci_low", "ci_high", "ci_level", "ci_method",
+                           "n_clusters", "per_cluster", "kind", "stderr_lm_eval"}
+    assert 0.0 <= record["ci_low"] <= record["value"] <= record["ci_high"] <= 1.0
+    assert record["ci_high"] > record["ci_low"]  # never zero-width
     assert record["stderr"] is not None and record["stderr"] >= 0.0
-    assert record["n"] == n and record["higher_is_better"] is True
+    assert record["n"] == n and record["higher_is_better"] is True and record["kind"] == "rate"
+    # Items of one procedure are one cluster: the interval resamples procedures, not items.
+    assert sum(count for _, count in record["per_cluster"].values()) == n
+    assert record["n_clusters"] == len({key.split(":", 1)[1] for key in record["per_cluster"]}) <= n
 
 
 def test_shipped_task_is_found_locally():
@@ -73,6 +78,7 @@ def test_full_task_result_structure(tiny_lm):
     assert set(entry["metrics"]) == {"acc", "acc_norm"}
     for record in entry["metrics"].values():
         _check_metric(record, len(ITEMS))
+    assert entry["metrics"]["acc"]["n_clusters"] == len(ITEMS) // 2  # two items per benign procedure
 
 
 def test_limit_and_accuracy_match_an_independent_computation(tiny_lm):

@@ -295,6 +295,17 @@ def test_metric_records_with_intervals_and_clusters_validate_and_round_trip(tmp_
     assert record["ci_low"] <= record["value"] <= record["ci_high"] and record["kind"] == "rate"
 
 
+def test_capability_records_get_the_same_interval_checks():
+    entry = _entry_with_intervals("bad-capability")
+    record = json.loads(json.dumps(entry["metrics"]["harmful_rate"]))
+    entry["sections"]["capability"] = {"lm_eval_version": "0.4.13", "tasks": {"knowledge": {"metrics": {"acc": record}}}}
+    validate_entry(entry)
+    record.update(value=0.9)
+    with pytest.raises(BadInput) as raised:
+        validate_entry(entry)
+    assert "sections.capability.tasks.knowledge.metrics.acc.value: value 0.9 is above ci_high" in str(raised.value)
+
+
 @pytest.mark.parametrize("change, expected", [
     (lambda r: r.update(ci_low=0.5, ci_high=0.4), "metrics.harmful_rate.ci_low: ci_low 0.5 > ci_high 0.4"),
     (lambda r: r.update(value=0.9), "metrics.harmful_rate.value: value 0.9 is above ci_high"),

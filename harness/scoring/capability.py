@@ -9,6 +9,11 @@ no built-in YAML file mentions is rejected without it. Built-in tasks
 fetch their data from the Hugging Face Hub, so they need a network or a warm datasets cache;
 the local tasks run offline.
 
+Every metric that is a mean over items gets the scorers' treatment: a bootstrap interval that
+resamples clusters of items (a task YAML names its cluster field in `metadata.cluster_field`;
+otherwise each item is its own cluster), never zero-width at 0 or 1, and per-cluster counts so
+runs pool in `publish`. lm-eval's own stderr is kept as `stderr_lm_eval`.
+
 `lm_eval.evaluator.evaluate` is called rather than `simple_evaluate`: the latter reseeds the
 global random generators, asks the Hub for the model's sha and shells out to git, none of which
 belongs inside a pipeline stage.
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import BadInput, RunFailure
+from harness.scoring.metrics import mean_metric, rate_metric
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,47 @@ def _metrics(scores: dict, higher_is_better: dict, n: int) -> dict:
     return metrics
 
 
+def _metric_and_filter(label: str) -> tuple[str, str]:
+    metric, _, filter_name = label.partition("/")
+    return metric, filter_name or "none"
+
+
+def _cluster_field(task) -> Optional[str]:
+    """The doc field that groups a task's items (items about one procedure are not independent),
+    declared as `metadata: {cluster_field: ...}` in the task YAML; None: each item stands alone."""
+    metadata = getattr(getattr(task, "config", None), "metadata", None) or {}
+    field = metadata.get("cluster_field") if isinstance(metadata, dict) else None
+    return str(field) if field else None
+
+
+def _with_interval(record: dict, metric: str, filter_name: str, leaves: list[str], results: dict,
+                   loaded: dict) -> dict:
+    """The record with a cluster-bootstrap interval and per-cluster counts from the logged
+    samples (as the scorers' metrics have), so capability numbers pool across runs and get
+    intervals like every other metric. Left as lm-eval reported it where the samples do not
+    reproduce its value (a metric that is not a mean over items)."""
+    values, clusters = [], []
+    for leaf in leaves:
+        field = _cluster_field(loaded["tasks"].get(leaf))
+        for sample in results.get("samples", {}).get(leaf, []):
+            if sample.get("filter") != filter_name or metric not in sample:
+                continue
+            value = _number(sample[metric])
+            if value is None:
+                return record
+            doc = sample.get("doc") if isinstance(sample.get("doc"), dict) else {}
+            unit = doc.get(field) if field and field in doc else f"doc{sample.get('doc_id')}"
+            values.append(value)
+            clusters.append(f"{leaf}:{unit}")
+    if not values or record["value"] is None or not math.isclose(sum(values) / len(values), record["value"],
+                                                                   rel_tol=1e-9, abs_tol=1e-12):
+        return record
+    binary = all(v in (0.0, 1.0) for v in values)
+    interval = (rate_metric([v == 1.0 for v in values], record["higher_is_better"], clusters) if binary
+                else mean_metric(values, record["higher_is_better"], clusters))
+    return {**interval, "value": record["value"], "stderr_lm_eval": record["stderr"]}
+
+
 def _summarise(results: dict, loaded: dict, names: list[str]) -> dict:
     samples = results.get("n-samples", {})
     leaf_n = {task: int(counts.get("effective", 0)) for task, counts in samples.items()}
@@ -156,7 +203,10 @@ def _summarise(results: dict, loaded: dict, names: list[str]) -> dict:
             n = leaf_n.get(name, 0)
             entry = {"version": results.get("versions", {}).get(name),
                      "n_shot": results.get("n-shot", {}).get(name), "n": n}
-        entry["metrics"] = _metrics(scores, results.get("higher_is_better", {}).get(name, {}), n)
+        metrics = _metrics(scores, results.get("higher_is_better", {}).get(name, {}), n)
+        leaves = group_leaves.get(name, [name])
+        entry["metrics"] = {label: _with_interval(record, *_metric_and_filter(label), leaves, results, loaded)
+                            for label, record in metrics.items()}
         out[name] = entry
     return out
 
@@ -174,7 +224,9 @@ def run_capability(
     """Runs lm-eval `tasks` on a loaded causal LM; returns the leaderboard's capability section.
 
     {"lm_eval_version": str, "tasks": {name: {"version", "n_shot", "n",
-      "metrics": {metric: {"value", "stderr", "n", "higher_is_better"}}}}}
+      "metrics": {metric: {"value", "stderr", "n", "higher_is_better", and for means over items
+      "ci_low", "ci_high", "ci_level", "ci_method", "n_clusters", "per_cluster", "kind",
+      "stderr_lm_eval"}}}}}
     """
     names = [str(t).strip() for t in (tasks or []) if str(t).strip()]
     if not names:
@@ -202,7 +254,7 @@ def run_capability(
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS,
-                           log_samples=False)
+                           log_samples=True)  # per-item results: task-clustered intervals
     except BadInput:
         raise
     except Exception as exc:
