@@ -43,10 +43,13 @@ def test_variant_presets_extend_tiny_and_change_only_their_world():
     names = preset_names()
     assert {"tiny", "tiny-decline-and-help", "tiny-distinct-shapes", "tiny-benign-pairs"} <= set(names)
     base = resolve_config(method="d2o", preset="tiny").to_dict()
-    for name, changed in (("tiny-decline-and-help", {"world"}), ("tiny-distinct-shapes", {"world"}),
+    # distinct-shapes also swaps its capability task for one that opens as its benign answers do.
+    for name, changed in (("tiny-decline-and-help", {"world"}), ("tiny-distinct-shapes", {"world", "eval"}),
                           ("tiny-benign-pairs", {"data"})):
         variant = resolve_config(method="d2o", preset=name).to_dict()
         assert {k for k in base if base[k] != variant[k]} == changed | {"preset"}
+    shapes = resolve_config(method="d2o", preset="tiny-distinct-shapes").to_dict()
+    assert {k for k in base["eval"] if base["eval"][k] != shapes["eval"][k]} == {"lm_eval_tasks"}
 
 
 def test_bad_preset_files_are_one_line_bad_input(monkeypatch):
