@@ -121,6 +121,13 @@ class TrainConfig:
     # path to a DeepSpeed JSON config.
     deepspeed: Optional[str] = None
     logging_steps: int = 1
+    # A resumable checkpoint (weights, optimizer, scheduler, RNG states, data position, online
+    # refresh state) every this many optimizer steps, kept outside the train stage's directory so
+    # a killed or requeued run resumes from the newest complete one; 0: none. Deleted when
+    # training finishes. Resuming reproduces the uninterrupted run, so this is not in the hash.
+    save_steps: int = 0
+    # Checkpoints kept while training (the newest complete one must survive a kill mid-write).
+    save_total_limit: int = 2
 
 
 @dataclass
@@ -196,8 +203,21 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        blob = json.dumps(without_operational_fields(self.to_dict()), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Settings that change how a run executes but not what it computes (a resumed run equals an
+# uninterrupted one): left out of the config hash and of the check that a test run matches its
+# study's trials.
+OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (("train", "save_steps"), ("train", "save_total_limit"))
+
+
+def without_operational_fields(config: dict) -> dict:
+    config = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
+    for section, name in OPERATIONAL_FIELDS:
+        (config.get(section) or {}).pop(name, None)
+    return config
 
 
 def preset_names() -> list[str]:

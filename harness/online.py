@@ -2,7 +2,8 @@
 
 Every `refresh_every` steps the policy is snapshotted; each batch's K samples are then drawn from
 that snapshot (at most N−1 steps stale) and scored by the fixed π_r−, which therefore stays in
-memory during training. Offline mode (the default) needs none of this.
+memory during training. Offline mode (the default) needs none of this. A checkpoint carries the
+refresher's state (`state_dict`), so a resumed run draws the samples an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -28,8 +29,26 @@ class OnlineSampleRefresher:
         self.snapshot = None
         self.snapshot_step = None
         self.refreshes = 0
+        self._restored = None  # a checkpoint's snapshot, loaded into a copy of the model on first use
+
+    def state_dict(self, step: int) -> dict:
+        """What a checkpoint after `step` optimizer steps needs to go on as this refresher would:
+        the snapshot's weights, unless the next batch refreshes it anyway."""
+        keep = self.snapshot is not None and step - self.snapshot_step < self.refresh_every
+        weights = {k: v.detach().cpu().clone() for k, v in self.snapshot.state_dict().items()} if keep else None
+        return {"refreshes": self.refreshes, "snapshot_step": self.snapshot_step if keep else None,
+                "snapshot": weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.refreshes = int(state["refreshes"])
+        self._restored = state if state.get("snapshot") is not None else None
 
     def _policy_snapshot(self, model, step: int):
+        if self._restored is not None:
+            self.snapshot = copy.deepcopy(getattr(model, "module", model)).eval()
+            self.snapshot.load_state_dict(self._restored["snapshot"])
+            self.snapshot_step = int(self._restored["snapshot_step"])
+            self._restored = None
         if self.snapshot is None or step - self.snapshot_step >= self.refresh_every:
             unwrapped = getattr(model, "module", model)
             self.snapshot = copy.deepcopy(unwrapped).eval()

@@ -371,7 +371,9 @@ def stage_train(ctx: RunContext) -> dict:
     torch.manual_seed(ctx.cfg.seed)
     result = train_method(
         method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
-        train_cfg=ctx.cfg.train, output_dir=out / "trainer", seed=ctx.cfg.seed, sample_refresher=refresher,
+        # Outside the stage directory, which a rerun clears: a killed run resumes from these.
+        train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.root / "checkpoints" / "train", seed=ctx.cfg.seed,
+        sample_refresher=refresher,
     )
     trainer = result.pop("trainer")
     trainer.save_model(str(out / "policy"))  # collective under ZeRO-3; only rank 0 writes

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from harness.config import OPERATIONAL_FIELDS
 from harness.errors import BadInput
 
 RULE_TEXTS = {
@@ -158,7 +159,7 @@ def comparable_config(config: dict, tuned: Iterable[str]) -> dict:
     for name in tuned:
         section, _, field_name = name.partition(".")
         (config.get(section) or {}).pop(field_name, None)
-    for section, field_name in _PER_RUN_FIELDS:
+    for section, field_name in _PER_RUN_FIELDS + OPERATIONAL_FIELDS:
         (config.get(section) or {}).pop(field_name, None)
     return config
 

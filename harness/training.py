@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -167,28 +168,66 @@ class MethodTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-class TrajectoryRecorder(TrainerCallback):
-    """Keeps the per-step loss and gradient norm for the leaderboard's trajectory invariants."""
-
-    def __init__(self):
-        self.loss_curve: list[list[float]] = []
-        self.grad_norm_curve: list[list[float]] = []
-        self.diagnostics: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
+def trajectory(log_history: list[dict]) -> dict:
+    """The per-step loss, gradient norm and diagnostics for the leaderboard's trajectory
+    invariants, from the Trainer's log history (which a resumed run restores from its checkpoint,
+    so the curves start at step 1 either way)."""
+    loss_curve, grad_norm_curve, diagnostics = [], [], []
+    for logs in log_history:
+        step = logs.get("step")
+        if step is None:
+            continue
         if "loss" in logs:
-            self.loss_curve.append([state.global_step, float(logs["loss"])])
+            loss_curve.append([step, float(logs["loss"])])
         if logs.get("grad_norm") is not None:
-            self.grad_norm_curve.append([state.global_step, float(logs["grad_norm"])])
+            grad_norm_curve.append([step, float(logs["grad_norm"])])
         diag = {k: v for k, v in logs.items() if k.startswith("diag/")}
         if diag:
-            self.diagnostics.append({"step": state.global_step, **diag})
+            diagnostics.append({"step": step, **diag})
+    return {"loss_curve": loss_curve, "grad_norm_curve": grad_norm_curve, "diagnostics": diagnostics}
+
+
+# A checkpoint directory counts only once this file is in it: the Trainer writes a checkpoint in
+# place, so a kill mid-write leaves a directory that looks like one.
+CHECKPOINT_COMPLETE = "CHECKPOINT_COMPLETE"
+_REFRESH_STATE = "online_refresh.pt"
+
+
+class CheckpointSealer(TrainerCallback):
+    """Marks a checkpoint complete after the Trainer has written it, with the online sample
+    refresher's state (which the Trainer does not know about) saved beside it first."""
+
+    def __init__(self, sample_refresher=None):
+        self.sample_refresher = sample_refresher
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.sample_refresher is not None:
+            torch.save(self.sample_refresher.state_dict(state.global_step), folder / _REFRESH_STATE)
+        marker = folder / f".{CHECKPOINT_COMPLETE}.tmp"
+        marker.write_text(json.dumps({"step": state.global_step}))
+        marker.replace(folder / CHECKPOINT_COMPLETE)
+
+
+def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
+    """The complete checkpoint with the most steps under `folder` (None: start from step 0)."""
+    complete = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (path / CHECKPOINT_COMPLETE).is_file():
+            complete.append((int(suffix), path))
+    return max(complete)[1] if complete else None
 
 
 def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArguments:
     if train_cfg.deepspeed is not None:
         describe_single_process_group()
+    if train_cfg.save_steps < 0 or train_cfg.save_total_limit < 1:
+        raise BadInput(f"train.save_steps must be >= 0 and train.save_total_limit >= 1, got "
+                       f"{train_cfg.save_steps} and {train_cfg.save_total_limit}")
+    checkpoints = train_cfg.save_steps > 0
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train_cfg.epochs,
@@ -205,7 +244,9 @@ def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArgume
         deepspeed=resolve_deepspeed(train_cfg.deepspeed),
         logging_strategy="steps",
         logging_steps=train_cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=train_cfg.save_steps if checkpoints else 500,
+        save_total_limit=train_cfg.save_total_limit,
         report_to=[],
         seed=seed,
         data_seed=seed,
@@ -213,6 +254,15 @@ def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArgume
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def _mean_loss(loss_curve: list[list[float]]) -> float:
+    """Mean loss per optimizer step: each logged value covers the steps since the previous log."""
+    total, previous = 0.0, 0
+    for step, loss in loss_curve:
+        total += loss * (step - previous)
+        previous = step
+    return total / previous if previous else float("nan")
 
 
 def peak_memory_mb() -> float:
@@ -233,38 +283,46 @@ def train_method(
     seed: int,
     sample_refresher: Optional[Callable] = None,
 ) -> dict:
-    """Train `model` in place with `method`; returns throughput, memory and the trajectory."""
+    """Train `model` in place with `method`; returns throughput, memory and the trajectory.
+
+    `output_dir` holds the checkpoints (train.save_steps): training resumes from the newest
+    complete one there, and a finished training removes them (no optimizer state is kept)."""
     if len(dataset) == 0:
         raise BadInput("no training examples left after filtering the dataset")
     args = training_arguments(train_cfg, output_dir, seed)
-    recorder = TrajectoryRecorder()
     trainer = MethodTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=RoleCollator(method),
-        callbacks=[recorder],
+        callbacks=[CheckpointSealer(sample_refresher)],
         method=method,
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
     )
+    resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
+    if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():
+        sample_refresher.load_state_dict(torch.load(resume_from / _REFRESH_STATE, weights_only=False))
     if torch.cuda.is_available():
         # Sampling and reference scoring ran in this process before: measure training alone.
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     elapsed = time.perf_counter() - started
-    losses = [loss for _, loss in recorder.loss_curve]
+    curves = trajectory(trainer.state.log_history)
+    losses = [loss for _, loss in curves["loss_curve"]]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training produced a non-finite loss: {losses[-5:]}")
+    if trainer.is_world_process_zero() and Path(output_dir).is_dir():
+        shutil.rmtree(output_dir)  # the weights are saved by the caller; optimizer state is not kept
     return {
         "steps": int(result.global_step),
-        "train_loss": float(result.training_loss),
+        # From the logged curve rather than the Trainer's running sum, which restarts on resume.
+        "train_loss": _mean_loss(curves["loss_curve"]),
         "wall_time_s": elapsed,
         "throughput_samples_per_s": float(result.metrics.get("train_samples_per_second", 0.0)),
         "peak_memory_mb": peak_memory_mb(),
-        "loss_curve": recorder.loss_curve,
-        "grad_norm_curve": recorder.grad_norm_curve,
-        "diagnostics": recorder.diagnostics,
+        **curves,
+        "resumed_from_step": int(resume_from.name.rsplit("-", 1)[-1]) if resume_from is not None else None,
         "trainer": trainer,
     }

@@ -229,7 +229,7 @@ def _check_metrics(cfg, tune_cfg) -> None:
 
 
 def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
-    from harness.config import parse_set_options, resolve_config
+    from harness.config import parse_set_options, resolve_config, without_operational_fields
     from harness.models.hashing import sha256_json
 
     cls = get_method(method)
@@ -262,7 +262,7 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     # The study's identity: the trials' resolved configuration without the tuned fields, the
     # space, the sampler and the objectives. Settings that only read results (rule, budget,
     # test seeds) are left out, so changing them reuses the study's trials.
-    config = trial_cfg.to_dict()
+    config = without_operational_fields(trial_cfg.to_dict())
     config.pop("tune", None)
     for name in space:
         section, _, key = name.partition(".")

@@ -1,0 +1,101 @@
+"""Checkpoints inside the train stage: a run interrupted mid-training resumes from its newest
+complete checkpoint and ends bit-identical to an uninterrupted run (CPU), online refresh state
+included; an incomplete checkpoint (a kill mid-write) is never resumed from; a finished training
+keeps no optimizer state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import parse_set_options, resolve_config
+from harness.errors import RunFailure
+from harness.training import CHECKPOINT_COMPLETE, MethodTrainer, newest_complete_checkpoint
+from conftest import REDUCED_WORLD
+
+# d2o-online refreshing every 4 steps with a checkpoint every 2: the checkpoint at step 2 must
+# carry the step-0 snapshot (the next refresh is at step 4), so its state is exercised.
+RUN = [*REDUCED_WORLD, "data.max_train_examples=8", "train.max_steps=6", "train.per_device_batch_size=4",
+       "train.learning_rate=1e-3", "sampling.max_new_tokens=12", "method.k=2", "method.refresh_every=4",
+       "train.save_steps=2"]
+
+
+def _train(out: Path):
+    from harness.pipeline import run_pipeline
+
+    cfg = resolve_config(method="d2o-online", preset="tiny", seed=0, overrides=parse_set_options(RUN))
+    ctx = run_pipeline(cfg, out, progress=lambda _: None, stop_after="train")
+    summary = json.loads((ctx.run_dir.root / "train" / "COMPLETE").read_text())
+    return ctx, summary, _weights(ctx.run_dir.root / "train" / "policy")
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_mid_training_resumes_and_ends_as_an_uninterrupted_one(bench_home, tmp_path, monkeypatch):
+    _, straight, straight_weights = _train(tmp_path / "straight")
+    assert straight["resumed_from_step"] is None and straight["steps"] == 6
+
+    real_step = MethodTrainer.training_step
+    seen = []
+
+    def dies_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3 and not seen:
+            seen.append(3)
+            raise RuntimeError("killed (test)")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MethodTrainer, "training_step", dies_at_step_3)
+    with pytest.raises(RunFailure, match="killed"):
+        _train(tmp_path / "interrupted")
+    (run_root,) = [p for p in (tmp_path / "interrupted").rglob("checkpoints") if p.is_dir()]
+    checkpoints = run_root / "train"
+    assert newest_complete_checkpoint(checkpoints).name == "checkpoint-2"
+    # A checkpoint half-written when the process died: a directory without the seal.
+    (checkpoints / "checkpoint-4").mkdir()
+    (checkpoints / "checkpoint-4" / "model.safetensors").write_bytes(b"truncated")
+
+    ctx, resumed, resumed_weights = _train(tmp_path / "interrupted")
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["loss_curve"] == straight["loss_curve"] and resumed["train_loss"] == straight["train_loss"]
+    assert resumed["grad_norm_curve"] == straight["grad_norm_curve"]
+    assert resumed["sample_refreshes"] == straight["sample_refreshes"] == 2
+    assert resumed_weights.keys() == straight_weights.keys()
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+    assert not checkpoints.exists()  # finished: no optimizer state left behind
+
+
+def test_only_sealed_checkpoints_count(tmp_path):
+    assert newest_complete_checkpoint(tmp_path / "absent") is None
+    for step, sealed in ((2, True), (4, True), (6, False), (10, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if sealed:
+            (folder / CHECKPOINT_COMPLETE).write_text("{}")
+    (tmp_path / "checkpoint-latest").mkdir()
+    assert newest_complete_checkpoint(tmp_path).name == "checkpoint-4"
+
+
+@pytest.mark.parametrize("setting", ["train.save_steps=-1", "train.save_total_limit=0"])
+def test_bad_checkpoint_settings_are_bad_input(setting):
+    from harness.errors import BadInput
+    from harness.training import training_arguments
+
+    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([setting]))
+    with pytest.raises(BadInput, match="save_steps"):
+        training_arguments(cfg.train, Path("/nonexistent"), 0)
+
+
+def test_checkpoint_settings_do_not_change_the_run_identity():
+    plain = resolve_config(method="d2o", preset="tiny")
+    other = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(["train.save_steps=3"]))
+    assert plain.train.save_steps == 8 and other.hash() == plain.hash()
+    assert resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(["train.max_steps=3"])).hash() \
+        != plain.hash()
