@@ -87,6 +87,11 @@ def cmd_run(args) -> int:
         from harness.selection import selection_summary
 
         selection = selection_summary(Path(args.selection), cfg)
+    from harness.preflight import preflight
+
+    # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
+    preflight(cfg, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
+              strict_sources=not args.dry_run)
     if args.dry_run:
         from harness.plan import describe_plan
 

@@ -1,0 +1,206 @@
+"""Checks made before any expensive stage, for what would otherwise make a run fail late.
+
+A run that cannot append to its leaderboard, write its output, fit its checkpoints on disk or
+load its models finds out here, in one line and exit 2, before building a world or training.
+The judge is optional (a run without it still has every other number), so an unreachable judge
+is a one-line warning, not a refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+from harness.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+# Model and dataset names the harness builds or converts itself (no download, nothing to check).
+EMBEDDED_MODELS = ("tiny-world", "smollm2")
+EMBEDDED_DATASETS = ("tiny-world",)
+# A reference that is the base policy itself.
+SAME_AS_POLICY = "policy"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Bytes a checkpoint holds per parameter: fp32 weights and Adam's two fp32 moments.
+_CHECKPOINT_BYTES_PER_PARAM = 12
+_OFFLINE_VALUES = ("1", "true", "yes", "on")
+
+
+def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, strict_sources: bool = True) -> None:
+    """Raise BadInput (one line) on the first problem; warn about the judge.
+
+    strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
+    models) reports models, datasets and disk as warnings instead."""
+    from harness.leaderboard import read_leaderboard
+
+    out = Path(out)
+    existing = _nearest_existing(out)
+    if not existing.is_dir():
+        raise BadInput(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: {existing} is not writable")
+    board = out / "leaderboard.json"
+    if board.exists():
+        if not board.is_file():
+            raise BadInput(f"{board}: not a file")
+        read_leaderboard(board)  # unreadable, invalid or not migratable: one line, nothing written
+        if not os.access(board, os.W_OK):
+            raise BadInput(f"{board}: not writable, so the run's entries could not be appended")
+    try:
+        for field, spec in _model_fields(cfg):
+            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
+        _check_dataset(cfg.data.dataset)
+        _check_disk(cfg, existing)
+    except BadInput as problem:
+        if strict_sources:
+            raise
+        warn(str(problem))
+    if cfg.eval.judge_model:
+        problem = judge_problem(cfg.eval)
+        if problem:
+            warn(f"judge: {problem}; the run goes on and its judge section will say why it failed")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _model_fields(cfg) -> list[tuple[str, str]]:
+    m = cfg.model
+    fields = [("model.policy", m.policy), ("model.reward_model", m.reward_model), ("model.cost_model", m.cost_model),
+              ("model.reference_for_samples", m.reference_for_samples),
+              ("model.reference_for_negatives", m.reference_for_negatives)]
+    return [(f, s) for f, s in fields if s != SAME_AS_POLICY]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else that names a file is a path."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+
+
+def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
+    if spec in EMBEDDED_MODELS:
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        wanted = gguf_file or "config.json"
+        if path.is_dir() and not (path / wanted).is_file():
+            raise BadInput(f"{field} {spec}: a directory without {wanted}")
+        return
+    if _looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise BadInput(f"{field} {spec}: no such file or directory")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec, gguf_file or "config.json"), str):
+        return
+    if _offline():
+        raise BadInput(f"{field} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except RepositoryNotFoundError:
+        raise BadInput(f"{field} {spec}: no such model on the Hugging Face Hub (or it is private)") from None
+    except Exception as exc:  # network errors arrive as many types
+        raise BadInput(f"{field} {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__}) "
+                       "and it is not cached locally") from None
+
+
+def _check_dataset(spec: str) -> None:
+    if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
+        return
+    if _looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise BadInput(f"data.dataset {spec}: no such file or directory")
+    if _offline():
+        return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().dataset_info(spec, timeout=10)
+    except RepositoryNotFoundError:
+        raise BadInput(f"data.dataset {spec}: no such dataset on the Hugging Face Hub (or it is private)") from None
+    except Exception as exc:
+        raise BadInput(f"data.dataset {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__})") from None
+
+
+def parameter_count(spec: str) -> Optional[int]:
+    """Parameters of a local safetensors checkpoint, read from the file headers only."""
+    path = Path(spec).expanduser()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                count = 1
+                for size in handle.get_slice(name).get_shape():
+                    count *= size
+                total += count
+    return total
+
+
+def checkpoint_bytes(cfg) -> Optional[int]:
+    """Disk the run's checkpoints need at most (kept ones plus the one being written)."""
+    if cfg.train.save_steps <= 0:
+        return 0
+    params = parameter_count(cfg.model.policy)
+    if params is None:
+        return None  # built or downloaded later: nothing to measure yet
+    return params * _CHECKPOINT_BYTES_PER_PARAM * (cfg.train.save_total_limit + 1)
+
+
+def _check_disk(cfg, folder: Path) -> None:
+    need = checkpoint_bytes(cfg)
+    if not need:
+        return
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise BadInput(f"--out {folder}: {_size(free)} free, but train.save_steps={cfg.train.save_steps} "
+                       f"with save_total_limit={cfg.train.save_total_limit} needs about {_size(need)} "
+                       "of checkpoints (lower save_total_limit, or save_steps=0 for none)")
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def judge_problem(eval_cfg) -> Optional[str]:
+    """Why the configured judge endpoint would fail (one cheap call: list its models), or None."""
+    from harness.scoring.judge import LOCAL_PLACEHOLDER_KEY, _is_local
+
+    secret = os.environ.get(eval_cfg.judge_api_key_env) if eval_cfg.judge_api_key_env else None
+    api_key = secret or (LOCAL_PLACEHOLDER_KEY if _is_local(eval_cfg.judge_base_url) else None)
+    if not api_key:
+        return f"no API key: the environment variable {eval_cfg.judge_api_key_env} is not set"
+    import openai
+
+    client = openai.OpenAI(api_key=api_key, base_url=eval_cfg.judge_base_url, max_retries=0, timeout=5)
+    try:
+        client.models.list()
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if secret and len(secret) >= 4:
+            reason = reason.replace(secret, "***")
+        return f"endpoint {eval_cfg.judge_base_url or 'api.openai.com'} did not answer a model list ({reason[:200]})"
+    finally:
+        client.close()
+    return None

@@ -1,0 +1,130 @@
+"""Preflight: what would make a run fail late is refused before any work, in one line with exit 2,
+and nothing is written; an unreachable judge is a warning."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.config import parse_set_options, resolve_config
+from harness.preflight import checkpoint_bytes, parameter_count
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refused(capsys, root: Path, argv: list[str], fragment: str) -> None:
+    """A real run (not a dry run) stops in preflight: exit 2, one line, nothing written."""
+    before = _tree(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert _tree(root) == before
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path_factory):
+    """A 2-layer Llama saved as a local checkpoint (what a user's fine-tuned model looks like)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("model")
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    return folder, sum(p.numel() for p in model.parameters())
+
+
+def test_an_invalid_leaderboard_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "leaderboard.json").write_text('{"schema_version": "1.1.0", "entries": [{"run_id": 3}]}')
+    _refused(capsys, tmp_path, ["--method", "d2o", "--out", str(out)], f"{out / 'leaderboard.json'}")
+    (out / "leaderboard.json").write_text("{not json")
+    _refused(capsys, tmp_path, ["--method", "d2o", "--out", str(out)], "leaderboard.json")
+
+
+def test_an_out_that_is_a_file_or_holds_a_leaderboard_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "file" / "sub")], "is not a directory")
+    (tmp_path / "out" / "leaderboard.json").mkdir(parents=True)
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out")], "leaderboard.json: not a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere: permission checks cannot fail")
+def test_an_unwritable_out_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _refused(capsys, tmp_path, ["--out", str(locked / "out")], "is not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("model.policy=/no/such/model", "model.policy /no/such/model: no such file or directory"),
+    ("model.reward_model=./missing-rm", "model.reward_model ./missing-rm: no such file or directory"),
+    ("model.reference_for_samples=a/b/c", "model.reference_for_samples a/b/c: no such file or directory"),
+    ("model.policy=not a valid id!", "model.policy not a valid id!: no such file or directory"),
+    ("model.cost_model=someone/not-cached-model", "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
+    ("data.dataset=/no/such/data", "data.dataset /no/such/data: no such file or directory"),
+])
+def test_models_and_datasets_that_cannot_be_loaded_are_refused(tmp_path, capsys, monkeypatch, setting, fragment):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", setting], fragment)
+
+
+def test_a_dry_run_only_warns_about_sources(tmp_path, capsys, monkeypatch):
+    """The paper preset's plan can be read on a machine without its models."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["--preset", "paper", "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "warning: model.policy PKU-Alignment/alpaca-7b-reproduced: not in the local Hugging Face cache" \
+        in capsys.readouterr().err
+
+
+def test_a_model_directory_without_a_config_is_refused(tmp_path, capsys):
+    (tmp_path / "empty-model").mkdir()
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"model.policy={tmp_path / 'empty-model'}"],
+             "a directory without config.json")
+
+
+def test_checkpoints_that_would_not_fit_on_disk_are_refused(tmp_path, capsys, monkeypatch, small_checkpoint):
+    folder, params = small_checkpoint
+    assert parameter_count(str(folder)) == params
+    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([f"model.policy={folder}"]))
+    assert checkpoint_bytes(cfg) == params * 12 * (cfg.train.save_total_limit + 1)
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    argv = ["--out", str(tmp_path / "out"), "--set", f"model.policy={folder}"]
+    capsys.readouterr()  # the fixture's save progress bar
+    _refused(capsys, tmp_path, argv, "1000 bytes free, but train.save_steps=8")
+    assert main([*argv, "--set", "train.save_steps=0", "--dry-run"]) == 0  # no checkpoints: nothing to fit
+
+
+def test_an_unreachable_judge_is_a_warning_not_a_refusal(tmp_path, capsys):
+    # Port 9 on the loopback (discard): nothing listens, the call fails at once.
+    argv = ["--out", str(tmp_path / "out"), "--judge-model", "judge", "--judge-base-url", "http://127.0.0.1:9/v1",
+            "--dry-run"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "judge" in line and "warning" in line]
+    assert len(warning) == 1 and "did not answer a model list" in warning[0]
+
+
+def test_a_valid_existing_leaderboard_passes(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    fixture = Path(__file__).parent / "fixtures" / "leaderboards" / "tiny.json"
+    (out / "leaderboard.json").write_text(fixture.read_text())
+    assert main(["--out", str(out), "--dry-run"]) == 0
+    assert json.loads((out / "leaderboard.json").read_text()) == json.loads(fixture.read_text())
