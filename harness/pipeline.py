@@ -33,7 +33,7 @@ from harness.models.hashing import sha256_json
 from harness.models.loading import load_policy, load_score_model, model_identity
 from harness.prompting import format_prompt
 from harness.registry import Method, get_method
-from harness.rundir import RunDir, write_json_atomic
+from harness.rundir import RunDir, acquire_run_lock, write_json_atomic
 from harness.scoring.metrics import HIGHER_IS_BETTER, mean_metric, rate_metric
 from harness.scoring.score_models import score_responses
 
@@ -619,19 +619,22 @@ def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], Non
     header = {"method": cfg.method_name, "preset": cfg.preset, "seed": cfg.seed,
               "config": cfg.to_dict(), "config_hash": cfg.hash()}
     torch.manual_seed(cfg.seed)
-    # Rank 0 builds the world and opens the run directory before any other rank looks at them.
-    if main_process:
-        assets = resolve_assets(cfg, home)
-        run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header)
-    distributed.barrier()
-    if not main_process:
-        assets = resolve_assets(cfg, home)
-        run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header, writer=False)
-    ctx = RunContext(cfg=cfg, method=method, run_dir=run_dir, home=home, assets=assets,
-                     out_dir=Path(out_dir), progress=progress if main_process else (lambda _: None),
-                     selection=selection)
+    lock = None
     completed = False
     try:
+        # The ranks of one launch share the run; another invocation of it is refused.
+        lock = acquire_run_lock(Path(out_dir) / run_id) if main_process else None
+        # Rank 0 builds the world and opens the run directory before any other rank looks at them.
+        if main_process:
+            assets = resolve_assets(cfg, home)
+            run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header)
+        distributed.barrier()
+        if not main_process:
+            assets = resolve_assets(cfg, home)
+            run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header, writer=False)
+        ctx = RunContext(cfg=cfg, method=method, run_dir=run_dir, home=home, assets=assets,
+                         out_dir=Path(out_dir), progress=progress if main_process else (lambda _: None),
+                         selection=selection)
         for name in STAGES:
             if run_dir.is_complete(name):
                 ctx.progress(f"[{run_id}] {name}: already complete, skipped")
@@ -642,6 +645,8 @@ def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], Non
         completed = True
     finally:
         distributed.leave_process_group(completed=completed)
+        if lock is not None:
+            lock.release()
     return ctx
 
 

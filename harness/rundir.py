@@ -5,7 +5,8 @@
     OUT/<run_id>/<stage>/COMPLETE    JSON summary, written last and atomically
 
 A stage counts as done only when its COMPLETE marker exists, so a crash mid-stage leaves it to be
-redone on the next invocation; finished stages are skipped.
+redone on the next invocation; finished stages are skipped. `OUT/<run_id>/run.lock` keeps a second
+process off a run directory that one is writing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,27 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+RUN_LOCK = "run.lock"
+
+
+def acquire_run_lock(root: Path):
+    """One process writes a run directory at a time: a second invocation of the same run into the
+    same --out is refused at once (it would redo and overwrite the first one's stages)."""
+    import filelock
+
+    from harness.errors import BadInput
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(root / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise BadInput(f"another d2o-bench process is running {root.name} in {root.parent} (lock {root / RUN_LOCK}); "
+                       "wait for it to finish or use another --out") from None
+    return lock
 
 
 def write_json_atomic(path: Path, obj) -> None:

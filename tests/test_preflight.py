@@ -128,3 +128,28 @@ def test_a_valid_existing_leaderboard_passes(tmp_path, capsys):
     (out / "leaderboard.json").write_text(fixture.read_text())
     assert main(["--out", str(out), "--dry-run"]) == 0
     assert json.loads((out / "leaderboard.json").read_text()) == json.loads(fixture.read_text())
+
+
+def test_a_second_invocation_of_a_running_run_is_refused(tmp_path, capsys):
+    """Two writers on one run directory would redo and overwrite each other's stages."""
+    import subprocess
+    import sys
+
+    from harness.pipeline import run_id_for
+
+    out = tmp_path / "out"
+    run_root = out / run_id_for(resolve_config(method="d2o", preset="tiny"))
+    run_root.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(run_root / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _tree(tmp_path)
+        assert main(["--method", "d2o", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another d2o-bench process is running" in err[0], err
+        assert _tree(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
