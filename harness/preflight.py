@@ -54,6 +54,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
         for field, spec in _model_fields(cfg):
             _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
         _check_dataset(cfg.data.dataset)
+        if Path(cfg.data.dataset).expanduser().exists():
+            _check_local_splits(cfg.data)
         _check_disk(cfg, existing)
     except BadInput as problem:
         if strict_sources:
@@ -116,6 +118,15 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
     except Exception as exc:  # network errors arrive as many types
         raise BadInput(f"{field} {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__}) "
                        "and it is not cached locally") from None
+
+
+def _check_local_splits(data_cfg) -> None:
+    """A local dataset's train and evaluated splits load and every row is well formed (a
+    malformed row found by the data stage would leave a run directory behind)."""
+    from harness.data.pairs import load_rows, validate_rows
+
+    for split in dict.fromkeys((data_cfg.train_split, data_cfg.eval_split)):
+        validate_rows(load_rows(data_cfg.dataset, split), f"{data_cfg.dataset}[{split}]")
 
 
 def _check_dataset(spec: str) -> None:

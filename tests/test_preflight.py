@@ -153,3 +153,23 @@ def test_a_second_invocation_of_a_running_run_is_refused(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+GOOD_ROW = {"prompt": "How do I bake bread?", "response_0": "Mix flour and water.", "response_1": "No idea.",
+            "is_response_0_safe": True, "is_response_1_safe": True, "better_response_id": 0, "safer_response_id": 0}
+
+
+@pytest.mark.parametrize("train_text, fragment", [
+    (json.dumps(GOOD_ROW) + "\n{not json\n", "train.jsonl:2: not valid JSON (Expecting property name"),
+    (json.dumps(GOOD_ROW) + "\n\n[1, 2]\n", "train.jsonl:3: a row must be a JSON object, got list"),
+    ("\n\n", "split 'train' is empty"),
+    (json.dumps({**GOOD_ROW, "safer_response_id": 3}) + "\n", "row 0: field 'safer_response_id' must be 0 or 1"),
+])
+def test_a_malformed_or_empty_dataset_is_named_by_file_and_line_before_any_work(tmp_path, capsys, train_text,
+                                                                                 fragment):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(train_text)
+    (data / "validation.jsonl").write_text(json.dumps(GOOD_ROW) + "\n")
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"data.dataset={data}",
+                                "--set", "data.eval_split=validation"], fragment)

@@ -24,25 +24,60 @@ ROW_FIELDS: dict[str, type] = {
 }
 
 
+def check_json_files(files: list[Path], spec: str, split: str) -> None:
+    """Name the file and line of the first malformed row, and say so when a split has no rows:
+    `datasets` reports both as a bare DatasetGenerationError or StopIteration."""
+    rows = 0
+    for file in files:
+        text = Path(file).read_text(encoding="utf-8", errors="replace")
+        if str(file).endswith(".jsonl"):
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInput(f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise BadInput(f"{file}:{number}: a row must be a JSON object, got {type(row).__name__}")
+                rows += 1
+        else:
+            try:
+                document = json.loads(text) if text.strip() else []
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{file}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            rows += len(document) if isinstance(document, list) else 1
+    if rows == 0:
+        raise BadInput(f"dataset {spec}: split {split!r} is empty ({', '.join(str(f) for f in files)} "
+                       f"{'has' if len(files) == 1 else 'have'} no rows)")
+
+
 def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[dict]:
     """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id."""
     import datasets
+
+    # Its "Generating train split" bars would turn a one-line error into several lines.
+    datasets.disable_progress_bars()
 
     try:
         if local_dir is not None:
             path = Path(local_dir) / f"{split}.jsonl"
             if not path.is_file():
                 raise BadInput(f"dataset {spec}: no split {split!r}")
+            check_json_files([path], spec, split)
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         elif Path(spec).is_dir() and (Path(spec) / "dataset_dict.json").exists():
             ds = datasets.load_from_disk(spec)[split]
         elif Path(spec).is_file():
             builder = "json" if spec.endswith((".json", ".jsonl")) else spec.rsplit(".", 1)[-1]
+            if builder == "json":
+                check_json_files([Path(spec)], spec, split)
             ds = datasets.load_dataset(builder, data_files=spec, split="train")
         elif Path(spec).is_dir():
             files = sorted(Path(spec).glob(f"{split}*.jsonl")) or sorted(Path(spec).glob(f"{split}*.json"))
             if not files:
                 raise BadInput(f"dataset {spec}: no {split}*.jsonl file")
+            check_json_files(files, spec, split)
             ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
         else:
             ds = datasets.load_dataset(spec, split=split)
