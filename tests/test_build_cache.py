@@ -49,3 +49,35 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(tmp_path):
         build_once(final, broken)
     assert not final.exists() and [p.name for p in tmp_path.iterdir()] == [".policy.lock"]
     assert (build_once(final, lambda tmp: (tmp / "ok.bin").write_text("y")) / "ok.bin").read_text() == "y"
+
+
+@pytest.mark.parametrize("damage", [
+    lambda final: (final / "weights.safetensors").write_bytes(b"trunc"),  # truncated after the build
+    lambda final: (final / "weights.safetensors").unlink(),
+    lambda final: (final / "stray.bin").write_bytes(b"?"),
+])
+def test_a_corrupt_cache_directory_is_rebuilt_not_loaded(tmp_path, caplog, damage):
+    final = tmp_path / "policy"
+    builds = []
+
+    def build(tmp: Path) -> None:
+        builds.append(1)
+        (tmp / "weights.safetensors").write_bytes(b"full weights " * 100)
+        (tmp / "config.json").write_text("{}")
+
+    build_once(final, build)
+    assert build_once(final, build) == final and len(builds) == 1  # intact: reused
+    damage(final)
+    with caplog.at_level("WARNING"):
+        build_once(final, build)
+    assert len(builds) == 2 and "is corrupt" in caplog.text
+    assert (final / "weights.safetensors").read_bytes() == b"full weights " * 100
+    assert not (final / "stray.bin").exists()
+
+
+def test_a_marker_written_before_checksums_is_still_trusted(tmp_path):
+    final = tmp_path / "policy"
+    final.mkdir()
+    (final / "weights.bin").write_text("w")
+    (final / "COMPLETE").write_text("ok\n")
+    assert build_once(final, lambda tmp: pytest.fail("rebuilt a legacy build")) == final
