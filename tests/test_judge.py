@@ -501,3 +501,35 @@ def test_render_prompt_fills_slots_once():
         text = load_template(aspect)
         assert all(slot in text for slot in ("{question}", "{answer_a}", "{answer_b}"))
         assert "Verdict: A" in text
+
+
+@pytest.mark.slow
+def test_a_whole_run_with_an_api_key_leaves_it_in_no_file_and_no_log_line(bench_home, tmp_path, monkeypatch,
+                                                                         capsys, caplog):
+    """A judge endpoint that echoes the Authorization header in its errors, the key in the
+    environment, a full run (preflight probe, judging, entries, caches): the key is nowhere."""
+    from conftest import REDUCED_WORLD
+    from harness.cli import main
+
+    def echo_key(handler, body, count):
+        handler.reply_json(500, {"error": {"message": f"upstream saw {handler.headers['Authorization']}"}})
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    sets = [*REDUCED_WORLD, "data.max_train_examples=8", "train.max_steps=2", "train.per_device_batch_size=4",
+            "sampling.max_new_tokens=12", "eval.max_new_tokens=12", "data.max_eval_prompts=8", "method.k=2",
+            "eval.judge_max_calls=8"]
+    with FakeJudge(echo_key) as fake:
+        code = main(["--method", "d2o", "--out", str(out), "--judge-model", "judge", "--judge-base-url", fake.url,
+                     *(a for s in sets for a in ("--set", s))])
+        assert fake.count > 0 and set(fake.auth_headers) == {f"Bearer {FAKE_KEY}"}  # the key was used
+    assert code == 0
+    captured = capsys.readouterr()
+    assert FAKE_KEY not in captured.out + captured.err + caplog.text
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert any((e.get("sections") or {}).get("judge") for e in board["entries"])
+    written = [p for root in (out, bench_home) for p in root.rglob("*") if p.is_file()]
+    assert len(written) > 10
+    leaked = [p for p in written if FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaked, leaked
