@@ -416,6 +416,13 @@ def resolve_config(
     return cfg
 
 
+def _is_http_url(text: str) -> bool:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(str(text))
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
+
+
 def validate_config(cfg: RunConfig) -> None:
     checks = [
         (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
@@ -438,6 +445,10 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.world.policy_epochs > 0 and cfg.world.scorer_epochs > 0, "world.*_epochs must be > 0"),
         (cfg.eval.judge_max_calls >= 0, "eval.judge_max_calls must be >= 0"),
         (cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency must be >= 1"),
+        (cfg.train.save_steps >= 0, "train.save_steps must be >= 0 (0: no checkpoints)"),
+        (cfg.train.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
+        (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
+         f"eval.judge_base_url must be an http(s) URL with a host, got {cfg.eval.judge_base_url!r}"),
     ]
     for ok, message in checks:
         if not ok:
