@@ -29,6 +29,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
 from harness.errors import BadInput, RunFailure
+from harness.faults import kill_point
 from harness.scoring.metrics import HIGHER_IS_BETTER  # noqa: F401  (re-exported: one source of truth)
 
 SCHEMA_VERSION = "1.1.0"
@@ -417,6 +418,7 @@ def write_leaderboard_atomic(path: Path, document: dict) -> None:
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
+        kill_point("leaderboard:unreplaced")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

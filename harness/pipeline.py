@@ -33,6 +33,7 @@ from harness.models.hashing import sha256_json
 from harness.models.loading import load_policy, load_score_model, model_identity
 from harness.prompting import format_prompt
 from harness.registry import Method, get_method
+from harness.faults import kill_point
 from harness.rundir import RunDir, acquire_run_lock, write_json_atomic
 from harness.scoring.metrics import HIGHER_IS_BETTER, mean_metric, rate_metric
 from harness.scoring.score_models import score_responses
@@ -371,8 +372,8 @@ def stage_train(ctx: RunContext) -> dict:
     torch.manual_seed(ctx.cfg.seed)
     result = train_method(
         method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
-        # Outside the stage directory, which a rerun clears: a killed run resumes from these.
-        train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.root / "checkpoints" / "train", seed=ctx.cfg.seed,
+        # Kept until the stage is marked complete: a run killed even after training resumes.
+        train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.checkpoint_dir("train"), seed=ctx.cfg.seed,
         sample_refresher=refresher,
     )
     trainer = result.pop("trainer")
@@ -658,10 +659,12 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     distributed.barrier()
     started = time.perf_counter()
     run_dir.mark(name, "running")
+    kill_point(f"stage:{name}:start")
     error = None
     if name in COLLECTIVE_STAGES or main_process:
         try:
             summary = STAGE_FUNCTIONS[name](ctx)
+            kill_point(f"stage:{name}:end")
         except D2OBenchError as exc:
             run_dir.mark(name, "failed")
             error = exc

@@ -86,6 +86,11 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def checkpoint_dir(self, name: str) -> Path:
+        """Where a stage keeps what lets a killed attempt resume (outside its stage directory,
+        which a new attempt clears); removed once the stage is complete."""
+        return self.root / "checkpoints" / name
+
     def is_complete(self, name: str) -> bool:
         return (self.root / name / "COMPLETE").is_file()
 
@@ -105,6 +110,7 @@ class RunDir:
             return
         if state == "complete":
             write_json_atomic(self.root / name / "COMPLETE", summary or {})
+            shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)  # no optimizer state kept
         self._status["stages"][name] = state
         self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
         write_json_atomic(self._status_path, self._status)

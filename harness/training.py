@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput
+from harness.faults import kill_point
 from harness.logprobs import EncodedPair, collate_pairs, sequence_logps
 from harness.registry import Method, SequenceLogps
 
@@ -206,9 +206,25 @@ class CheckpointSealer(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.sample_refresher is not None:
             torch.save(self.sample_refresher.state_dict(state.global_step), folder / _REFRESH_STATE)
+        kill_point(f"checkpoint:{state.global_step}:unsealed")
         marker = folder / f".{CHECKPOINT_COMPLETE}.tmp"
         marker.write_text(json.dumps({"step": state.global_step}))
         marker.replace(folder / CHECKPOINT_COMPLETE)
+
+
+class StepWatch(TrainerCallback):
+    """The first optimizer step this process trains (after a resume: the checkpoint's + 1), and
+    the `train:step:<n>` kill points."""
+
+    def __init__(self):
+        self.first_step: Optional[int] = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = state.global_step + 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        kill_point(f"train:step:{state.global_step}")
 
 
 def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
@@ -286,16 +302,17 @@ def train_method(
     """Train `model` in place with `method`; returns throughput, memory and the trajectory.
 
     `output_dir` holds the checkpoints (train.save_steps): training resumes from the newest
-    complete one there, and a finished training removes them (no optimizer state is kept)."""
+    complete one there; the caller removes them once its stage is complete."""
     if len(dataset) == 0:
         raise BadInput("no training examples left after filtering the dataset")
     args = training_arguments(train_cfg, output_dir, seed)
+    watch = StepWatch()
     trainer = MethodTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=RoleCollator(method),
-        callbacks=[CheckpointSealer(sample_refresher)],
+        callbacks=[CheckpointSealer(sample_refresher), watch],
         method=method,
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
@@ -313,8 +330,6 @@ def train_method(
     losses = [loss for _, loss in curves["loss_curve"]]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"training produced a non-finite loss: {losses[-5:]}")
-    if trainer.is_world_process_zero() and Path(output_dir).is_dir():
-        shutil.rmtree(output_dir)  # the weights are saved by the caller; optimizer state is not kept
     return {
         "steps": int(result.global_step),
         # From the logged curve rather than the Trainer's running sum, which restarts on resume.
@@ -324,5 +339,6 @@ def train_method(
         "peak_memory_mb": peak_memory_mb(),
         **curves,
         "resumed_from_step": int(resume_from.name.rsplit("-", 1)[-1]) if resume_from is not None else None,
+        "first_step_trained": watch.first_step,
         "trainer": trainer,
     }

@@ -3,7 +3,8 @@
 The jobs run the installed harness (`--slurm-runtime host`): the container runtimes are what
 tests/test_executors.py checks through the rendered job scripts. What only a real cluster shows:
 the sbatch scripts submitit writes are accepted, jobs run and report back, and a preempted job
-is requeued by Slurm and resumes from its finished stages.
+is requeued by Slurm and resumes from its finished stages and, mid-training, from its newest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -99,23 +100,31 @@ def _start_requeued_job_now(job_id: str) -> None:
 
 
 @pytest.mark.parametrize("interruption", ["submitit-preemption-notice", "scontrol-requeue"])
-def test_an_interrupted_job_is_requeued_and_resumes_from_finished_stages(on_cluster, tmp_path, interruption):
+def _sealed_checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.parent.name.rsplit("-", 1)[1])
+                  for p in out.glob("d2o-*/checkpoints/train/checkpoint-*/CHECKPOINT_COMPLETE"))
+
+
+def test_an_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(on_cluster, tmp_path, interruption):
     out = tmp_path / "out"
-    args = ["--method", "d2o", "--out", str(out.resolve()), *[a for s in SMALL for a in ("--set", s)]]
+    # Long enough a training (40 steps, a checkpoint every 2) to be interrupted in the middle.
+    mid_training = [*SMALL, "train.max_steps=40", "train.save_steps=2"]
+    args = ["--method", "d2o", "--out", str(out.resolve()), *[a for s in mid_training for a in ("--set", s)]]
     (job,) = submit_jobs_to_slurm([ContainerJob("d2o-s0", args)], image="installed", runtime="host",
                                   out_dir=out, partition=PARTITION, gpus_per_job=0, cpus_per_task=1, mem_gb=1,
                                   time_min=15)
-    # Interrupt it once the run has finished a stage and is busy in a later one.
+    # Interrupt it once training has sealed a checkpoint and is still training.
     deadline = time.monotonic() + 600
     run_json = None
     while time.monotonic() < deadline:
         run_json = next(out.glob("d2o-*/run.json"), None)
-        if run_json and _stage_states(run_json).get("reference_logps") == "complete":
+        if run_json and _stage_states(run_json).get("train") == "running" and _sealed_checkpoint_steps(out):
             break
         assert not job.paths.result_pickle.exists(), "the job finished before it could be interrupted"
-        time.sleep(0.2)
+        time.sleep(0.1)
     else:
-        pytest.fail(f"the run never finished reference_logps:\n{on_cluster.logs()}")
+        pytest.fail(f"the run never sealed a checkpoint:\n{on_cluster.logs()}")
+    seen = _sealed_checkpoint_steps(out)[-1]
     if interruption == "submitit-preemption-notice":
         # What Slurm sends before a time limit (--signal=USR2@90): submitit's handler requeues.
         job._interrupt(timeout=True)
@@ -131,5 +140,9 @@ def test_an_interrupted_job_is_requeued_and_resumes_from_finished_stages(on_clus
     log = job.paths.stderr.read_text()
     # The second start skipped what the first had finished, and did the rest.
     assert "data: already complete, skipped" in log and "reference_logps: already complete, skipped" in log
+    # ... and trained on from the newest checkpoint, not from step 0.
+    train = json.loads((run_json.parent / "train" / "COMPLETE").read_text())
+    assert seen <= train["resumed_from_step"] < 40 and train["first_step_trained"] == train["resumed_from_step"] + 1
+    assert train["steps"] == 40
     board = json.loads((out / "leaderboard.json").read_text())
     assert sorted(e["method"] for e in board["entries"]) == ["base", "d2o"]
