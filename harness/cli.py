@@ -30,7 +30,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse prints usage plus the error over several lines; we promise one line."""
 
     def error(self, message: str):
-        raise BadInput(f"{self.prog}: {message} (see --help)")
+        # The caller prints "<prog>: error: "; naming the program again would say it twice.
+        raise BadInput(f"{message} (see {self.prog} --help)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
