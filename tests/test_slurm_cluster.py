@@ -99,12 +99,12 @@ def _start_requeued_job_now(job_id: str) -> None:
     pytest.fail(f"job {job_id} was not requeued: JobState={_job_field(job_id, 'JobState')}")
 
 
-@pytest.mark.parametrize("interruption", ["submitit-preemption-notice", "scontrol-requeue"])
 def _sealed_checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.parent.name.rsplit("-", 1)[1])
                   for p in out.glob("d2o-*/checkpoints/train/checkpoint-*/CHECKPOINT_COMPLETE"))
 
 
+@pytest.mark.parametrize("interruption", ["submitit-preemption-notice", "scontrol-requeue"])
 def test_an_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(on_cluster, tmp_path, interruption):
     out = tmp_path / "out"
     # Long enough a training (40 steps, a checkpoint every 2) to be interrupted in the middle.
