@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-2)
     parser.add_argument("--deepspeed", default=None, help="a harness ZeRO preset or a JSON path")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-steps", type=int, default=0, help="checkpoint interval (train.save_steps)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="where checkpoints live across invocations (default: a scratch directory)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -145,13 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = TrainConfig(
         learning_rate=args.lr, max_steps=args.steps, per_device_batch_size=args.per_device_batch,
         gradient_accumulation_steps=args.grad_accum, lr_scheduler="constant", warmup_ratio=0.0,
-        max_grad_norm=1.0, deepspeed=args.deepspeed, logging_steps=1,
+        max_grad_norm=1.0, deepspeed=args.deepspeed, logging_steps=1, save_steps=args.save_steps,
     )
     with tempfile.TemporaryDirectory() as scratch:
         torch.manual_seed(args.seed)  # as stage_train does before train_method
         result = training.train_method(
             method=method, model=model, tokenizer=SimpleNamespace(pad_token_id=PAD),
-            dataset=Dataset.from_list(rows), train_cfg=train_cfg, output_dir=Path(scratch) / "trainer",
+            dataset=Dataset.from_list(rows), train_cfg=train_cfg,
+            output_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else Path(scratch) / "trainer",
             seed=args.seed,
         )
     trainer = result.pop("trainer")
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "loss_curve": result["loss_curve"],
         "grad_norm_curve": result["grad_norm_curve"],
         "batches": seen,
+        "resumed_from_step": result["resumed_from_step"],
+        "first_step_trained": result["first_step_trained"],
+        "final_parameters": {name: p.detach().float().flatten().tolist()
+                             for name, p in getattr(trainer.model, "module", trainer.model).named_parameters()},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

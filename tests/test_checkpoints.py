@@ -83,14 +83,17 @@ def test_only_sealed_checkpoints_count(tmp_path):
     assert newest_complete_checkpoint(tmp_path).name == "checkpoint-4"
 
 
-@pytest.mark.parametrize("setting", ["train.save_steps=-1", "train.save_total_limit=0"])
-def test_bad_checkpoint_settings_are_bad_input(setting):
+@pytest.mark.parametrize("field, value", [("save_steps", -1), ("save_total_limit", 0)])
+def test_bad_checkpoint_settings_are_bad_input(field, value):
+    """Refused with the config, and by the training loop for callers that build a TrainConfig."""
+    from harness.config import TrainConfig
     from harness.errors import BadInput
     from harness.training import training_arguments
 
-    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([setting]))
-    with pytest.raises(BadInput, match="save_steps"):
-        training_arguments(cfg.train, Path("/nonexistent"), 0)
+    with pytest.raises(BadInput, match=f"train.{field}"):
+        resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([f"train.{field}={value}"]))
+    with pytest.raises(BadInput, match=f"train.{field}"):
+        training_arguments(TrainConfig(**{field: value}), Path("/nonexistent"), 0)
 
 
 def test_checkpoint_settings_do_not_change_the_run_identity():
