@@ -81,3 +81,26 @@ def test_a_marker_written_before_checksums_is_still_trusted(tmp_path):
     (final / "weights.bin").write_text("w")
     (final / "COMPLETE").write_text("ok\n")
     assert build_once(final, lambda tmp: pytest.fail("rebuilt a legacy build")) == final
+
+
+def test_a_changed_or_truncated_json_cache_entry_is_recomputed_not_used(tmp_path, caplog):
+    """Self-samples, reference log-probs and base evaluations: an entry whose content no longer
+    matches its recorded sha256 reads as missing (the stage recomputes it)."""
+    import json
+
+    from harness.pipeline import JsonCache
+
+    cache = JsonCache(tmp_path, "self_samples")
+    cache.put("k", {"samples": [[1, 2], [3]]})
+    assert cache.get("k") == {"samples": [[1, 2], [3]]}
+    path = tmp_path / "cache" / "self_samples" / "k.json"
+    stored = json.loads(path.read_text())
+    stored["value"]["samples"][0][0] = 9  # a changed number still parses
+    path.write_text(json.dumps(stored))
+    with caplog.at_level("WARNING"):
+        assert cache.get("k") is None
+    assert "does not match its sha256" in caplog.text
+    path.write_text(path.read_text()[:20])  # truncated
+    assert cache.get("k") is None
+    path.write_text(json.dumps({"samples": []}))  # written before hashes were recorded
+    assert cache.get("k") == {"samples": []}
