@@ -89,10 +89,17 @@ def _job_field(job_id: str, field: str) -> str:
 
 
 def _start_requeued_job_now(job_id: str) -> None:
-    """Slurm holds a requeued job for two minutes before it may start again; skip the wait."""
+    """Slurm holds a requeued job for two minutes before it may start again; skip the wait.
+
+    Not at once, though: requeueing revokes the job's credential, and slurmd refuses a new
+    launch whose credential was issued in the same second as the revocation ("Job credential
+    revoked": the job then ends with exit 1 and never runs again; seen once in three runs when
+    the start was forced within the second). Two seconds after the requeue, the new credential
+    is newer."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if _job_field(job_id, "Restarts") != "0" and _job_field(job_id, "JobState") == "PENDING":
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
             return
         time.sleep(0.5)
