@@ -98,6 +98,18 @@ def add_reference_logps(rows: list[dict], method, model) -> None:
     model.train()
 
 
+def _full_parameters(model, zero_stage) -> dict:
+    """Every parameter's values; under ZeRO-3 gathered first (outside a forward pass each
+    parameter is an empty placeholder there, even on one rank)."""
+    params = list(model.named_parameters())
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params]):
+            return {name: p.detach().float().flatten().tolist() for name, p in params}
+    return {name: p.detach().float().flatten().tolist() for name, p in params}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, help="JSON file for the loss curve and batches")
@@ -175,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "batches": seen,
         "resumed_from_step": result["resumed_from_step"],
         "first_step_trained": result["first_step_trained"],
-        "final_parameters": {name: p.detach().float().flatten().tolist()
-                             for name, p in getattr(trainer.model, "module", trainer.model).named_parameters()},
+        "final_parameters": _full_parameters(getattr(trainer.model, "module", trainer.model), zero_stage),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

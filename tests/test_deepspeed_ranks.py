@@ -187,16 +187,18 @@ def test_cli_accepts_the_launchers_local_rank(monkeypatch, capsys):
 
 
 @deepspeed_test
-def test_a_zero2_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
-    """ZeRO-2 (one process): checkpoint every 2 steps through DeepSpeed's own checkpointing,
-    SIGKILL after step 5, resume from checkpoint-4; the resumed run ends as the uninterrupted one.
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_a_zero_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, zero):
+    """ZeRO-2 and ZeRO-3 (one process): checkpoint every 2 steps through DeepSpeed's own
+    checkpointing, SIGKILL after step 5, resume from checkpoint-4; the resumed run ends as the
+    uninterrupted one.
     Tolerance: exact. Measured identical on CPU (losses, gradient norms and every parameter): the
     resumed run replays the same batches in the same order with the same optimizer state, so
     nothing is summed in another order; a GPU's nondeterministic kernels would need a tolerance."""
     pytest.importorskip("deepspeed")
     from harness.faults import ENV
 
-    resumable = [*COMMON, "--per-device-batch", "4", "--steps", "8", "--save-steps", "2"]
+    resumable = [*COMMON, "--per-device-batch", "4", "--steps", "8", "--save-steps", "2", "--deepspeed", zero]
     _run([sys.executable, str(WORKER), "--out", str(tmp_path / "straight.json"), *resumable,
           "--checkpoint-dir", str(tmp_path / "straight-ckpt")], tmp_path / "straight.log")
     killed_dir = tmp_path / "killed-ckpt"
@@ -210,7 +212,8 @@ def test_a_zero2_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
     _run(argv, tmp_path / "resumed.log")
     straight = json.loads((tmp_path / "straight.json").read_text())
     resumed = json.loads((tmp_path / "resumed.json").read_text())
-    assert resumed["zero_stage"] == 2 and resumed["resumed_from_step"] == 4 and resumed["first_step_trained"] == 5
+    assert resumed["zero_stage"] == int(zero[-1]) and resumed["resumed_from_step"] == 4 and resumed["first_step_trained"] == 5
     assert resumed["loss_curve"] == straight["loss_curve"]
     assert resumed["grad_norm_curve"] == straight["grad_norm_curve"]
+    assert all(values for values in straight["final_parameters"].values())  # gathered, not placeholders
     assert resumed["final_parameters"] == straight["final_parameters"]
