@@ -108,16 +108,7 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
         return
     if _offline():
         raise BadInput(f"{field} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        HfApi().model_info(spec, timeout=10)
-    except RepositoryNotFoundError:
-        raise BadInput(f"{field} {spec}: no such model on the Hugging Face Hub (or it is private)") from None
-    except Exception as exc:  # network errors arrive as many types
-        raise BadInput(f"{field} {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__}) "
-                       "and it is not cached locally") from None
+    _resolve_on_hub(field, spec, "model")
 
 
 def _check_local_splits(data_cfg) -> None:
@@ -136,15 +127,22 @@ def _check_dataset(spec: str) -> None:
         raise BadInput(f"data.dataset {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
+    _resolve_on_hub("data.dataset", spec, "dataset")
+
+
+def _resolve_on_hub(field: str, spec: str, kind: str) -> None:
+    """One cheap Hub call (the repository's info) for a model or dataset id that is not local."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    info = HfApi().model_info if kind == "model" else HfApi().dataset_info
     try:
-        HfApi().dataset_info(spec, timeout=10)
+        info(spec, timeout=10)
     except RepositoryNotFoundError:
-        raise BadInput(f"data.dataset {spec}: no such dataset on the Hugging Face Hub (or it is private)") from None
-    except Exception as exc:
-        raise BadInput(f"data.dataset {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__})") from None
+        raise BadInput(f"{field} {spec}: no such {kind} on the Hugging Face Hub (or it is private)") from None
+    except Exception as exc:  # network errors arrive as many types
+        raise BadInput(f"{field} {spec}: cannot resolve it on the Hugging Face Hub ({type(exc).__name__}) "
+                       "and it is not available locally") from None
 
 
 def parameter_count(spec: str) -> Optional[int]:
@@ -196,10 +194,9 @@ def _size(n_bytes: int) -> str:
 
 def judge_problem(eval_cfg) -> Optional[str]:
     """Why the configured judge endpoint would fail (one cheap call: list its models), or None."""
-    from harness.scoring.judge import LOCAL_PLACEHOLDER_KEY, _is_local
+    from harness.scoring.judge import api_key_for, redact
 
-    secret = os.environ.get(eval_cfg.judge_api_key_env) if eval_cfg.judge_api_key_env else None
-    api_key = secret or (LOCAL_PLACEHOLDER_KEY if _is_local(eval_cfg.judge_base_url) else None)
+    secret, api_key = api_key_for(eval_cfg.judge_api_key_env, eval_cfg.judge_base_url)
     if not api_key:
         return f"no API key: the environment variable {eval_cfg.judge_api_key_env} is not set"
     import openai
@@ -208,9 +205,7 @@ def judge_problem(eval_cfg) -> Optional[str]:
     try:
         client.models.list()
     except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        if secret and len(secret) >= 4:
-            reason = reason.replace(secret, "***")
+        reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
         return f"endpoint {eval_cfg.judge_base_url or 'api.openai.com'} did not answer a model list ({reason[:200]})"
     finally:
         client.close()

@@ -278,10 +278,7 @@ class _Caller:
         self.last_error: Optional[str] = None
 
     def scrub(self, text: str) -> str:
-        text = " ".join(str(text).split())
-        if self.secret and len(self.secret) >= 4:
-            text = text.replace(self.secret, "***")
-        return text[:300]
+        return redact(" ".join(str(text).split()), self.secret)[:300]
 
     def _describe(self, exc: BaseException) -> str:
         import openai
@@ -389,6 +386,17 @@ def _is_local(base_url: Optional[str]) -> bool:
     return (urlparse(base_url).hostname or "") in LOCAL_HOSTS
 
 
+def api_key_for(api_key_env: Optional[str], base_url: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(the secret from the environment, the key to send): a local server gets a placeholder."""
+    secret = os.environ.get(api_key_env) if api_key_env else None
+    return secret, secret or (LOCAL_PLACEHOLDER_KEY if _is_local(base_url) else None)
+
+
+def redact(text: str, secret: Optional[str]) -> str:
+    """`text` with the secret replaced (keys echoed back in error bodies must not reach a log)."""
+    return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+
+
 def _failed(settings: JudgeSettings, reason: str, prompts: list[str] | None = None,
             candidate: list[str] | None = None, base: list[str] | None = None) -> dict:
     hashes = {}
@@ -488,9 +496,7 @@ def judge_against_base(prompts: list[str], candidate: list[str], base: list[str]
         return _judge(prompts, candidate, base, settings)
     except Exception as exc:  # noqa: BLE001 - the judge is optional; it must not take the run down
         secret = os.environ.get(settings.api_key_env or "")
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        if secret and len(secret) >= 4:
-            reason = reason.replace(secret, "***")
+        reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
         log.warning("judge failed: %s", reason[:300])
         return _failed(settings, f"judge crashed: {reason[:300]}", prompts, candidate, base)
 
@@ -504,8 +510,7 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
     if settings.max_calls < 0 or settings.concurrency < 1 or settings.max_retries < 0 or settings.timeout_s <= 0:
         return _failed(settings, "judge settings out of range: need max_calls >= 0, concurrency >= 1, "
                                  "max_retries >= 0, timeout_s > 0", prompts, candidate, base)
-    secret = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-    api_key = secret or (LOCAL_PLACEHOLDER_KEY if _is_local(settings.base_url) else None)
+    secret, api_key = api_key_for(settings.api_key_env, settings.base_url)
     if not api_key:
         return _failed(settings, f"judge API key missing: set the environment variable {settings.api_key_env} "
                                  f"(or point the judge at a local server)", prompts, candidate, base)
