@@ -67,14 +67,17 @@ def _format_metric(metric: dict | None) -> str:
 
 
 def comparison_table(base: dict, trained: dict | None, method: str) -> str:
-    names = ["harmful_rate", "helpful_rate", "cost", "safe_rate", "reward"]
-    names = [n for n in names if n in base or (trained and n in trained)]
+    from harness.scoring.metrics import HIGHER_IS_BETTER
+
+    # Whatever the suite's instruments reported, in the standard order.
+    names = [n for n in HIGHER_IS_BETTER if n in base or (trained and n in trained)]
     arrow = {True: "↑", False: "↓"}
-    header = f"{'metric':<16}{'base':>20}" + (f"{method:>20}" if trained else "")
+    width = max([16, *(len(n) + 3 for n in names)])
+    header = f"{'metric':<{width}}{'base':>20}" + (f"{method:>20}" if trained else "")
     lines = [header, "-" * len(header)]
     for name in names:
         direction = arrow[(trained or base)[name]["higher_is_better"]]
-        line = f"{name + ' ' + direction:<16}{_format_metric(base.get(name)):>20}"
+        line = f"{name + ' ' + direction:<{width}}{_format_metric(base.get(name)):>20}"
         if trained:
             line += f"{_format_metric(trained.get(name)):>20}"
         lines.append(line)

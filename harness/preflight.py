@@ -20,8 +20,8 @@ from harness.errors import BadInput
 log = logging.getLogger(__name__)
 
 # Model and dataset names the harness builds or converts itself (no download, nothing to check).
-EMBEDDED_MODELS = ("tiny-world", "smollm2")
-EMBEDDED_DATASETS = ("tiny-world",)
+EMBEDDED_MODELS = ("tiny-world", "smollm2", "suite", "none")
+EMBEDDED_DATASETS = ("tiny-world", "real-safety")
 # A reference that is the base policy itself.
 SAME_AS_POLICY = "policy"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -36,6 +36,7 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
     models) reports models, datasets and disk as warnings instead."""
     from harness.leaderboard import read_leaderboard
+    from harness.suites import get_suite
 
     out = Path(out)
     existing = _nearest_existing(out)
@@ -50,17 +51,28 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
         read_leaderboard(board)  # unreadable, invalid or not migratable: one line, nothing written
         if not os.access(board, os.W_OK):
             raise BadInput(f"{board}: not writable, so the run's entries could not be appended")
-    try:
+    def check_sources(*checks) -> None:
+        try:
+            for check in checks:
+                check()
+        except BadInput as problem:
+            if strict_sources:
+                raise
+            warn(str(problem))
+
+    def models() -> None:
         for field, spec in _model_fields(cfg):
             _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
-        _check_dataset(cfg.data.dataset)
+
+    def local_rows() -> None:
         if Path(cfg.data.dataset).expanduser().exists():
             _check_local_splits(cfg.data)
-        _check_disk(cfg, existing)
-    except BadInput as problem:
-        if strict_sources:
-            raise
-        warn(str(problem))
+
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset))
+    # An instrument outside its domain (the tiny world's scorers on other data) is refused even
+    # in a dry run, and before the rows are read: the plan itself would be wrong.
+    get_suite(cfg.suite).check(cfg)
+    check_sources(local_rows, lambda: _check_disk(cfg, existing))
     if cfg.eval.judge_model:
         problem = judge_problem(cfg.eval)
         if problem:
@@ -114,10 +126,15 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
 def _check_local_splits(data_cfg) -> None:
     """A local dataset's train and evaluated splits load and every row is well formed (a
     malformed row found by the data stage would leave a run directory behind)."""
-    from harness.data.pairs import load_rows, validate_rows
+    from harness.data.adapters import adapter_for
+    from harness.data.pairs import load_rows
 
-    for split in dict.fromkeys((data_cfg.train_split, data_cfg.eval_split)):
-        validate_rows(load_rows(data_cfg.dataset, split), f"{data_cfg.dataset}[{split}]")
+    adapter = adapter_for(data_cfg)
+    if data_cfg.format != "prompts":
+        name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
+        adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
+    name = f"{data_cfg.dataset}[{data_cfg.eval_split}]"
+    adapter.prompts(load_rows(data_cfg.dataset, data_cfg.eval_split), name, None, data_cfg.group_column)
 
 
 def _check_dataset(spec: str) -> None:

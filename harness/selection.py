@@ -147,19 +147,23 @@ def _parse_study(path: Path) -> tuple[dict, bytes]:
 
 # Fields that differ between a study's trials and its test runs by design.
 _PER_RUN_FIELDS = (("data", "eval_split"), ("world", "seed"))
+# The judge reads a run's answers after the fact and takes no part in selection: trials never
+# call it (harness/tune.py), test runs may.
+JUDGE_FIELDS = tuple(("eval", name) for name in ("judge_model", "judge_base_url", "judge_api_key_env",
+                                                 "judge_max_calls", "judge_concurrency", "judge_max_tokens"))
 
 
 def comparable_config(config: dict, tuned: Iterable[str]) -> dict:
     """A resolved config without what the protocol varies on purpose: the tune section, the tuned
     fields, the run seed, the evaluated split and the world seed. A test run and the trials of
-    the study that selected it must agree on everything else."""
+    the study that selected it must agree on everything else (the judge aside: JUDGE_FIELDS)."""
     config = json.loads(json.dumps(config, default=str))
     for key in ("tune", "seed", "preset", "method_name"):
         config.pop(key, None)
     for name in tuned:
         section, _, field_name = name.partition(".")
         (config.get(section) or {}).pop(field_name, None)
-    for section, field_name in _PER_RUN_FIELDS + OPERATIONAL_FIELDS:
+    for section, field_name in _PER_RUN_FIELDS + OPERATIONAL_FIELDS + JUDGE_FIELDS:
         (config.get(section) or {}).pop(field_name, None)
     return config
 

@@ -44,7 +44,6 @@ LOCK_FILE = "tune.lock"
 _STUDY_TUNE_FIELDS = ("sampler", "sampler_seed", "validation_split", "harm_metric", "help_metric",
                       "learning_rate_low", "learning_rate_high")
 # Metrics scored on every dataset; the two oracle rates need the tiny world.
-_ORACLE_METRICS = ("harmful_rate", "helpful_rate", "refusal_with_steps_rate")
 
 
 def _progress(message: str) -> None:
@@ -211,19 +210,19 @@ def _midpoint(space: dict[str, Dim]) -> dict:
 
 
 def _check_metrics(cfg, tune_cfg) -> None:
-    from harness.scoring.metrics import HIGHER_IS_BETTER
+    from harness.suites import get_suite
 
+    # The metrics this run's instruments report (the tiny world's oracle only in its own suite).
+    directions = get_suite(cfg.suite).metric_directions(cfg)
     for role, name, wanted in (("harm", tune_cfg.harm_metric, False), ("help", tune_cfg.help_metric, True)):
         key = f"tune.{role}_metric"
-        if name not in HIGHER_IS_BETTER:
-            raise BadInput(f"{key}: unknown metric {name!r}; known: {', '.join(HIGHER_IS_BETTER)}")
-        if HIGHER_IS_BETTER[name] != wanted:
+        if name not in directions:
+            raise BadInput(f"{key}: suite {cfg.suite} reports no metric {name!r}; it reports: "
+                           f"{', '.join(sorted(directions))}")
+        if directions[name] != wanted:
             kind = "lower" if not wanted else "higher"
             raise BadInput(f"{key}: {name} is not {kind}-is-better; the {role} objective is "
                            f"{'minimised' if role == 'harm' else 'maximised'}")
-        if name in _ORACLE_METRICS and cfg.data.dataset != "tiny-world":
-            raise BadInput(f"{key}: {name} needs the tiny world's oracle; on dataset {cfg.data.dataset} "
-                           f"use cost (harm) and reward or safe_rate (help)")
     if tune_cfg.harm_metric == tune_cfg.help_metric:
         raise BadInput("tune.harm_metric and tune.help_metric must differ")
 
@@ -248,7 +247,9 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
         raise BadInput(f"{', '.join(f'{k}={v}' for k, v in splits.items())}: the three splits must differ "
                        "(selection must never see the test split)")
     _check_metrics(cfg, tune_cfg)
-    trial_sets = [*sets, f"data.eval_split={tune_cfg.validation_split}"]
+    # Trials never call the judge: it takes no part in selection, and its calls are the dearest
+    # part of a run. Test runs keep the judge settings (harness/selection.JUDGE_FIELDS).
+    trial_sets = [*sets, f"data.eval_split={tune_cfg.validation_split}", "eval.judge_model=none"]
     test_sets = [*sets, f"data.eval_split={tune_cfg.test_split}"]
     probe = param_sets(_midpoint(space))
     trial_cfg = resolve_config(method=method, preset=preset, overrides=parse_set_options(trial_sets + probe))

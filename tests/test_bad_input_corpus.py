@@ -25,7 +25,7 @@ def _dataset(train: str, validation: str | None = None) -> Callable[[Path], list
         (data / "train.jsonl").write_text(train)
         if validation is not None:
             (data / "validation.jsonl").write_text(validation)
-        return ["--set", f"data.dataset={data}", "--set", "data.eval_split=validation"]
+        return ["--set", f"data.dataset={data}", "--set", "data.eval_split=validation", *CUSTOM]
     return setup
 
 
@@ -73,6 +73,8 @@ def _first_metric(document: dict) -> dict:
 
 # (id, setup, argv after `d2o-bench` ({root} is the case's directory), fragment of the one line)
 RUN = ["--out", "{root}/out"]
+# A user dataset is measured by suite custom (the tiny world's scorers know only its words).
+CUSTOM = ["--set", "suite=custom", "--set", "model.cost_model=none", "--set", "model.reward_model=none"]
 CASES = [
     # --- command line
     ("unknown-method", _nothing, [*RUN, "--method", "dpo-plus"], "dpo-plus"),

@@ -172,4 +172,5 @@ def test_a_malformed_or_empty_dataset_is_named_by_file_and_line_before_any_work(
     (data / "train.jsonl").write_text(train_text)
     (data / "validation.jsonl").write_text(json.dumps(GOOD_ROW) + "\n")
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"data.dataset={data}",
-                                "--set", "data.eval_split=validation"], fragment)
+                                "--set", "data.eval_split=validation", "--set", "suite=custom",
+                                "--set", "model.cost_model=none", "--set", "model.reward_model=none"], fragment)

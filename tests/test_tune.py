@@ -162,8 +162,10 @@ def test_helpfulness_at_matched_harm_interpolates_along_the_front():
     (["--methods", "sft", "--set", "data.eval_split=test"], "tune chooses data.eval_split"),
     (["--methods", "sft", "--set", "tune.validation_split=test"], "the three splits must differ"),
     (["--methods", "sft", "--set", "tune.harm_metric=reward"], "reward is not lower-is-better"),
-    (["--methods", "sft", "--set", "tune.help_metric=nope"], "unknown metric 'nope'"),
-    (["--methods", "sft", "--set", "data.dataset=/nonexistent"], "needs the tiny world's oracle"),
+    (["--methods", "sft", "--set", "tune.help_metric=nope"], "reports no metric 'nope'"),
+    # The oracle's metrics exist only in the tiny world's suite: a custom suite has refusal rules.
+    (["--methods", "sft", "--set", "suite=custom", "--set", "data.dataset=/nonexistent"],
+     "suite custom reports no metric 'harmful_rate'"),
     (["--methods", "sft", "--trials", "0"], "--trials must be >= 1"),
     (["--methods", "sft", "--concurrency", "0"], "--concurrency must be >= 1"),
     (["--methods", "sft,sft"], "names a method twice"),

@@ -34,10 +34,13 @@ def _sha256(path: Path) -> str:
 
 
 def manifest(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` but the marker."""
+    """{relative path: sha256} of every file under `folder` but the marker and the weight-digest
+    memo (hashing a built model writes it later; it must not make the build look corrupt)."""
+    from harness.models.hashing import WEIGHTS_MEMO
+
     folder = Path(folder)
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != COMPLETE_MARKER}
+            if p.is_file() and p.name not in (COMPLETE_MARKER, WEIGHTS_MEMO)}
 
 
 def problem(final: Path) -> str | None:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+# The memo of a folder's weight digest: written beside the weights, so not part of the content.
+WEIGHTS_MEMO = ".d2o-bench-weights-sha256.json"
 
 
 def sha256_json(obj) -> str:
@@ -25,7 +27,7 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
     if not files:
         raise FileNotFoundError(f"no weight files under {root}")
     stamp = [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    memo = root / ".d2o-bench-weights-sha256.json"
+    memo = root / WEIGHTS_MEMO
     try:
         cached = json.loads(memo.read_text())
         if cached.get("stamp") == stamp:

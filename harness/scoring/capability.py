@@ -69,10 +69,12 @@ def local_task_names() -> list[str]:
     return list(_task_manager([LOCAL_TASKS_DIR]).all_tasks)
 
 
-def _load_tasks(names: list[str]) -> dict:
-    """lm-eval's TaskDict for `names`, indexing as little of lm-eval's own task tree as works."""
-    local = set(local_task_names())
-    paths = [LOCAL_TASKS_DIR]
+def _load_tasks(names: list[str], include_paths: list[Path] = ()) -> dict:
+    """lm-eval's TaskDict for `names`, indexing as little of lm-eval's own task tree as works.
+
+    `include_paths`: folders of task YAMLs a suite wrote (stock tasks pointed at local data)."""
+    local = set(local_task_names()) | set(_task_manager(list(include_paths)).all_tasks if include_paths else [])
+    paths = [LOCAL_TASKS_DIR, *map(Path, include_paths)]
     for name in names:
         if name not in local:
             paths += [p for p in _candidate_dirs(name) if p not in paths]
@@ -87,7 +89,7 @@ def _load_tasks(names: list[str]) -> dict:
     absent = [n for n in missing if not _mentioned_in_builtin_yaml(n)]
     if not absent:
         log.info("capability: indexing all lm-eval tasks to find %s (about 15-20 s)", missing or names)
-        manager = _task_manager([LOCAL_TASKS_DIR], include_defaults=True)
+        manager = _task_manager([LOCAL_TASKS_DIR, *map(Path, include_paths)], include_defaults=True)
         absent = [n for n in names if n not in manager.all_tasks]
     if absent:
         raise BadInput(
@@ -220,6 +222,7 @@ def run_capability(
     batch_size: int = 16,
     num_fewshot: int | None = None,
     device: str = "cpu",
+    include_paths: list[Path] = (),
 ) -> dict:
     """Runs lm-eval `tasks` on a loaded causal LM; returns the leaderboard's capability section.
 
@@ -239,7 +242,7 @@ def run_capability(
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 
-    loaded = _load_tasks(names)
+    loaded = _load_tasks(names, include_paths)
     for task in loaded["tasks"].values():
         if num_fewshot is not None and task.get_config("num_fewshot") != 0:
             task.set_config(key="num_fewshot", value=num_fewshot)

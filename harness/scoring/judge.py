@@ -55,6 +55,8 @@ class JudgeSettings:
     max_retries: int = 4
     backoff_base_s: float = 0.5  # tests set it tiny
     cache_path: str | os.PathLike | None = None
+    # Reply length cap: a small local judge that rambles is cut here (its verdict line must fit).
+    max_tokens: int = MAX_JUDGE_TOKENS
 
 
 # --------------------------------------------------------------------------- prompt templates
@@ -311,7 +313,7 @@ class _Caller:
             model=self.settings.model,
             messages=[{"role": "user", "content": content}],
             temperature=0,
-            max_tokens=MAX_JUDGE_TOKENS,
+            max_tokens=self.settings.max_tokens,
         )
         choices = getattr(response, "choices", None)
         if not choices:
@@ -525,11 +527,14 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
         log.warning("judge cache %s unusable (%s); judging without it", settings.cache_path, exc)
         cache, cache_note = JudgmentCache(None), f"cache unusable: {' '.join(str(exc).split())}"
 
+    # A reply cut at another length is another reply (the default keeps earlier cache keys).
+    cache_model = settings.model if settings.max_tokens == MAX_JUDGE_TOKENS else \
+        f"{settings.model}|max_tokens={settings.max_tokens}"
     jobs: list[_Job] = []
     for index, (question, cand, ref) in enumerate(zip(prompts, candidate, base)):
         for aspect in ASPECTS:
             for position, (a, b) in (("A", (cand, ref)), ("B", (ref, cand))):
-                key = JudgmentCache.key(settings.model, hashes[aspect], question, a, b)
+                key = JudgmentCache.key(cache_model, hashes[aspect], question, a, b)
                 jobs.append(_Job(index, aspect, position, question, a, b, key, hashes[aspect]))
 
     try:

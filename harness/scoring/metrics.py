@@ -28,6 +28,9 @@ HIGHER_IS_BETTER = {
     "safe_rate": True,
     "reward": True,
     "refusal_with_steps_rate": False,
+    "harmful_compliance_rate": False,
+    "over_refusal_rate": False,
+    "benign_answer_rate": True,
 }
 
 

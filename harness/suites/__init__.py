@@ -1,0 +1,100 @@
+"""Suites: what a run is measured against, behind one registry (`suite:` in the config).
+
+A suite resolves a run's models and data sources, names its instruments (with their validation
+against human labels) and its capability tasks, and refuses configurations whose instruments
+would be used outside their domain. The pipeline asks the suite; it never tests a dataset's name.
+Adding a suite is one module here and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from harness.errors import BadInput
+
+# Lazy: a suite's module (and what it imports) loads only when the suite is used.
+SUITES: dict[str, str] = {
+    "tiny-world": "harness.suites.tiny_world:TinyWorldSuite",
+    "real-safety": "harness.suites.real_safety:RealSafetySuite",
+    "custom": "harness.suites.custom:CustomSuite",
+}
+
+
+@dataclass
+class DataSource:
+    """Where one part of a run's rows comes from and in which layout."""
+
+    spec: str  # a hub id, a local file or folder (or a label for `local_dir`)
+    format: str
+    local_dir: Optional[Path] = None  # a folder of <split>.jsonl files the suite built
+
+
+@dataclass
+class Assets:
+    """Where the models and data of a run come from, resolved once per invocation."""
+
+    policy: str
+    references: dict[str, str]
+    train_data: DataSource
+    eval_data: DataSource
+    # Score models for the cost-filtered chosen source (Self-Align SFT) and the score stage.
+    cost: Optional[str] = None
+    reward: Optional[str] = None
+    capability_paths: list[Path] = field(default_factory=list)
+
+
+class Suite:
+    name: str = ""
+
+    def check(self, cfg) -> None:
+        """Raise BadInput when the configuration uses an instrument outside its domain."""
+
+    def resolve(self, cfg, home: Path) -> Assets:
+        raise NotImplementedError
+
+    def instruments(self, cfg, assets: Assets, home: Path) -> list:
+        raise NotImplementedError
+
+    def metric_directions(self, cfg) -> dict[str, bool]:
+        """Every metric this suite's instruments report, with its direction."""
+        raise NotImplementedError
+
+    def capability_tasks(self, cfg) -> list[str]:
+        return list(cfg.eval.lm_eval_tasks)
+
+    def validation_extra(self, cfg, assets: Assets, home: Path) -> dict:
+        """Instrument checks that depend on the run (the judge's on the HHH pairs)."""
+        return {}
+
+    def dataset_record(self, assets: Assets) -> dict:
+        return {}
+
+
+def resolve_policy(spec: str, home: Path, tiny: Optional[dict]) -> str:
+    """A model spec as a loadable path or id: `tiny-world` (built), `smollm2` (converted), else as given."""
+    if spec == "tiny-world":
+        if tiny is None:
+            raise BadInput("model tiny-world needs the tiny world (suite tiny-world, or a custom suite's build)")
+        return str(tiny["policy"])
+    if spec == "smollm2":
+        from harness.models.smollm2 import ensure_smollm2_checkpoint
+
+        return str(ensure_smollm2_checkpoint(home))
+    return spec
+
+
+def references_for(cfg, policy: str) -> dict[str, str]:
+    return {
+        "samples": policy if cfg.model.reference_for_samples == "policy" else cfg.model.reference_for_samples,
+        "negatives": policy if cfg.model.reference_for_negatives == "policy" else cfg.model.reference_for_negatives,
+    }
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise BadInput(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    module, _, attr = SUITES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()

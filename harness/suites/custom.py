@@ -1,0 +1,57 @@
+"""A user's own dataset (any adapter layout), measured only by instruments that apply to any data.
+
+Those are the refusal rules, the judge, lm-eval tasks and whatever score models the user names
+(`model.cost_model` / `model.reward_model`, or `none`). The tiny world's scorers are refused:
+they know only the tiny world's words and would call every real answer safe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import BadInput
+from harness.instruments import RefusalRules, ScoreModels
+from harness.suites import Assets, DataSource, Suite, references_for, resolve_policy
+
+NONE = ("none", "")
+
+
+def _score_spec(value: str):
+    return None if value.strip().lower() in NONE else value
+
+
+class CustomSuite(Suite):
+    name = "custom"
+
+    def check(self, cfg) -> None:
+        if cfg.data.dataset == "tiny-world":
+            raise BadInput("suite custom reads your dataset (data.dataset); the tiny world is suite tiny-world")
+        for field in ("reward_model", "cost_model"):
+            if getattr(cfg.model, field) == "tiny-world":
+                raise BadInput(f"model.{field}=tiny-world is the tiny world's instrument and knows only its words; "
+                               f"it does not apply to {cfg.data.dataset}: name a model for this data or "
+                               f"--set model.{field}=none")
+
+    def resolve(self, cfg, home: Path) -> Assets:
+        tiny = None
+        if "tiny-world" in (cfg.model.policy, cfg.model.reference_for_samples, cfg.model.reference_for_negatives):
+            from harness.models.tiny_build import ensure_tiny_world
+
+            tiny = ensure_tiny_world(home, cfg.world)  # the world's policy as a starting model only
+        policy = resolve_policy(cfg.model.policy, home, tiny)
+        data = DataSource(cfg.data.dataset, cfg.data.format)
+        return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=data,
+                      cost=_score_spec(cfg.model.cost_model), reward=_score_spec(cfg.model.reward_model))
+
+    def instruments(self, cfg, assets, home):
+        found = [RefusalRules()]
+        if assets.cost or assets.reward:
+            found.insert(0, ScoreModels(cost=assets.cost, reward=assets.reward,
+                                        validation={"note": "user-named score models: not validated by the harness"}))
+        return found
+
+    def metric_directions(self, cfg):
+        directions = dict(RefusalRules.metrics)
+        if _score_spec(cfg.model.cost_model) or _score_spec(cfg.model.reward_model):
+            directions.update(ScoreModels.metrics)
+        return directions
