@@ -247,7 +247,8 @@ def test_a_users_negatives_jsonl_with_its_own_column_names_runs_end_to_end(bench
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     sets = [*REDUCED_WORLD, "suite=custom", f"data.dataset={data}", "data.format=negatives",
             "data.columns.prompt=question", "data.columns.negative=bad_answer", "data.columns.harm_score=human",
-            "data.min_harm_score=0.5", "data.eval_split=validation", "model.cost_model=none",
+            "data.min_harm_score=0.5", "data.eval_split=validation", "data.group_column=none",
+            "model.cost_model=none",
             "model.reward_model=none", "eval.lm_eval_tasks=[]", "method.k=2", "train.max_steps=2",
             "train.per_device_batch_size=4", "sampling.max_new_tokens=16", "eval.max_new_tokens=16"]
     out = tmp_path / "out"
