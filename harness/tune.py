@@ -228,7 +228,7 @@ def _check_metrics(cfg, tune_cfg) -> None:
 
 
 def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
-    from harness.config import parse_set_options, resolve_config, without_operational_fields
+    from harness.config import parse_set_options, resolve_config, without_added_defaults, without_operational_fields
     from harness.models.hashing import sha256_json
 
     cls = get_method(method)
@@ -249,7 +249,11 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     _check_metrics(cfg, tune_cfg)
     # Trials never call the judge: it takes no part in selection, and its calls are the dearest
     # part of a run. Test runs keep the judge settings (harness/selection.JUDGE_FIELDS).
-    trial_sets = [*sets, f"data.eval_split={tune_cfg.validation_split}", "eval.judge_model=none"]
+    from harness.selection import JUDGE_FIELDS
+
+    judge_keys = {f"{section}.{name}" for section, name in JUDGE_FIELDS}
+    trial_sets = [*(s for s in sets if s.split("=", 1)[0].strip() not in judge_keys),
+                  f"data.eval_split={tune_cfg.validation_split}", "eval.judge_model=none"]
     test_sets = [*sets, f"data.eval_split={tune_cfg.test_split}"]
     probe = param_sets(_midpoint(space))
     trial_cfg = resolve_config(method=method, preset=preset, overrides=parse_set_options(trial_sets + probe))
@@ -263,7 +267,8 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     # The study's identity: the trials' resolved configuration without the tuned fields, the
     # space, the sampler and the objectives. Settings that only read results (rule, budget,
     # test seeds) are left out, so changing them reuses the study's trials.
-    config = without_operational_fields(trial_cfg.to_dict())
+    # Fields added since (at their defaults) are left out, so earlier studies keep their names.
+    config = without_added_defaults(without_operational_fields(trial_cfg.to_dict()))
     config.pop("tune", None)
     for name in space:
         section, _, key = name.partition(".")

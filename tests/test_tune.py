@@ -539,3 +539,19 @@ def test_a_retried_trial_does_not_shift_the_qmc_sequence():
     study.tell(retry, [0.0, 0.5])
     following = [suggest(study.ask(), space) for _ in range(2)]
     assert [first_params, *following] == uninterrupted
+
+
+def test_new_config_fields_at_their_defaults_keep_published_study_names():
+    """Fields added after the tiny tables were published (suite, data.format, …) must not rename
+    their studies: a rerun of `tune` resumes them instead of starting over."""
+    published = json.loads((Path(__file__).parents[1] / "leaderboards/tiny/studies/d2o/study.json").read_text())
+    assert plan_method("d2o", "tiny", []).study_name == published["study_name"]
+
+
+def test_judge_settings_reach_test_runs_only_and_leave_the_study_alone():
+    judged = plan_method("sft", "tiny", ["eval.judge_model=m", "eval.judge_max_tokens=4",
+                                         "eval.judge_base_url=http://127.0.0.1:9/v1"])
+    plain = plan_method("sft", "tiny", [])
+    assert judged.study_name == plain.study_name
+    assert not any(s.startswith("eval.judge_") and s != "eval.judge_model=none" for s in judged.trial_sets)
+    assert "eval.judge_max_tokens=4" in judged.test_sets
