@@ -67,12 +67,12 @@ PAPER_TABLE1 = {
 PAPER_PRESET = "paper"
 
 # Leading columns in this order; any other metric follows alphabetically.
-METRIC_ORDER = ("harmful_rate", "helpful_rate", "safe_rate", "cost", "reward",
-                "judge_helpfulness_win_rate", "judge_harmlessness_win_rate")
+METRIC_ORDER = ("harmful_rate", "helpful_rate", "harmful_compliance_rate", "over_refusal_rate", "benign_answer_rate",
+                "safe_rate", "cost", "reward", "judge_helpfulness_win_rate", "judge_harmlessness_win_rate")
 HARMFULNESS_METRICS = ("harmful_rate", "cost")
 HELPFULNESS_METRICS = ("helpful_rate", "reward")
 # Compared with the base policy, paired on the shared test tasks.
-PAIRED_METRICS = ("harmful_rate", "helpful_rate")
+PAIRED_METRICS = ("harmful_rate", "helpful_rate", "harmful_compliance_rate", "over_refusal_rate")
 BASE_METHOD = "base"
 LEVEL = 0.95
 
@@ -364,6 +364,44 @@ def _paired_rows(table: dict, preset: str) -> list[dict]:
     return [r for r in table["rows"] if r["preset"] == preset and r.get("vs_base")]
 
 
+def _interval(record: Optional[dict]) -> str:
+    if not isinstance(record, dict) or not _is_number(record.get("value")):
+        return "—"
+    if _is_number(record.get("ci_low")) and _is_number(record.get("ci_high")):
+        return f"{record['value']:.3f} [{record['ci_low']:.3f}, {record['ci_high']:.3f}]"
+    return f"{record['value']:.3f}"
+
+
+def instrument_lines(rows: list[dict]) -> list[str]:
+    """One line per instrument of a preset's suite: its agreement with human labels, as the
+    entries record it (`sections.instruments.validation`). Printed beside every table it fed."""
+    checks: dict[str, dict] = {}
+    for row in rows:
+        for entry in row["runs"]:
+            section = (entry.get("sections") or {}).get("instruments")
+            for name, record in ((section or {}).get("validation") or {}).items() if isinstance(section, dict) else ():
+                if isinstance(record, dict):
+                    checks.setdefault(name, record)
+    lines = []
+    for name, record in sorted(checks.items()):
+        if "auroc_test" in record:
+            test, base = record["auroc_test"], record.get("baseline_refusal_rules_auroc_test") or {}
+            lines.append(f"{name}: AUROC on held-out human labels {_interval(test)} (n {test.get('n')}, "
+                         f"{test.get('n_clusters')} objectives) against {_interval(base)} for the refusal-rule baseline")
+        elif "accuracy" in record:
+            lines.append(f"{name}: accuracy on human labels {_interval(record['accuracy'])} (n {record.get('n')}; "
+                         f"precision {record.get('precision', 0):.2f}, recall {record.get('recall', 0):.2f})")
+        elif "agreement" in record:
+            aspects = "; ".join(f"{a}: {v.get('judged_both_orders', 0)} of {v.get('pairs', 0)} pairs judged in both "
+                                f"orders, agree {_interval(v.get('agree'))}, tie {_interval(v.get('tie'))}"
+                                for a, v in sorted((record.get("aspects") or {}).items()))
+            lines.append(f"{name} ({record.get('model')}): agreement with the HHH human choice "
+                         f"{_interval(record.get('agreement'))} over {record.get('n_pairs')} pairs ({aspects})")
+        else:
+            lines.append(f"{name}: {record.get('note', 'no validation against human labels')}")
+    return lines
+
+
 def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
     lines = ["# d2o-bench leaderboard", "",
              f"{INTERVAL_NOTE} **bold** is the best per metric within a preset; ↑/↓ higher/lower is better.", ""]
@@ -386,15 +424,18 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
         failed = [f"{markdown_text(r['label'])} ({r['n_failed']})" for r in rows if r["n_failed"]]
         if failed:
             lines += ["", "Failed runs (not averaged): " + ", ".join(failed) + "."]
+        checks = instrument_lines(rows)
+        if checks:
+            lines += ["", "Instruments, against human labels:", *(f"- {markdown_text(c)}" for c in checks)]
         lines.append("")
         paired = _paired_rows(table, preset)
         if paired:
             lines += [f"### against the base policy (preset {markdown_text(preset)})", "", markdown_text(PAIRED_NOTE), "",
                       "| method | " + " | ".join(f"{markdown_text(m)} Δ | {markdown_text(m)} P(improvement)"
-                                                   for m in PAIRED_METRICS) + " |",
-                      "|---|" + "---:|---:|" * len(PAIRED_METRICS)]
+                                                   for m in _paired_metrics(paired)) + " |",
+                      "|---|" + "---:|---:|" * len(_paired_metrics(paired))]
             for row in paired:
-                cells = [cell for m in PAIRED_METRICS for cell in format_difference(row["vs_base"].get(m))]
+                cells = [cell for m in _paired_metrics(paired) for cell in format_difference(row["vs_base"].get(m))]
                 lines.append(f"| {markdown_text(row['label'])} | " + " | ".join(cells) + " |")
             lines.append("")
     if _has_paper_rows(table):
@@ -900,16 +941,22 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _paired_metrics(paired: list[dict]) -> list[str]:
+    """The paired metrics this preset's suite reports (the oracle's or the refusal rules')."""
+    return [m for m in PAIRED_METRICS if any(row["vs_base"].get(m) is not None for row in paired)]
+
+
 def _paired_html(table: dict) -> str:
     parts = []
     for preset in sorted({r["preset"] for r in table["rows"]}):
         paired = _paired_rows(table, preset)
         if not paired:
             continue
-        header = "".join(f"<th>{_e(m)} Δ</th><th>{_e(m)} P(improvement)</th>" for m in PAIRED_METRICS)
+        metrics = _paired_metrics(paired)
+        header = "".join(f"<th>{_e(m)} Δ</th><th>{_e(m)} P(improvement)</th>" for m in metrics)
         body = "".join(
             f'<tr><td class="text">{_e(row["label"])}</td>'
-            + "".join(f"<td>{_e(cell)}</td>" for m in PAIRED_METRICS for cell in format_difference(row["vs_base"].get(m)))
+            + "".join(f"<td>{_e(cell)}</td>" for m in metrics for cell in format_difference(row["vs_base"].get(m)))
             + "</tr>" for row in paired)
         parts.append(f'<h2>Against the base policy (preset {_e(preset)})</h2><p class="note">{_e(PAIRED_NOTE)}</p>'
                      f'<table class="vs-base" data-preset="{_e(preset)}"><thead><tr><th>method</th>{header}</tr></thead>'
@@ -926,6 +973,16 @@ def _frontier_html(studies: Optional[list[dict]]) -> str:
                    for row in frontier_rows(studies))
     return (f'<h2>Helpfulness at matched harm (tuning studies)</h2><p class="note">{_e(FRONTIER_NOTE)}</p>'
             f'<table id="frontier"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def _instruments_html(table: dict) -> str:
+    parts = []
+    for preset in sorted({r["preset"] for r in table["rows"]}):
+        checks = instrument_lines([r for r in table["rows"] if r["preset"] == preset])
+        if checks:
+            parts.append(f"<h2>Instruments against human labels (preset {_e(preset)})</h2><ul>"
+                         + "".join(f"<li>{_e(c)}</li>" for c in checks) + "</ul>")
+    return "".join(parts)
 
 
 def render_html(table: dict, plots: dict[str, Path], studies: Optional[list[dict]] = None) -> str:
@@ -974,7 +1031,7 @@ def render_html(table: dict, plots: dict[str, Path], studies: Optional[list[dict
         "a preset; ↑/↓ higher/lower is better. Click a header to sort; <code>?sort=COLUMN&amp;dir=desc</code> "
         "sorts on load.</p>"
         f"<table id=\"leaderboard\"><thead><tr>{''.join(header)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f"{_paired_html(table)}{paper}{_frontier_html(studies)}<h2>Plots</h2>{images}"
+        f"{_instruments_html(table)}{_paired_html(table)}{paper}{_frontier_html(studies)}<h2>Plots</h2>{images}"
         f"<script>{_PAGE_JS}</script></body></html>\n"
     )
 
