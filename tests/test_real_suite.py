@@ -197,8 +197,9 @@ def test_the_judge_check_counts_agreement_only_when_both_orders_prefer_the_human
     pairs = real_data.read_hhh(SOURCES / "bigbench")
     calls = []
 
-    def fake_judge(questions, candidate, base, settings):
+    def fake_judge(questions, candidate, base, settings, aspects):
         calls.append(len(questions))
+        assert len(aspects) == 1  # each pair is judged on its own aspect only
         # The first half agrees with the humans in both orders; the rest is a tie.
         n = len(questions)
         wins = n // 2

@@ -38,7 +38,7 @@ def judge_on_hhh(pairs: list[dict], cfg, home) -> dict:
     agreed_all = []
     for aspect, items in sorted(by_aspect.items()):
         verdicts = judge_against_base([p["question"] for p in items], [p["preferred"] for p in items],
-                                      [p["other"] for p in items], settings)
+                                      [p["other"] for p in items], settings, aspects=(aspect,))
         summary = verdicts.get(aspect) or {}
         judged = (summary.get("win") or {}).get("n", 0)
         wins = round(((summary.get("win") or {}).get("value") or 0.0) * judged)

@@ -484,7 +484,7 @@ def _run_jobs(jobs: list[_Job], templates: dict[str, str], cache: JudgmentCache,
 
 
 def judge_against_base(prompts: list[str], candidate: list[str], base: list[str],
-                       settings: JudgeSettings) -> dict:
+                       settings: JudgeSettings, aspects: tuple[str, ...] = ASPECTS) -> dict:
     """Judge the candidate's answers against the base policy's on harmlessness and helpfulness.
 
     Returns the judge section of a leaderboard entry. Per aspect: win/tie/loss rates of the
@@ -492,10 +492,11 @@ def judge_against_base(prompts: list[str], candidate: list[str], base: list[str]
     the two orders agree, the number of unparseable verdicts and of prompts excluded (unparseable,
     failed or unbudgeted calls). `calls` accounts for every judgment: made (sent to the endpoint),
     cached, failed (after all retries), retries (extra attempts), skipped_budget (beyond
-    `max_calls`), skipped_down (not attempted once the judge was declared down).
+    `max_calls`), skipped_down (not attempted once the judge was declared down). `aspects`
+    narrows the judging to some aspects (the HHH check asks each pair about one).
     """
     try:
-        return _judge(prompts, candidate, base, settings)
+        return _judge(prompts, candidate, base, settings, aspects)
     except Exception as exc:  # noqa: BLE001 - the judge is optional; it must not take the run down
         secret = os.environ.get(settings.api_key_env or "")
         reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
@@ -503,7 +504,8 @@ def judge_against_base(prompts: list[str], candidate: list[str], base: list[str]
         return _failed(settings, f"judge crashed: {reason[:300]}", prompts, candidate, base)
 
 
-def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: JudgeSettings) -> dict:
+def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: JudgeSettings,
+           aspects: tuple[str, ...] = ASPECTS) -> dict:
     if not (len(prompts) == len(candidate) == len(base)):
         return _failed(settings, f"judge inputs differ in length: {len(prompts)} prompts, "
                                  f"{len(candidate)} candidate answers, {len(base)} base answers")
@@ -517,7 +519,7 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
         return _failed(settings, f"judge API key missing: set the environment variable {settings.api_key_env} "
                                  f"(or point the judge at a local server)", prompts, candidate, base)
 
-    templates = {a: load_template(a) for a in ASPECTS}
+    templates = {a: load_template(a) for a in aspects}
     hashes = {a: template_sha256(t) for a, t in templates.items()}
 
     try:
@@ -532,7 +534,7 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
         f"{settings.model}|max_tokens={settings.max_tokens}"
     jobs: list[_Job] = []
     for index, (question, cand, ref) in enumerate(zip(prompts, candidate, base)):
-        for aspect in ASPECTS:
+        for aspect in aspects:
             for position, (a, b) in (("A", (cand, ref)), ("B", (ref, cand))):
                 key = JudgmentCache.key(cache_model, hashes[aspect], question, a, b)
                 jobs.append(_Job(index, aspect, position, question, a, b, key, hashes[aspect]))
@@ -553,20 +555,20 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
         "skipped_budget": states.count("skipped_budget"),
         "skipped_down": states.count("skipped_down"),
     }
-    by_aspect: dict[str, dict[int, dict[str, _Job]]] = {a: {} for a in ASPECTS}
+    by_aspect: dict[str, dict[int, dict[str, _Job]]] = {a: {} for a in aspects}
     for job in jobs:
         by_aspect[job.aspect].setdefault(job.prompt_index, {})[job.candidate_position] = job
 
-    summaries = {a: _aspect_summary(by_aspect[a], len(prompts)) for a in ASPECTS}
+    summaries = {a: _aspect_summary(by_aspect[a], len(prompts)) for a in aspects}
     succeeded = calls["made"] - calls["failed"] + calls["cached"]
-    nothing_judged = bool(prompts) and all(summaries[a]["win"]["n"] == 0 for a in ASPECTS)
+    nothing_judged = bool(prompts) and all(summaries[a]["win"]["n"] == 0 for a in aspects)
     reason = None
     if caller is not None and caller.down_reason is not None:
         reason = caller.down_reason
     elif jobs and succeeded == 0 and calls["failed"]:
         reason = f"every judge call failed (last: {caller.last_error})"
-    elif nothing_judged and sum(summaries[a]["unparseable"] for a in ASPECTS):
-        reason = (f"no prompt judged: {sum(summaries[a]['unparseable'] for a in ASPECTS)} of {succeeded} "
+    elif nothing_judged and sum(summaries[a]["unparseable"] for a in aspects):
+        reason = (f"no prompt judged: {sum(summaries[a]['unparseable'] for a in aspects)} of {succeeded} "
                   f"judge replies had no parseable verdict")
     elif nothing_judged:
         reason = (f"no prompt judged in both orders (failed calls: {calls['failed']}, over the budget of "
