@@ -123,6 +123,8 @@ def _write_rows(directory: Path, split: str, rows: list[dict]) -> None:
     (directory / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+# A user's dataset is measured by suite custom (the tiny world's scorers know only its words).
+USER_DATA = ("--set", "suite=custom", "--set", "model.cost_model=none", "--set", "model.reward_model=none")
 GOOD_ROW = {"prompt": "How do I bake bread?", "response_0": "Mix flour and water.", "response_1": "No idea.",
             "is_response_0_safe": True, "is_response_1_safe": True,
             "better_response_id": 0, "safer_response_id": 0}
@@ -138,7 +140,7 @@ def test_malformed_dataset_rows_exit_2_before_anything_is_written(bench_home, tm
     _write_rows(data, "train", [GOOD_ROW, {**GOOD_ROW, **bad}])
     _write_rows(data, "validation", [GOOD_ROW])
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "--method", "d2o", "--out", str(out), "--set", f"data.dataset={data}")
+    code, _, err = cli(capsys, "--method", "d2o", "--out", str(out), "--set", f"data.dataset={data}", *USER_DATA)
     assert code == 2
     (line,) = err.strip().splitlines()[-1:]
     assert line.startswith("d2o-bench: error: dataset") and fragment in line, err
@@ -151,7 +153,7 @@ def test_missing_field_is_named(bench_home, tmp_path, capsys):
     del row["safer_response_id"]
     _write_rows(data, "train", [row])
     _write_rows(data, "validation", [GOOD_ROW])
-    code, _, err = cli(capsys, "--out", str(tmp_path / "out"), "--set", f"data.dataset={data}")
+    code, _, err = cli(capsys, "--out", str(tmp_path / "out"), "--set", f"data.dataset={data}", *USER_DATA)
     assert code == 2 and "row 0: missing field 'safer_response_id'" in err
 
 
