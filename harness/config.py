@@ -218,6 +218,9 @@ class TuneConfig:
     test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # World seeds (`world.seed`) the selected configuration is tested on; [] keeps the preset's.
     test_world_seeds: list[int] = field(default_factory=list)
+    # Whether trials also run the capability tasks (eval.lm_eval_tasks). They take no part in the
+    # selection rule; false saves their cost on every trial and runs them on test runs only.
+    capability_on_trials: bool = True
 
 
 @dataclass

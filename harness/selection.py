@@ -151,19 +151,22 @@ _PER_RUN_FIELDS = (("data", "eval_split"), ("world", "seed"))
 # call it (harness/tune.py), test runs may.
 JUDGE_FIELDS = tuple(("eval", name) for name in ("judge_model", "judge_base_url", "judge_api_key_env",
                                                  "judge_max_calls", "judge_concurrency", "judge_max_tokens"))
+# Likewise the capability tasks when `tune.capability_on_trials` is false.
+CAPABILITY_FIELDS = (("eval", "lm_eval_tasks"), ("eval", "lm_eval_limit"))
 
 
 def comparable_config(config: dict, tuned: Iterable[str]) -> dict:
     """A resolved config without what the protocol varies on purpose: the tune section, the tuned
     fields, the run seed, the evaluated split and the world seed. A test run and the trials of
-    the study that selected it must agree on everything else (the judge aside: JUDGE_FIELDS)."""
+    the study that selected it must agree on everything else (instruments that take no part in
+    selection aside: JUDGE_FIELDS, CAPABILITY_FIELDS)."""
     config = json.loads(json.dumps(config, default=str))
     for key in ("tune", "seed", "preset", "method_name"):
         config.pop(key, None)
     for name in tuned:
         section, _, field_name = name.partition(".")
         (config.get(section) or {}).pop(field_name, None)
-    for section, field_name in _PER_RUN_FIELDS + OPERATIONAL_FIELDS + JUDGE_FIELDS:
+    for section, field_name in _PER_RUN_FIELDS + OPERATIONAL_FIELDS + JUDGE_FIELDS + CAPABILITY_FIELDS:
         (config.get(section) or {}).pop(field_name, None)
     return config
 

@@ -254,6 +254,8 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     judge_keys = {f"{section}.{name}" for section, name in JUDGE_FIELDS}
     trial_sets = [*(s for s in sets if s.split("=", 1)[0].strip() not in judge_keys),
                   f"data.eval_split={tune_cfg.validation_split}", "eval.judge_model=none"]
+    if not tune_cfg.capability_on_trials:
+        trial_sets.append("eval.lm_eval_tasks=[]")
     test_sets = [*sets, f"data.eval_split={tune_cfg.test_split}"]
     probe = param_sets(_midpoint(space))
     trial_cfg = resolve_config(method=method, preset=preset, overrides=parse_set_options(trial_sets + probe))

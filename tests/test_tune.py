@@ -558,3 +558,9 @@ def test_judge_settings_reach_test_runs_only_and_leave_the_study_alone():
     assert judged.study_name == plain.study_name
     assert not any(s.startswith("eval.judge_") and s != "eval.judge_model=none" for s in judged.trial_sets)
     assert "eval.judge_max_tokens=4" in judged.test_sets
+
+
+def test_capability_can_be_left_to_the_test_runs():
+    plan = plan_method("sft", "tiny", ["tune.capability_on_trials=false"])
+    assert "eval.lm_eval_tasks=[]" in plan.trial_sets and "eval.lm_eval_tasks=[]" not in plan.test_sets
+    assert "eval.lm_eval_tasks=[]" not in plan_method("sft", "tiny", []).trial_sets
