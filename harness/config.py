@@ -294,6 +294,7 @@ def without_operational_fields(config: dict) -> dict:
 ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
+    ("tune", "capability_on_trials"),
 )
 
 

@@ -101,3 +101,19 @@ def test_dry_run_paper_prints_plan(capsys):
 def test_list_fields_accept_flow_lists_from_set(text, expected):
     cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([f"eval.lm_eval_tasks={text}"]))
     assert cfg.eval.lm_eval_tasks == expected
+
+
+def test_published_config_hashes_survive_fields_added_since():
+    """A field added with a default (suite, data.format, tune.capability_on_trials, …) must not
+    change the hash, and so the run id, of a configuration published before it existed."""
+    import json
+    from pathlib import Path
+
+    board = json.loads((Path(__file__).parents[1] / "leaderboards/tiny/leaderboard.json").read_text())
+    entry = next(e for e in board["entries"] if e["method"] == "d2o")
+    config = entry["provenance"]["config"]
+    cfg = resolve_config(method="d2o", preset="tiny", seed=entry["seed"], overrides={
+        "world": {"seed": config["world"]["seed"]}, "data": {"eval_split": config["data"]["eval_split"]},
+        "train": {"learning_rate": config["train"]["learning_rate"]},
+        "method": {k: str(v) for k, v in config["method"].items()}})
+    assert cfg.hash() == entry["provenance"]["config_hash"]
