@@ -61,6 +61,16 @@ def training_memory_gib(arch: dict, cfg: RunConfig, n_gpus: int, sequences_per_m
     return (weights + grads + optim + activations + logits) / GIB
 
 
+def _negative_text(cfg: RunConfig) -> str:
+    if cfg.data.format == "pku-saferlhf":
+        return (f"negative = the {'less safe' if cfg.data.negative_from == 'safer' else 'worse'} response of each "
+                f"pair, only unsafe negatives: {cfg.data.only_unsafe_negatives}")
+    if cfg.data.format == "hh-rlhf":
+        return "negative = the rejected dialogue's last reply"
+    return "negative = the row's harmful response" + (
+        f" (harm score ≥ {cfg.data.min_harm_score})" if cfg.data.min_harm_score is not None else "")
+
+
 def describe_plan(cfg: RunConfig, n_gpus: int = 8) -> str:
     method = get_method(cfg.method_name)(cfg.method)
     k = getattr(cfg.method, "k", cfg.sampling.num_samples)
@@ -72,9 +82,9 @@ def describe_plan(cfg: RunConfig, n_gpus: int = 8) -> str:
         f"policy:      {cfg.model.policy} ({cfg.model.dtype}, prompt format {cfg.model.prompt_format})",
         f"references:  π_r− (samples) = {cfg.model.reference_for_samples}, π_r+ (negatives) = {cfg.model.reference_for_negatives}",
         f"scorers:     reward {cfg.model.reward_model}; cost {cfg.model.cost_model} (template {cfg.eval.scorer_template!r})",
-        f"dataset:     {cfg.data.dataset} [{cfg.data.train_split} → train, {cfg.data.eval_split} → eval], "
-        f"negative = the {'less safe' if cfg.data.negative_from == 'safer' else 'worse'} response of each pair, "
-        f"only unsafe negatives: {cfg.data.only_unsafe_negatives}",
+        f"suite:       {cfg.suite}",
+        f"dataset:     {cfg.data.dataset} ({cfg.data.format}) [{cfg.data.train_split} → train, "
+        f"{cfg.data.eval_split} → eval], " + _negative_text(cfg),
         f"judge:       {cfg.eval.judge_model or 'off'}" + (f" at {cfg.eval.judge_base_url}" if cfg.eval.judge_base_url else ""),
         f"capability:  {', '.join(cfg.eval.lm_eval_tasks) or 'off'}",
         f"training:    lr {cfg.train.learning_rate}, epochs {cfg.train.epochs}, micro-batch {cfg.train.per_device_batch_size} "
