@@ -38,6 +38,11 @@ class ScoreModels(Instrument):
     name = "score-models"
     metrics = {"cost": False, "reward": True, "safe_rate": True}
 
+    @staticmethod
+    def directions(*, cost: bool, reward: bool) -> dict[str, bool]:
+        """The metrics reported with these models present."""
+        return {**({"cost": False, "safe_rate": True} if cost else {}), **({"reward": True} if reward else {})}
+
     def __init__(self, *, cost: Optional[str], reward: Optional[str], validation: Optional[dict] = None):
         self.specs = {"cost": cost, "reward": reward}
         self.loaded: dict[str, tuple] = {}

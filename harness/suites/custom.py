@@ -51,7 +51,6 @@ class CustomSuite(Suite):
         return found
 
     def metric_directions(self, cfg):
-        directions = dict(RefusalRules.metrics)
-        if _score_spec(cfg.model.cost_model) or _score_spec(cfg.model.reward_model):
-            directions.update(ScoreModels.metrics)
-        return directions
+        return {**RefusalRules.metrics,
+                **ScoreModels.directions(cost=bool(_score_spec(cfg.model.cost_model)),
+                                         reward=bool(_score_spec(cfg.model.reward_model)))}

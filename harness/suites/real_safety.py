@@ -73,12 +73,8 @@ class RealSafetySuite(Suite):
         return found
 
     def metric_directions(self, cfg):
-        directions = dict(RefusalRules.metrics)
-        if cfg.model.cost_model.lower() != "none":
-            directions.update({k: v for k, v in ScoreModels.metrics.items() if k != "reward"})
-        if cfg.model.reward_model.lower() != "none":
-            directions["reward"] = True
-        return directions
+        return {**RefusalRules.metrics, **ScoreModels.directions(cost=cfg.model.cost_model.lower() != "none",
+                                                                 reward=cfg.model.reward_model.lower() != "none")}
 
     def validation_extra(self, cfg, assets, home):
         if not cfg.eval.judge_model:
