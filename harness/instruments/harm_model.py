@@ -25,6 +25,7 @@ from harness.instruments.refusal import is_refusal
 from harness.models.build_cache import build_once
 from harness.models.hashing import sha256_json, weights_sha256
 from harness.prompting import scorer_text
+from harness.scoring.score_models import padded_batches
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,9 @@ def auroc_interval(scores: list[float], labels: list[bool], clusters: list[str],
 
 @torch.no_grad()
 def _features(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512) -> torch.Tensor:
-    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    """The backbone's last-token hidden state of every text (what the score head reads)."""
     out = torch.zeros(len(texts), model.config.hidden_size)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
-            ids[row, :len(encoded[index])] = torch.tensor(encoded[index])
-            mask[row, :len(encoded[index])] = 1
+    for chunk, ids, mask in padded_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         last = mask.sum(dim=1) - 1
         out[chunk] = hidden[torch.arange(len(chunk)), last].float()

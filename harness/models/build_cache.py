@@ -10,7 +10,6 @@ changed later (a full disk, a bad copy) is found and the directory rebuilt, neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,25 +20,17 @@ from typing import Callable
 
 import filelock
 
+from harness.models.hashing import WEIGHTS_MEMO, file_sha256
+
 COMPLETE_MARKER = "COMPLETE"
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder` but the marker and the weight-digest
     memo (hashing a built model writes it later; it must not make the build look corrupt)."""
-    from harness.models.hashing import WEIGHTS_MEMO
-
     folder = Path(folder)
-    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name not in (COMPLETE_MARKER, WEIGHTS_MEMO)}
 
 

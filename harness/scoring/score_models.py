@@ -19,13 +19,24 @@ def score_responses(
     max_length: int = 1024,
 ) -> list[float]:
     texts = [scorer_text(p, r, template) for p, r in zip(prompts, responses)]
-    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     model.eval()
     scores = [0.0] * len(texts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    batches = padded_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    for chunk, ids, mask in tqdm(batches, total=-(-len(texts) // batch_size), desc=desc, unit="batch"):
+        values = model(ids.to(device), mask.to(device)).float().tolist()
+        for index, value in zip(chunk, values):
+            scores[index] = value
+    return scores
+
+
+def padded_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: int):
+    """(indices, input_ids, attention_mask) per batch, texts sorted by length so batches pad
+    little; right padding, so a row's last real token is at mask.sum() - 1."""
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -33,7 +44,4 @@ def score_responses(
         for row, index in enumerate(chunk):
             ids[row, : len(encoded[index])] = torch.tensor(encoded[index])
             mask[row, : len(encoded[index])] = 1
-        values = model(ids.to(device), mask.to(device)).float().tolist()
-        for index, value in zip(chunk, values):
-            scores[index] = value
-    return scores
+        yield chunk, ids, mask
