@@ -27,7 +27,7 @@ import torch
 from harness import distributed
 from harness.config import RunConfig
 from harness.data import pairs as pair_data
-from harness.data.adapters import adapter_for, with_chosen
+from harness.data.adapters import adapter_for, needs_chosen, with_chosen
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.generation import generate_completions, generate_responses
 from harness.logprobs import EncodedPair, encode_pair, score_pairs
@@ -147,11 +147,6 @@ def _needs_samples(method: Method) -> bool:
 # Stages
 
 
-def _needs_chosen(method: Method) -> bool:
-    # KTO's `kl` role pairs a prompt with another example's chosen response.
-    return method.chosen_source == "dataset" and bool({"chosen", "kl"} & set(method.roles))
-
-
 def stage_data(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     out = ctx.run_dir.stage_dir("data")
@@ -163,7 +158,7 @@ def stage_data(ctx: RunContext) -> dict:
 
     examples = adapter_for(cfg.data, train_src.format).examples(
         train_rows, train_name, all_pairs=ctx.method.pair_selection == "all_pairs")
-    examples, chosen = with_chosen(examples, ctx.method.trains and _needs_chosen(ctx.method),
+    examples, chosen = with_chosen(examples, needs_chosen(ctx.method),
                                    cfg.data.chosen_when_missing, ctx.method.name)
     if cfg.data.max_train_examples is not None:
         examples = examples[: cfg.data.max_train_examples]

@@ -66,7 +66,7 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
 
     def local_rows() -> None:
         if Path(cfg.data.dataset).expanduser().exists():
-            _check_local_splits(cfg.data)
+            _check_local_splits(cfg.data, cfg.method_name)
 
     check_sources(models, lambda: _check_dataset(cfg.data.dataset))
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
@@ -123,16 +123,20 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
     _resolve_on_hub(field, spec, "model")
 
 
-def _check_local_splits(data_cfg) -> None:
-    """A local dataset's train and evaluated splits load and every row is well formed (a
-    malformed row found by the data stage would leave a run directory behind)."""
-    from harness.data.adapters import adapter_for
+def _check_local_splits(data_cfg, method_name: str) -> None:
+    """A local dataset's train and evaluated splits load, every row is well formed (a malformed
+    row found by the data stage would leave a run directory behind), and the method has what it
+    trains on (a preferred response, where it needs one)."""
+    from harness.data.adapters import adapter_for, needs_chosen, with_chosen
     from harness.data.pairs import load_rows
+    from harness.registry import get_method
 
     adapter = adapter_for(data_cfg)
     if data_cfg.format != "prompts":
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
+        examples = adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
+        method = get_method(method_name)
+        with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
     name = f"{data_cfg.dataset}[{data_cfg.eval_split}]"
     adapter.prompts(load_rows(data_cfg.dataset, data_cfg.eval_split), name, None, data_cfg.group_column)
 

@@ -232,6 +232,22 @@ def test_the_tiny_worlds_instruments_are_refused_on_other_data(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_method_that_needs_a_chosen_response_is_refused_before_anything_is_written(tmp_path, capsys):
+    data = tmp_path / "negatives"
+    data.mkdir()
+    rows = [{"question": r["objective"], "bad": r["response"]} for r in real_data.read_harm_labels(SOURCES / "pyrit")[:6]]
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = ["suite=custom", f"data.dataset={data}", "data.format=negatives", "data.columns.prompt=question",
+            "data.columns.negative=bad", "data.eval_split=validation", "data.group_column=none",
+            "model.cost_model=none", "model.reward_model=none"]
+    out = tmp_path / "out"
+    assert main(["--method", "dpo", "--out", str(out), *(a for s in sets for a in ("--set", s))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dpo needs a preferred response" in err[0] and "not applicable" in err[0], err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------ end to end (slow)
 
 
@@ -281,5 +297,6 @@ def test_the_real_suite_runs_offline_on_the_reduced_sources(bench_home, tmp_path
     assert checks["score-models"]["auroc_test"]["n"] > 0 and "baseline_refusal_rules_auroc_test" in checks["score-models"]
     assert checks["refusal-rules"]["n"] > 0
     assert set(trained["sections"]["capability"]["tasks"]) == {"mmlu_offline", "arc_easy_offline"}
-    sources = trained["provenance"]["dataset"] if "manifest" in trained["provenance"]["dataset"] else None
-    assert sources is None or set(sources["manifest"]["sources"]) == {s.package for s in real_data.SOURCES}
+    manifest = trained["provenance"]["dataset"]["manifest"]
+    assert set(manifest["sources"]) == {s.package for s in real_data.SOURCES}
+    assert all(record["licence"] and record["files"] for record in manifest["sources"].values())

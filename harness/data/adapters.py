@@ -196,6 +196,12 @@ def adapter_for(data_cfg, fmt: Optional[str] = None) -> Adapter:
     return ADAPTERS[name](data_cfg)
 
 
+def needs_chosen(method) -> bool:
+    """Whether a method (class or instance) trains on the dataset's preferred response; KTO's
+    `kl` role pairs a prompt with another example's chosen response."""
+    return method.trains and method.chosen_source == "dataset" and bool({"chosen", "kl"} & set(method.roles))
+
+
 def with_chosen(examples: list[dict], needs_chosen: bool, fallback: Optional[str], method: str) -> tuple[list[dict], dict]:
     """Examples a method can train on, and where their chosen responses came from.
 
