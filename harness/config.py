@@ -120,6 +120,9 @@ class DataConfig:
     max_eval_prompts: Optional[int] = None
 
 
+SAMPLING_BACKENDS = ("transformers", "openai")
+
+
 @dataclass
 class SamplingConfig:
     """How the K self-samples are drawn (the anchors of D²O)."""
@@ -132,6 +135,22 @@ class SamplingConfig:
     # Samples per prompt for methods whose config has no `k` of its own (Self-Align SFT's
     # candidates); D²O uses `method.k`.
     num_samples: int = 4
+    # Who draws the offline self-samples: "transformers" (`model.generate` in this process) or
+    # "openai" (an OpenAI-compatible server such as `vllm serve`, at `base_url`, which must serve
+    # the reference policy; docs/SAMPLING_SERVER.md). d2o-online's refreshes stay in-process.
+    backend: str = "transformers"
+    # The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (backend "openai" only).
+    base_url: Optional[str] = None
+    # The server's name for the model (vLLM: --served-model-name); None: the one model it serves.
+    server_model: Optional[str] = None
+    # Environment variable holding the server's API key (a 127.0.0.1 server needs none).
+    api_key_env: str = "OPENAI_API_KEY"
+    # Prompts in flight at once (vLLM batches concurrent requests).
+    concurrency: int = 16
+
+
+# Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
+GRADIENT_CACHE_DEFAULT = False
 
 
 @dataclass
@@ -162,6 +181,14 @@ class TrainConfig:
     save_steps: int = 0
     # Checkpoints kept while training (the newest complete one must survive a kill mid-write).
     save_total_limit: int = 2
+    # Gradient caching: a loss that sees its sequences only through their log-probs (every
+    # registered method's) gets the same gradients when the sequences are run
+    # `gradient_cache_chunk` at a time, each chunk's activations recomputed in backward instead
+    # of kept, so peak memory is set by the chunk, not by K or the batch. Costs one more forward
+    # per step; micro-batches with no more sequences than the chunk take the plain path.
+    gradient_cache: bool = GRADIENT_CACHE_DEFAULT
+    # Sequences (all roles, prompts and self-samples together) forwarded at once under caching.
+    gradient_cache_chunk: int = 8
 
 
 @dataclass
@@ -279,7 +306,13 @@ class RunConfig:
 # Settings that change how a run executes but not what it computes (a resumed run equals an
 # uninterrupted one): left out of the config hash and of the check that a test run matches its
 # study's trials.
-OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (("train", "save_steps"), ("train", "save_total_limit"))
+# Gradient caching changes the memory and time a step takes, not its gradients (a test holds them
+# to the unchunked ones), so it is operational too.
+OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
+    ("train", "gradient_cache_chunk"), ("sampling", "base_url"), ("sampling", "api_key_env"),
+    ("sampling", "concurrency"),
+)
 
 
 def without_operational_fields(config: dict) -> dict:
@@ -294,7 +327,7 @@ def without_operational_fields(config: dict) -> dict:
 ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
-    ("tune", "capability_on_trials"),
+    ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
 )
 
 
@@ -538,6 +571,12 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.eval.judge_max_tokens >= 1, "eval.judge_max_tokens must be >= 1"),
         (cfg.train.save_steps >= 0, "train.save_steps must be >= 0 (0: no checkpoints)"),
         (cfg.train.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
+        (cfg.train.gradient_cache_chunk >= 1, "train.gradient_cache_chunk must be >= 1"),
+        (cfg.sampling.backend in SAMPLING_BACKENDS,
+         f"sampling.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.sampling.backend!r}"),
+        (cfg.sampling.backend != "openai" or (cfg.sampling.base_url is not None and _is_http_url(cfg.sampling.base_url)),
+         f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, got {cfg.sampling.base_url!r}"),
+        (cfg.sampling.concurrency >= 1, "sampling.concurrency must be >= 1"),
         (0 < cfg.real.train_share and 0 < cfg.real.validation_share
          and cfg.real.train_share + cfg.real.validation_share < 1,
          "real.train_share and real.validation_share must be > 0 and leave a test share"),

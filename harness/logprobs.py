@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from harness.errors import BadInput
 from harness.registry import SequenceLogps
 
 
@@ -63,11 +65,137 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model, input_ids, attention_mask, response_mask) -> SequenceLogps:
+# Response positions the LM head projects at once. 1,024 rows of a 49k vocabulary are 200 MB of
+# fp32 logits (128 MB at Llama-2's 32k): the largest buffer the log-probs ever hold, whatever
+# the batch, K or sequence length.
+LOGIT_CHUNK_TOKENS = 1024
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a DeepSpeed engine or DDP wrapper (itself when bare)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def projects_responses_only(model: torch.nn.Module) -> bool:
+    """Whether the log-probs can run the LM head on response positions alone: the model must
+    expose its head and decoder, and must not transform the logits after the head (Gemma-2's
+    soft-capping, Cohere's logit scale); such models take the full-logits path."""
+    inner = unwrap(model)
+    head = getattr(inner, "get_output_embeddings", lambda: None)()
+    decoder = getattr(inner, "get_decoder", lambda: None)()
+    config = getattr(inner, "config", None)
+    transforms_logits = any(
+        getattr(config, name, None) not in (None, 1, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    )
+    return isinstance(head, torch.nn.Linear) and decoder is not None and not transforms_logits
+
+
+def _head_logps(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(states).float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _final_hidden_states(model, input_ids, attention_mask) -> torch.Tensor:
+    if torch.is_grad_enabled():
+        # Training goes through the model's own forward, so a DeepSpeed engine, a DDP wrapper or
+        # Accelerate's autocast patch sees the call; one logit row per sequence is all that
+        # forward projects. Backward keeps every layer's states anyway, so asking for them costs
+        # nothing (the last one is after the final norm, the head's input).
+        output = model(input_ids=input_ids, attention_mask=attention_mask,
+                       output_hidden_states=True, logits_to_keep=1)
+        return output.hidden_states[-1]
+    # Without gradients (reference and scoring passes on a bare model), the decoder alone: only
+    # its last states are held.
+    return unwrap(model).get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def sequence_logps(model, input_ids, attention_mask, response_mask, *,
+                   logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> SequenceLogps:
+    """Summed response log-probs per sequence.
+
+    The LM head runs only on the positions that predict a response token, LOGIT_CHUNK_TOKENS of
+    them at a time, so no [sequences × length × vocabulary] tensor exists; with gradients and
+    more than one chunk, each chunk's logits are recomputed in backward instead of kept (one
+    more head matmul over the response tokens, against the full path's head over every prompt
+    and padding position).
+    """
+    if not projects_responses_only(model):
+        return full_logits_sequence_logps(model, input_ids, attention_mask, response_mask)
+    predicts_response = response_mask[:, 1:]
+    hidden = _final_hidden_states(model, input_ids, attention_mask)
+    states = hidden[:, :-1][predicts_response]
+    targets = input_ids[:, 1:][predicts_response]
+    head = unwrap(model).get_output_embeddings()
+    # A single chunk's logits may stay for backward: nothing larger would exist either way.
+    recompute = states.requires_grad and states.shape[0] > logit_chunk_tokens
+    pieces = []
+    for start in range(0, states.shape[0], logit_chunk_tokens):
+        chunk = (head, states[start : start + logit_chunk_tokens], targets[start : start + logit_chunk_tokens])
+        if recompute:
+            pieces.append(checkpoint(_head_logps, *chunk, use_reentrant=False))
+        else:
+            pieces.append(_head_logps(*chunk))
+    per_token = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+    rows = predicts_response.nonzero()[:, 0]
+    total = per_token.new_zeros(input_ids.shape[0]).index_add(0, rows, per_token)
+    return SequenceLogps(total=total, n_tokens=predicts_response.sum(-1).to(torch.float32))
+
+
+def full_logits_sequence_logps(model, input_ids, attention_mask, response_mask) -> SequenceLogps:
+    """The same sums from the model's full [B, L, V] logits: the path for models whose head
+    cannot be run apart (see `projects_responses_only`), and the reference the tests hold the
+    response-only path to."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     per_token = token_logps(logits, input_ids)
     mask = response_mask[:, 1:].to(per_token.dtype)
     return SequenceLogps(total=(per_token * mask).sum(-1), n_tokens=mask.sum(-1))
+
+
+def _chunk_logps(model, input_ids, attention_mask, response_mask):
+    logps = sequence_logps(model, input_ids, attention_mask, response_mask)
+    return logps.total, logps.n_tokens
+
+
+def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, device,
+                              sequences_per_chunk: int) -> SequenceLogps:
+    """`sequence_logps` of many sequences with gradient caching's memory.
+
+    Every method's loss sees a sequence only through its summed log-prob, so its gradient is
+    Σ_s (∂loss/∂logp_s) · ∇logp_s: fixed weights from a forward without kept activations, then
+    each chunk's forward again with its backward. The chunks here run under activation
+    checkpointing, which does exactly that inside the single backward the Trainer (and
+    DeepSpeed) already calls: the first pass keeps only each chunk's inputs; backward, after the
+    loss has given the weights, recomputes one chunk, backpropagates it and frees it before the
+    next. Peak activation memory is one chunk's, whatever K is. Sequences are chunked in length
+    order, so chunks pad less than the whole batch would.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # DDP synchronises gradients from hooks its own forward arms once per backward; a chunk
+        # recomputed inside backward would run that forward again.
+        raise BadInput("train.gradient_cache needs DeepSpeed (train.deepspeed) on more than one rank; "
+                       "set train.gradient_cache=false to train with plain DDP")
+    # The engine's forward arms DeepSpeed's backward hooks once per step; chunks call the model
+    # inside it, whose ZeRO parameter hooks are per module and still gather and reduce.
+    inner = unwrap(model)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
+    totals, counts = [], []
+    for start in range(0, len(order), sequences_per_chunk):
+        chunk = [pairs[i] for i in order[start : start + sequences_per_chunk]]
+        batch = collate_pairs(chunk, pad_id)
+        total, n_tokens = checkpoint(
+            _chunk_logps, inner, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")),
+            use_reentrant=False,
+        )
+        totals.append(total)
+        counts.append(n_tokens)
+    positions = torch.tensor(order, device=device)
+    total = torch.cat(totals)
+    in_order = total.new_empty(len(pairs)).index_copy(0, positions, total)
+    n_tokens = torch.cat(counts)
+    return SequenceLogps(total=in_order, n_tokens=n_tokens.new_empty(len(pairs)).index_copy(0, positions, n_tokens))
 
 
 @torch.no_grad()

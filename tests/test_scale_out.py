@@ -1,0 +1,171 @@
+"""Log-probs without the full logits, and gradient caching: same numbers, less memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+from d2o.methods import D2O, D2OConfig
+from baselines.dpo import DPO, DPOConfig
+from harness.errors import BadInput
+from harness.logprobs import (
+    EncodedPair,
+    collate_pairs,
+    full_logits_sequence_logps,
+    projects_responses_only,
+    recomputed_sequence_logps,
+    score_pairs,
+    sequence_logps,
+)
+from harness.training import MethodTrainer, RoleCollator
+
+VOCAB = 301
+
+
+def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **overrides)
+    return LlamaForCausalLM(config)
+
+
+def random_pairs(n: int, seed: int = 1) -> list[EncodedPair]:
+    generator = torch.Generator().manual_seed(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = int(torch.randint(1, 6, (1,), generator=generator))
+        response = int(torch.randint(1, 12, (1,), generator=generator))
+        ids = torch.randint(3, VOCAB, (prompt + response,), generator=generator).tolist()
+        pairs.append(EncodedPair(ids, prompt))
+    return pairs
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def max_relative_difference(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    return max(float((g - w).abs().max() / w.abs().max().clamp(min=1e-30)) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1024, 7, 1])
+def test_response_only_head_matches_full_logits(chunk_tokens):
+    """Values to 1e-5 and gradients alike, in one chunk or many (recomputed in backward)."""
+    model = tiny_llama()
+    batch = collate_pairs(random_pairs(6), pad_id=0)
+    assert projects_responses_only(model)
+    got = sequence_logps(model, **batch, logit_chunk_tokens=chunk_tokens)
+    want = full_logits_sequence_logps(model, **batch)
+    torch.testing.assert_close(got.total, want.total, rtol=1e-5, atol=1e-5)
+    assert got.n_tokens.tolist() == want.n_tokens.tolist()
+    (got.total * torch.arange(1.0, 7.0)).sum().backward()
+    got_grads = grads(model)
+    model.zero_grad()
+    (want.total * torch.arange(1.0, 7.0)).sum().backward()
+    assert max_relative_difference(got_grads, grads(model)) < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(model, **batch, logit_chunk_tokens=chunk_tokens).total,
+                                   want.total.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_response_only_head_never_projects_every_position(monkeypatch):
+    """The head sees response positions only (here 1 + the chunk's rows), never B × L of them."""
+    model = tiny_llama()
+    pairs = random_pairs(5)
+    batch = collate_pairs(pairs, pad_id=0)
+    rows_seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: rows_seen.append(out.reshape(-1, VOCAB).shape[0]))
+    sequence_logps(model, **batch, logit_chunk_tokens=4)
+    response_tokens = int(batch["response_mask"][:, 1:].sum())
+    width = batch["input_ids"].shape[1]
+    assert max(rows_seen) <= max(4, len(pairs)) < len(pairs) * width
+    assert sum(r for r in rows_seen if r != len(pairs)) >= response_tokens - 4
+
+
+def test_models_that_rescale_logits_take_the_full_path():
+    model = tiny_llama()
+    model.config.final_logit_softcapping = 30.0
+    assert not projects_responses_only(model)
+    batch = collate_pairs(random_pairs(3), pad_id=0)
+    torch.testing.assert_close(sequence_logps(model, **batch).total, full_logits_sequence_logps(model, **batch).total)
+
+
+def test_score_pairs_matches_full_logits():
+    model = tiny_llama()
+    pairs = random_pairs(9)
+    with torch.no_grad():
+        want = full_logits_sequence_logps(model, **collate_pairs(pairs, 0)).total.tolist()
+    assert score_pairs(model, pairs, 0, 4, "test") == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def _d2o_inputs(prompts: int, k: int) -> dict:
+    pairs = random_pairs(prompts * (k + 1), seed=5)
+    rows = []
+    for p in range(prompts):
+        group = pairs[p * (k + 1) : (p + 1) * (k + 1)]
+        rows.append({
+            "prompt_index": p,
+            "negative_ids": group[0].input_ids, "negative_start": group[0].response_start,
+            "samples_ids": [s.input_ids for s in group[1:]], "samples_start": [s.response_start for s in group[1:]],
+            # References off the policy's values, so the margins (and the weights) differ per prompt.
+            "ref_negative": -20.0 + 3 * p, "ref_samples": [-25.0 + i for i in range(k)],
+        })
+    return RoleCollator(D2O(D2OConfig(k=k))).__call__(rows)
+
+
+def _loss_and_grads(tmp_path, chunk: int, method, inputs) -> tuple[float, list[torch.Tensor]]:
+    model = tiny_llama(seed=3)
+    args = TrainingArguments(output_dir=str(tmp_path / f"chunk{chunk}"), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_chunk=chunk)
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    return float(loss.detach()), grads(model)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_gradient_cache_gives_the_unchunked_gradients(tmp_path, chunk):
+    """D²O at K = 4 on 3 prompts (15 sequences): chunked gradients equal one forward's to 1e-6."""
+    method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    plain_loss, plain = _loss_and_grads(tmp_path, 0, method, inputs)
+    cached_loss, cached = _loss_and_grads(tmp_path, chunk, method, inputs)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert max_relative_difference(cached, plain) < 1e-6
+    assert any(float(g.abs().max()) > 0 for g in plain)
+
+
+def test_gradient_cache_forwards_at_most_a_chunk(tmp_path, monkeypatch):
+    method = D2O(D2OConfig(k=4))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    model = tiny_llama(seed=3)
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_chunk=4)
+    trainer.compute_loss(model, inputs).backward()
+    # 15 sequences in chunks of 4 (4, 4, 4, 3), each forwarded once and recomputed once.
+    assert sorted(widths) == [3, 3, 4, 4, 4, 4, 4, 4]
+
+
+def test_gradient_cache_serves_dpo_style_methods_too(tmp_path):
+    method = DPO(DPOConfig(beta=0.2))
+    pairs = random_pairs(8, seed=9)
+    rows = [{"prompt_index": i, "chosen_ids": pairs[2 * i].input_ids, "chosen_start": pairs[2 * i].response_start,
+             "negative_ids": pairs[2 * i + 1].input_ids, "negative_start": pairs[2 * i + 1].response_start,
+             "ref_chosen": -10.0 - i, "ref_negative": -12.0 + i} for i in range(4)]
+    inputs = RoleCollator(method)(rows)
+    plain_loss, plain = _loss_and_grads(tmp_path, 0, method, inputs)
+    cached_loss, cached = _loss_and_grads(tmp_path, 3, method, inputs)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert max_relative_difference(cached, plain) < 1e-6
+
+
+def test_gradient_cache_refuses_plain_ddp():
+    class FakeDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self):  # no process group needed to be refused
+            torch.nn.Module.__init__(self)
+
+    with pytest.raises(BadInput, match="gradient_cache"):
+        recomputed_sequence_logps(FakeDDP(), random_pairs(3), 0, "cpu", 1)
