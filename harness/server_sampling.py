@@ -1,0 +1,140 @@
+"""Self-samples from an OpenAI-compatible server (`sampling.backend: openai`).
+
+vLLM's `serve` (or any server speaking the OpenAI completions API) draws the K samples instead of
+`model.generate` in this process: the harness sends each prompt, already rendered in the run's
+prompt format, with `n = K` and the run's temperature, top-p, top-k, max tokens and a per-prompt
+seed, so a sample depends on its prompt and the run's seed, not on the order requests arrive in.
+A completion that stopped on its own (finish_reason "stop") ended; one cut at max tokens did not,
+as in `harness.generation`. The API key comes from the environment (`sampling.api_key_env`; a
+server on 127.0.0.1 gets a placeholder) and is scrubbed from every error this module raises.
+Requests go through the judge's client (`openai`), retry policy and error descriptions.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlparse
+
+from harness.errors import BadInput, RunFailure
+from harness.generation import Completion
+from harness.scoring.judge import api_key_for, describe_api_error, is_retryable_api_error
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    base_url: str
+    # The name the server knows the model by (vLLM: --served-model-name, else the path it serves);
+    # None: the server's only model.
+    model: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 600.0
+    max_retries: int = 4
+
+
+def prompt_seed(seed: int, prompt_text: str) -> int:
+    """The seed a prompt's request carries: the run's seed and the prompt, nothing else."""
+    return int(hashlib.sha256(f"{seed}\n{prompt_text}".encode()).hexdigest()[:8], 16)
+
+
+def _client(settings: ServerSettings):
+    import openai
+
+    secret, api_key = api_key_for(settings.api_key_env, settings.base_url)
+    if not api_key:
+        raise BadInput(f"sampling.base_url {settings.base_url} is not local and the environment variable "
+                       f"{settings.api_key_env} (sampling.api_key_env) is not set")
+    return openai.OpenAI(api_key=api_key, base_url=settings.base_url, max_retries=0,
+                         timeout=settings.timeout_s), secret
+
+
+def _server_version(base_url: str) -> Optional[str]:
+    """vLLM answers GET /version at the server root; other servers may not (then None)."""
+    parsed = urlparse(base_url)
+    try:
+        with urllib.request.urlopen(f"{parsed.scheme}://{parsed.netloc}/version", timeout=10) as reply:
+            return str(json.loads(reply.read().decode()).get("version")) or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def server_identity(settings: ServerSettings) -> dict:
+    """The model the server serves under the configured name, and the server's version."""
+    client, secret = _client(settings)
+    try:
+        models = [m.id for m in client.models.list().data]
+    except Exception as exc:  # noqa: BLE001 - one line for whatever the client raised
+        raise RunFailure(f"sampling server {settings.base_url}: {describe_api_error(exc, settings.timeout_s, secret)}") from None
+    if settings.model is None:
+        if len(models) != 1:
+            raise BadInput(f"sampling server {settings.base_url} serves {len(models)} models ({', '.join(models)}); "
+                           "name one with sampling.server_model")
+        model = models[0]
+    elif settings.model in models:
+        model = settings.model
+    else:
+        raise BadInput(f"sampling server {settings.base_url} does not serve {settings.model!r} "
+                       f"(it serves: {', '.join(models) or 'nothing'})")
+    return {"base_url": settings.base_url, "model": model, "server_version": _server_version(settings.base_url)}
+
+
+def sample_from_server(
+    prompt_texts: list[str],
+    *,
+    settings: ServerSettings,
+    model: str,
+    k: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    seed: int,
+    progress=None,
+) -> list[list[Completion]]:
+    """`k` completions per prompt from the server, in prompt order. Raises RunFailure with one
+    line when a request still fails after its retries, or the server's reply is malformed."""
+    client, secret = _client(settings)
+    extra = {"top_k": top_k} if top_k else None
+
+    def one(text: str) -> list[Completion]:
+        attempt = 0
+        while True:
+            try:
+                reply = client.completions.create(
+                    model=model, prompt=text, n=k, temperature=temperature, top_p=top_p,
+                    max_tokens=max_new_tokens, seed=prompt_seed(seed, text), extra_body=extra,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - retried or turned into one line
+                if is_retryable_api_error(exc) and attempt < settings.max_retries:
+                    time.sleep(min(30.0, 0.5 * 2 ** attempt))
+                    attempt += 1
+                    continue
+                raise RunFailure(f"sampling server {settings.base_url}: "
+                                 f"{describe_api_error(exc, settings.timeout_s, secret)}") from None
+        choices = sorted(getattr(reply, "choices", None) or [], key=lambda c: c.index)
+        if len(choices) != k or not all(isinstance(c.text, str) for c in choices):
+            raise RunFailure(f"sampling server {settings.base_url}: asked for {k} completions of a prompt, "
+                             f"got {len(choices)} usable ones")
+        return [Completion(c.text.strip(), c.finish_reason == "stop") for c in choices]
+
+    results: list[list[Completion]] = [[] for _ in prompt_texts]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+        futures = {pool.submit(one, text): i for i, text in enumerate(prompt_texts)}
+        try:
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                if progress is not None and done % 50 == 0:
+                    progress(f"server samples: {done}/{len(prompt_texts)} prompts")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
