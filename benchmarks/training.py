@@ -9,7 +9,8 @@ is its own), the configurations alternate within each round, and each prints its
 time (first step dropped), the peak RSS of the training steps alone, and its last loss:
 
 - harness DPO vs TRL `DPOTrainer` (precomputed reference log-probs, and a resident reference
-  model): 64 pairs, batch 8, the same pairs in the same order;
+  model): 64 pairs, batch 8, the same pairs in the same order; and the harness DPO step with
+  the full-logits log-probs it used before (every position through the LM head);
 - D²O vs DPO per prompt (batch 4 prompts) at K = 4 and 11, gradient caching off and on;
 - the harness DPO step under glibc malloc, glibc with transparent huge pages for its mmapped
   chunks, and jemalloc with page release off (the allocator's share: glibc mmaps every buffer
@@ -143,6 +144,11 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     from harness.registry import get_method
     from harness.training import MethodTrainer, RoleCollator
 
+    if spec.get("logits") == "full":
+        import harness.logprobs
+
+        # The path before response-only projection: the model's [B, L, V] logits, every position.
+        harness.logprobs.projects_responses_only = lambda model: False
     method_cls = get_method(spec["method"])
     config = method_cls.Config(**({"k": spec["k"]} if spec.get("k") else {}))
     method = method_cls(config)
@@ -246,6 +252,7 @@ def configurations(steps: int) -> dict[str, dict]:
     per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2)}
     configs = {
         "harness-dpo": {**base, "trainer": "harness", "method": "dpo"},
+        "harness-dpo-full-logits": {**base, "trainer": "harness", "method": "dpo", "logits": "full"},
         "trl-dpo-precomputed": {**base, "trainer": "trl", "reference": "precomputed"},
         "trl-dpo-resident": {**base, "trainer": "trl", "reference": "resident"},
         "dpo-b4": {**per_prompt, "trainer": "harness", "method": "dpo"},
@@ -314,7 +321,9 @@ def main() -> int:
         return [x[key] / y[key] for x, y in zip(runs[a], runs[b])]
 
     print("\nratios (per round, paired; median [range])")
-    pairs = [("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time (target ≥ 1.7)"),
+    pairs = [("harness-dpo-full-logits", "harness-dpo", "median_step_s", "full-logits / response-only harness DPO step time"),
+             ("harness-dpo-full-logits", "harness-dpo", "peak_rss_mb", "full-logits / response-only harness DPO peak RSS"),
+             ("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time (target ≥ 1.7)"),
              ("trl-dpo-resident", "harness-dpo", "median_step_s", "TRL resident / harness DPO step time"),
              ("harness-dpo", "harness-dpo-jemalloc", "median_step_s", "glibc / jemalloc (no release) harness DPO step time"),
              ("harness-dpo", "harness-dpo-glibc-thp", "median_step_s", "glibc / glibc with huge pages harness DPO step time")]
