@@ -169,8 +169,9 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     checkpointing, which does exactly that inside the single backward the Trainer (and
     DeepSpeed) already calls: the first pass keeps only each chunk's inputs; backward, after the
     loss has given the weights, recomputes one chunk, backpropagates it and frees it before the
-    next. Peak activation memory is one chunk's, whatever K is. Sequences are chunked in length
-    order, so chunks pad less than the whole batch would.
+    next (the last chunk, which backward reaches first, keeps its activations instead). Peak
+    activation memory is one chunk's, whatever K is. Sequences are chunked in length order, so
+    chunks pad less than the whole batch would.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronises gradients from hooks its own forward arms once per backward; a chunk
@@ -182,13 +183,17 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     inner = unwrap(model)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
     totals, counts = [], []
-    for start in range(0, len(order), sequences_per_chunk):
+    starts = range(0, len(order), sequences_per_chunk)
+    for start in starts:
         chunk = [pairs[i] for i in order[start : start + sequences_per_chunk]]
         batch = collate_pairs(chunk, pad_id)
-        total, n_tokens = checkpoint(
-            _chunk_logps, inner, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")),
-            use_reentrant=False,
-        )
+        inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
+        if start == starts[-1]:
+            # Backward starts with the last chunk, so its activations are used before any other
+            # chunk is recomputed: keeping them costs no more than one chunk and saves its rerun.
+            total, n_tokens = _chunk_logps(inner, *inputs)
+        else:
+            total, n_tokens = checkpoint(_chunk_logps, inner, *inputs, use_reentrant=False)
         totals.append(total)
         counts.append(n_tokens)
     positions = torch.tensor(order, device=device)

@@ -140,10 +140,6 @@ def _sample_count(ctx: RunContext) -> int:
     return int(getattr(ctx.cfg.method, "k", ctx.cfg.sampling.num_samples))
 
 
-def _needs_samples(method: Method) -> bool:
-    return "samples" in method.roles or method.chosen_source == "safe_self_samples"
-
-
 # ----------------------------------------------------------------------------------------------
 # Stages
 
@@ -185,14 +181,8 @@ def stage_data(ctx: RunContext) -> dict:
     }
 
 
-def _server_settings(cfg: RunConfig) -> ServerSettings:
-    s = cfg.sampling
-    return ServerSettings(base_url=s.base_url, model=s.server_model, api_key_env=s.api_key_env,
-                          concurrency=s.concurrency)
-
-
 def stage_self_samples(ctx: RunContext) -> dict:
-    if not ctx.method.trains or not _needs_samples(ctx.method):
+    if not ctx.method.trains or not ctx.method.draws_self_samples():
         return {"skipped": "the method uses no self-samples"}
     cfg = ctx.cfg
     out = ctx.run_dir.stage_dir("self_samples")
@@ -219,7 +209,7 @@ def stage_self_samples(ctx: RunContext) -> dict:
     server = None
     if cfg.sampling.backend == "openai":
         # The server's name for its model and its version join the key; its dtype is its own.
-        server = server_identity(_server_settings(cfg))
+        server = server_identity(ServerSettings.of(cfg.sampling))
         identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
         del identity["dtype"]
     key = sha256_json(identity)[:24]
@@ -243,7 +233,7 @@ def stage_self_samples(ctx: RunContext) -> dict:
             tokenizer = load_tokenizer(spec, gguf_file=cfg.model.gguf_file)
             texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
             generated = sample_from_server(
-                texts, settings=_server_settings(cfg), model=server["model"], k=k,
+                texts, settings=ServerSettings.of(cfg.sampling), model=server["model"], k=k,
                 temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
                 max_new_tokens=cfg.sampling.max_new_tokens, seed=ctx.cfg.seed, progress=ctx.progress,
             )
@@ -290,7 +280,7 @@ def _encode_examples(ctx: RunContext, tokenizer) -> list[dict]:
     cfg = ctx.cfg
     examples = _read_jsonl(ctx.run_dir.root / "data" / "train_examples.jsonl")
     samples = None
-    if _needs_samples(ctx.method):
+    if ctx.method.draws_self_samples():
         samples = json.loads((ctx.run_dir.root / "self_samples" / "samples.json").read_text())
     if ctx.method.chosen_source == "safe_self_samples":
         safe = json.loads((ctx.run_dir.root / "self_samples" / "safe_chosen.json").read_text())

@@ -36,6 +36,7 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
     models) reports models, datasets and disk as warnings instead."""
     from harness.leaderboard import read_leaderboard
+    from harness.registry import get_method
     from harness.suites import get_suite
 
     out = Path(out)
@@ -73,6 +74,9 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # in a dry run, and before the rows are read: the plan itself would be wrong.
     get_suite(cfg.suite).check(cfg)
     check_sources(local_rows, lambda: _check_disk(cfg, existing))
+    method = get_method(cfg.method_name)
+    if cfg.sampling.backend == "openai" and method.trains and method.draws_self_samples():
+        check_sources(lambda: _check_sampling_server(cfg.sampling))
     if cfg.eval.judge_model:
         problem = judge_problem(cfg.eval)
         if problem:
@@ -211,6 +215,17 @@ def _size(n_bytes: int) -> str:
         if n_bytes >= scale:
             return f"{n_bytes / scale:.1f} {unit}"
     return f"{n_bytes} bytes"
+
+
+def _check_sampling_server(sampling_cfg) -> None:
+    """The self-samples' server answers and serves the configured model (one model list)."""
+    from harness.errors import RunFailure
+    from harness.server_sampling import ServerSettings, server_identity
+
+    try:
+        server_identity(ServerSettings.of(sampling_cfg, timeout_s=10.0))
+    except RunFailure as exc:
+        raise BadInput(f"{exc} (sampling.backend=openai: start the server first, docs/SAMPLING_SERVER.md)") from None
 
 
 def judge_problem(eval_cfg) -> Optional[str]:

@@ -133,6 +133,11 @@ class Method(ABC):
         self.config = config
         self.validate()
 
+    @classmethod
+    def draws_self_samples(cls) -> bool:
+        """Whether its runs need self-samples: a samples role, or the chosen picked from them."""
+        return "samples" in cls.roles or cls.chosen_source == "safe_self_samples"
+
     def validate(self) -> None:
         """Raise BadInput for hyperparameters outside the method's domain."""
 

@@ -37,6 +37,12 @@ class ServerSettings:
     timeout_s: float = 600.0
     max_retries: int = 4
 
+    @classmethod
+    def of(cls, sampling_cfg, **overrides) -> "ServerSettings":
+        """From a run's `sampling` section."""
+        return cls(base_url=sampling_cfg.base_url, model=sampling_cfg.server_model,
+                   api_key_env=sampling_cfg.api_key_env, concurrency=sampling_cfg.concurrency, **overrides)
+
 
 def prompt_seed(seed: int, prompt_text: str) -> int:
     """The seed a prompt's request carries: the run's seed and the prompt, nothing else."""

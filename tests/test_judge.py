@@ -51,8 +51,9 @@ def reasoned_verdict(content: str) -> str:
 class FakeJudge:
     """A stdlib HTTP server in a thread; `behaviour(handler, body, count)` answers each request."""
 
-    def __init__(self, behaviour):
+    def __init__(self, behaviour, models: tuple[str, ...] = ("fake-judge",)):
         self.behaviour = behaviour
+        self.models = models  # what GET /v1/models lists
         self.count = 0
         self.bodies: list[dict] = []
         self.auth_headers: list[str] = []
@@ -76,6 +77,15 @@ class FakeJudge:
                     fake.bodies.append(body)
                     fake.auth_headers.append(self.headers.get("Authorization", ""))
                 fake.behaviour(self, body, count)
+
+            def do_GET(self):  # noqa: N802
+                if self.path.rstrip("/").endswith("/models"):
+                    self.reply_json(200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in fake.models]})
+                elif self.path == "/version":
+                    self.reply_json(200, {"version": "fake-1.0"})
+                else:
+                    self.reply_json(404, {"error": {"message": "no such route"}})
 
             def reply_json(self, status: int, payload) -> None:
                 data = json.dumps(payload).encode()

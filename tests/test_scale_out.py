@@ -145,8 +145,9 @@ def test_gradient_cache_forwards_at_most_a_chunk(tmp_path, monkeypatch):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_chunk=4)
     trainer.compute_loss(model, inputs).backward()
-    # 15 sequences in chunks of 4 (4, 4, 4, 3), each forwarded once and recomputed once.
-    assert sorted(widths) == [3, 3, 4, 4, 4, 4, 4, 4]
+    # 15 sequences in chunks of 4, 4, 4 and 3 (length order), each forwarded once and, but for
+    # the last, which backward reaches first, recomputed once.
+    assert sorted(widths) == [3, 4, 4, 4, 4, 4, 4]
 
 
 def test_gradient_cache_serves_dpo_style_methods_too(tmp_path):
