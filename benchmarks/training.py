@@ -131,6 +131,9 @@ def _common_args(output_dir: str, batch: int, steps: int) -> dict:
     return dict(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-6,
                 lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                 seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
+                # fp32 without recomputation for both: TRL's DPOConfig would otherwise default to
+                # bf16 autocast and gradient checkpointing (slower on this CPU, other numerics).
+                bf16=False, gradient_checkpointing=False,
                 # The same pairs in the same order for both trainers.
                 train_sampling_strategy="sequential")
 
