@@ -11,7 +11,8 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
 - harness DPO vs TRL `DPOTrainer` (precomputed reference log-probs, and a resident reference
   model): 64 pairs, batch 8, the same pairs in the same order; and the harness DPO step with
   the full-logits log-probs it used before (every position through the LM head);
-- D²O vs DPO per prompt (batch 4 prompts) at K = 4 and 11, gradient caching off and on;
+- D²O vs DPO per prompt (batch 4 prompts) at K = 4 and 11, gradient caching off and on (chunks
+  of at most `--chunks` padded tokens; DPO forwards about 900 at this batch);
 - the harness DPO step under glibc malloc, glibc with transparent huge pages for its mmapped
   chunks, and jemalloc with page release off (the allocator's share: glibc mmaps every buffer
   over 32 MB afresh and page-faults it in 4 kB pages every step);
@@ -181,7 +182,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     trainer = MethodTrainer(
         model=model, args=TrainingArguments(**_common_args(out, spec["batch"], spec["steps"])), train_dataset=Dataset.from_list(examples),
         data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
-        pad_id=tokenizer.pad_token_id, gradient_cache_chunk=spec.get("chunk", 0),
+        pad_id=tokenizer.pad_token_id, gradient_cache_tokens=spec.get("chunk_tokens", 0),
     )
     tokens = []
     original = trainer.compute_loss
@@ -250,7 +251,7 @@ def worker(spec: dict) -> dict:
 # --------------------------------------------------------------------------- driver side
 
 
-def configurations(steps: int) -> dict[str, dict]:
+def configurations(steps: int, chunks: list[int]) -> dict[str, dict]:
     base = {"pairs": 64, "batch": 8, "steps": steps}
     per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2)}
     configs = {
@@ -262,8 +263,9 @@ def configurations(steps: int) -> dict[str, dict]:
     }
     for k in (4, 11):
         configs[f"d2o-k{k}-b4"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k}
-        # One chunk holds what DPO forwards at this batch: 2 sequences a prompt.
-        configs[f"d2o-k{k}-b4-cached"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k, "chunk": 8}
+        for chunk in chunks:
+            configs[f"d2o-k{k}-b4-cached-{chunk}t"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k,
+                                                        "chunk_tokens": chunk}
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
     if JEMALLOC.is_file():
         configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
@@ -297,11 +299,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
     parser.add_argument("--only", action="append", default=[], help="configurations to run (default: all)")
     parser.add_argument("--json", help="also write every run's numbers here")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 512],
+                        help="gradient-caching chunk sizes (padded tokens) to time D2O with")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
-    configs = configurations(args.steps)
+    configs = configurations(args.steps, args.chunks)
     names = args.only or list(configs)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(args.rounds):
@@ -333,9 +337,11 @@ def main() -> int:
     for k in (4, 11):
         target = 1.4 * (k + 1) / 2
         pairs += [(f"d2o-k{k}-b4", "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching off ((K+1)/2 = {(k + 1) / 2:g})"),
-                  (f"d2o-k{k}-b4-cached", "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching on (target ≤ {target:.1f})"),
-                  (f"d2o-k{k}-b4", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off"),
-                  (f"d2o-k{k}-b4-cached", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on (target ≤ 1.3)")]
+                  (f"d2o-k{k}-b4", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off")]
+        for chunk in args.chunks:
+            name = f"d2o-k{k}-b4-cached-{chunk}t"
+            pairs += [(name, "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching on, {chunk}-token chunks (target ≤ {target:.1f})"),
+                      (name, "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on, {chunk}-token chunks (target ≤ 1.3)")]
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")

@@ -150,7 +150,7 @@ class SamplingConfig:
 
 
 # Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
-GRADIENT_CACHE_DEFAULT = False
+GRADIENT_CACHE_DEFAULT = True
 
 
 @dataclass
@@ -182,13 +182,14 @@ class TrainConfig:
     # Checkpoints kept while training (the newest complete one must survive a kill mid-write).
     save_total_limit: int = 2
     # Gradient caching: a loss that sees its sequences only through their log-probs (every
-    # registered method's) gets the same gradients when the sequences are run
-    # `gradient_cache_chunk` at a time, each chunk's activations recomputed in backward instead
-    # of kept, so peak memory is set by the chunk, not by K or the batch. Costs one more forward
-    # per step; micro-batches with no more sequences than the chunk take the plain path.
+    # registered method's) gets the same gradients when the sequences run through the model in
+    # chunks, each chunk's activations recomputed in backward instead of kept, so peak memory is
+    # set by the chunk, not by K or the batch. Costs up to one more forward per step;
+    # micro-batches that fit in one chunk take the plain path.
     gradient_cache: bool = GRADIENT_CACHE_DEFAULT
-    # Sequences (all roles, prompts and self-samples together) forwarded at once under caching.
-    gradient_cache_chunk: int = 8
+    # A chunk's size in padded tokens (sequences × their longest length): what activation memory
+    # grows with. Sequences of all roles, prompts and self-samples fill chunks in length order.
+    gradient_cache_tokens: int = 1024
 
 
 @dataclass
@@ -310,7 +311,7 @@ class RunConfig:
 # to the unchunked ones), so it is operational too.
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
-    ("train", "gradient_cache_chunk"), ("sampling", "base_url"), ("sampling", "api_key_env"),
+    ("train", "gradient_cache_tokens"), ("sampling", "base_url"), ("sampling", "api_key_env"),
     ("sampling", "concurrency"),
 )
 
@@ -571,7 +572,7 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.eval.judge_max_tokens >= 1, "eval.judge_max_tokens must be >= 1"),
         (cfg.train.save_steps >= 0, "train.save_steps must be >= 0 (0: no checkpoints)"),
         (cfg.train.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
-        (cfg.train.gradient_cache_chunk >= 1, "train.gradient_cache_chunk must be >= 1"),
+        (cfg.train.gradient_cache_tokens >= 1, "train.gradient_cache_tokens must be >= 1"),
         (cfg.sampling.backend in SAMPLING_BACKENDS,
          f"sampling.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.sampling.backend!r}"),
         (cfg.sampling.backend != "openai" or (cfg.sampling.base_url is not None and _is_http_url(cfg.sampling.base_url)),

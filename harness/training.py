@@ -3,7 +3,7 @@
 Batches carry, per role the method asks for, the tokenised (prompt, response) pairs and the
 precomputed reference log-probs. `MethodTrainer.compute_loss` runs every sequence of the batch
 (all roles concatenated) through one forward, or with gradient caching (`train.gradient_cache`)
-through chunks of a fixed size, splits the summed log-probs back per role and hands them to
+through chunks of a bounded number of padded tokens, splits the summed log-probs back per role and hands them to
 `Method.loss`. Nothing here knows which method it is training.
 """
 
@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput
 from harness.faults import kill_point
-from harness.logprobs import EncodedPair, collate_pairs, recomputed_sequence_logps, sequence_logps
+from harness.logprobs import EncodedPair, collate_pairs, padded_tokens, recomputed_sequence_logps, sequence_logps
 from harness.registry import Method, SequenceLogps
 
 # ZeRO presets. "auto" values are filled in by transformers' DeepSpeed integration from the
@@ -114,12 +114,13 @@ class RoleCollator:
 
 class MethodTrainer(Trainer):
     def __init__(self, *args, method: Method, pad_id: int, sample_refresher=None,
-                 gradient_cache_chunk: int = 0, **kwargs):
+                 gradient_cache_tokens: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
         self.pad_id = pad_id
-        # 0: every sequence of a micro-batch in one forward; N: gradient caching, N at a time.
-        self.gradient_cache_chunk = gradient_cache_chunk
+        # 0: every sequence of a micro-batch in one forward; N: gradient caching in chunks of at
+        # most N padded tokens, when the micro-batch does not fit in one.
+        self.gradient_cache_tokens = gradient_cache_tokens
         self.sample_refresher = sample_refresher
         # Our loss is a per-batch mean, so let the Trainer divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
@@ -146,8 +147,8 @@ class MethodTrainer(Trainer):
                 flat.extend(pairs[role])
                 layout.append((role, len(pairs[role]), None))
         device = self.args.device
-        if self.gradient_cache_chunk and len(flat) > self.gradient_cache_chunk and torch.is_grad_enabled():
-            logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_chunk)
+        if self.gradient_cache_tokens and padded_tokens(flat) > self.gradient_cache_tokens and torch.is_grad_enabled():
+            logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_tokens)
         else:
             batch = {key: value.to(device) for key, value in collate_pairs(flat, self.pad_id).items()}
             logps = sequence_logps(model, **batch)
@@ -323,7 +324,7 @@ def train_method(
         method=method,
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
-        gradient_cache_chunk=train_cfg.gradient_cache_chunk if train_cfg.gradient_cache else 0,
+        gradient_cache_tokens=train_cfg.gradient_cache_tokens if train_cfg.gradient_cache else 0,
     )
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():

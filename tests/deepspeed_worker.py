@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-steps", type=int, default=0, help="checkpoint interval (train.save_steps)")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="where checkpoints live across invocations (default: a scratch directory)")
-    parser.add_argument("--gradient-cache-chunk", type=int, default=0,
-                        help="train.gradient_cache with this chunk size (0: off)")
+    parser.add_argument("--gradient-cache-tokens", type=int, default=0,
+                        help="train.gradient_cache with chunks of this many padded tokens (0: off)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr, max_steps=args.steps, per_device_batch_size=args.per_device_batch,
         gradient_accumulation_steps=args.grad_accum, lr_scheduler="constant", warmup_ratio=0.0,
         max_grad_norm=1.0, deepspeed=args.deepspeed, logging_steps=1, save_steps=args.save_steps,
-        gradient_cache=args.gradient_cache_chunk > 0, gradient_cache_chunk=max(1, args.gradient_cache_chunk),
+        gradient_cache=args.gradient_cache_tokens > 0, gradient_cache_tokens=max(1, args.gradient_cache_tokens),
     )
     with tempfile.TemporaryDirectory() as scratch:
         torch.manual_seed(args.seed)  # as stage_train does before train_method

@@ -222,7 +222,8 @@ def test_a_zero_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, ze
 @deepspeed_test
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_gradient_caching_under_zero_trains_as_one_forward(tmp_path, zero):
-    """D²O at K = 2 with 4 prompts a micro-batch (12 sequences) in chunks of 5 sequences under
+    """D²O at K = 2 with 4 prompts a micro-batch (12 sequences of 7-17 tokens) in chunks of at
+    most 40 padded tokens under
     ZeRO-2 and ZeRO-3 (one process): the chunks call the model inside the engine and ZeRO's
     parameter hooks gather (stage 3) and reduce for each recomputed chunk.
     Tolerance: 1e-5 on losses, 1e-4 relative on gradient norms over 4 steps at lr 1e-2, from the
@@ -230,7 +231,7 @@ def test_gradient_caching_under_zero_trains_as_one_forward(tmp_path, zero):
     pytest.importorskip("deepspeed")
     common = [*COMMON, "--per-device-batch", "4", "--steps", "4", "--deepspeed", zero]
     _run([sys.executable, str(WORKER), "--out", str(tmp_path / "plain.json"), *common], tmp_path / "plain.log")
-    _run([sys.executable, str(WORKER), "--out", str(tmp_path / "cached.json"), *common, "--gradient-cache-chunk", "5"],
+    _run([sys.executable, str(WORKER), "--out", str(tmp_path / "cached.json"), *common, "--gradient-cache-tokens", "40"],
          tmp_path / "cached.log")
     plain = json.loads((tmp_path / "plain.json").read_text())
     cached = json.loads((tmp_path / "cached.json").read_text())

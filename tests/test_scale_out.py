@@ -13,6 +13,8 @@ from harness.logprobs import (
     EncodedPair,
     collate_pairs,
     full_logits_sequence_logps,
+    length_chunks,
+    padded_tokens,
     projects_responses_only,
     recomputed_sequence_logps,
     score_pairs,
@@ -114,40 +116,52 @@ def _d2o_inputs(prompts: int, k: int) -> dict:
     return RoleCollator(D2O(D2OConfig(k=k))).__call__(rows)
 
 
-def _loss_and_grads(tmp_path, chunk: int, method, inputs) -> tuple[float, list[torch.Tensor]]:
+def _loss_and_grads(tmp_path, tokens: int, method, inputs) -> tuple[float, list[torch.Tensor]]:
     model = tiny_llama(seed=3)
-    args = TrainingArguments(output_dir=str(tmp_path / f"chunk{chunk}"), use_cpu=True, report_to=[])
-    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_chunk=chunk)
+    args = TrainingArguments(output_dir=str(tmp_path / f"chunk{tokens}"), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=tokens)
     loss = trainer.compute_loss(model, inputs)
     loss.backward()
     return float(loss.detach()), grads(model)
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 7])
-def test_gradient_cache_gives_the_unchunked_gradients(tmp_path, chunk):
+def test_length_chunks_respect_the_token_budget():
+    pairs = [EncodedPair([1] * n, 1) for n in (5, 9, 3, 9, 20, 4)]
+    assert length_chunks(pairs, 20) == [[2, 5, 0], [1, 3], [4]]  # 3 × 5, 2 × 9, 1 × 20 padded tokens
+    assert length_chunks(pairs, 1) == [[2], [5], [0], [1], [3], [4]]  # too long for any budget: alone
+    assert [i for chunk in length_chunks(pairs, 1000) for i in chunk] == [2, 5, 0, 1, 3, 4]
+    assert padded_tokens(pairs) == 6 * 20
+
+
+@pytest.mark.parametrize("tokens", [1, 30, 60])
+def test_gradient_cache_gives_the_unchunked_gradients(tmp_path, tokens):
     """D²O at K = 4 on 3 prompts (15 sequences): chunked gradients equal one forward's to 1e-6."""
     method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
     inputs = _d2o_inputs(prompts=3, k=4)
+    flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
+    assert len(length_chunks(flat, tokens)) > 1
     plain_loss, plain = _loss_and_grads(tmp_path, 0, method, inputs)
-    cached_loss, cached = _loss_and_grads(tmp_path, chunk, method, inputs)
+    cached_loss, cached = _loss_and_grads(tmp_path, tokens, method, inputs)
     assert cached_loss == pytest.approx(plain_loss, rel=1e-6)
     assert max_relative_difference(cached, plain) < 1e-6
     assert any(float(g.abs().max()) > 0 for g in plain)
 
 
-def test_gradient_cache_forwards_at_most_a_chunk(tmp_path, monkeypatch):
+def test_gradient_cache_forwards_at_most_a_chunk(tmp_path):
     method = D2O(D2OConfig(k=4))
     inputs = _d2o_inputs(prompts=3, k=4)
     model = tiny_llama(seed=3)
-    widths = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]),
+    shapes = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
                                     with_kwargs=True)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_chunk=4)
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=40)
     trainer.compute_loss(model, inputs).backward()
-    # 15 sequences in chunks of 4, 4, 4 and 3 (length order), each forwarded once and, but for
-    # the last, which backward reaches first, recomputed once.
-    assert sorted(widths) == [3, 4, 4, 4, 4, 4, 4]
+    flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
+    chunks = length_chunks(flat, 40)
+    assert all(rows * width <= 40 or rows == 1 for rows, width in shapes)
+    # Each chunk forwarded once and, but for the last, which backward reaches first, recomputed once.
+    assert len(shapes) == 2 * len(chunks) - 1 and len(chunks) > 2
 
 
 def test_gradient_cache_serves_dpo_style_methods_too(tmp_path):
@@ -158,7 +172,7 @@ def test_gradient_cache_serves_dpo_style_methods_too(tmp_path):
              "ref_chosen": -10.0 - i, "ref_negative": -12.0 + i} for i in range(4)]
     inputs = RoleCollator(method)(rows)
     plain_loss, plain = _loss_and_grads(tmp_path, 0, method, inputs)
-    cached_loss, cached = _loss_and_grads(tmp_path, 3, method, inputs)
+    cached_loss, cached = _loss_and_grads(tmp_path, 20, method, inputs)
     assert cached_loss == pytest.approx(plain_loss, rel=1e-6)
     assert max_relative_difference(cached, plain) < 1e-6
 
