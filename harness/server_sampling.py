@@ -65,9 +65,10 @@ def _server_version(base_url: str) -> Optional[str]:
     parsed = urlparse(base_url)
     try:
         with urllib.request.urlopen(f"{parsed.scheme}://{parsed.netloc}/version", timeout=10) as reply:
-            return str(json.loads(reply.read().decode()).get("version")) or None
+            version = json.loads(reply.read().decode()).get("version")
     except (OSError, ValueError, AttributeError):
         return None
+    return str(version) if version else None
 
 
 def server_identity(settings: ServerSettings) -> dict:
@@ -77,6 +78,8 @@ def server_identity(settings: ServerSettings) -> dict:
         models = [m.id for m in client.models.list().data]
     except Exception as exc:  # noqa: BLE001 - one line for whatever the client raised
         raise RunFailure(f"sampling server {settings.base_url}: {describe_api_error(exc, settings.timeout_s, secret)}") from None
+    finally:
+        client.close()
     if settings.model is None:
         if len(models) != 1:
             raise BadInput(f"sampling server {settings.base_url} serves {len(models)} models ({', '.join(models)}); "
@@ -131,7 +134,7 @@ def sample_from_server(
         return [Completion(c.text.strip(), c.finish_reason == "stop") for c in choices]
 
     results: list[list[Completion]] = [[] for _ in prompt_texts]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+    with client, concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
         futures = {pool.submit(one, text): i for i, text in enumerate(prompt_texts)}
         try:
             for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
