@@ -3,14 +3,15 @@
 Batches carry, per role the method asks for, the tokenised (prompt, response) pairs and the
 precomputed reference log-probs. `MethodTrainer.compute_loss` runs every sequence of the batch
 (all roles concatenated) through one forward, or with gradient caching (`train.gradient_cache`)
-through chunks of a bounded number of padded tokens, splits the summed log-probs back per role and hands them to
-`Method.loss`. Nothing here knows which method it is training.
+through chunks of a bounded number of padded tokens, splits the summed log-probs back per role
+and hands them to `Method.loss`. Nothing here knows which method it is training.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import resource
 import time
@@ -25,6 +26,8 @@ from harness.errors import BadInput
 from harness.faults import kill_point
 from harness.logprobs import EncodedPair, collate_pairs, padded_tokens, recomputed_sequence_logps, sequence_logps
 from harness.registry import Method, SequenceLogps
+
+log = logging.getLogger(__name__)
 
 # ZeRO presets. "auto" values are filled in by transformers' DeepSpeed integration from the
 # TrainingArguments, so batch sizes, precision and clipping stay defined in one place.
@@ -121,6 +124,7 @@ class MethodTrainer(Trainer):
         # 0: every sequence of a micro-batch in one forward; N: gradient caching in chunks of at
         # most N padded tokens, when the micro-batch does not fit in one.
         self.gradient_cache_tokens = gradient_cache_tokens
+        self._warned_ddp = False
         self.sample_refresher = sample_refresher
         # Our loss is a per-batch mean, so let the Trainer divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
@@ -147,7 +151,14 @@ class MethodTrainer(Trainer):
                 flat.extend(pairs[role])
                 layout.append((role, len(pairs[role]), None))
         device = self.args.device
-        if self.gradient_cache_tokens and padded_tokens(flat) > self.gradient_cache_tokens and torch.is_grad_enabled():
+        cache = self.gradient_cache_tokens and padded_tokens(flat) > self.gradient_cache_tokens and torch.is_grad_enabled()
+        if cache and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # Plain DDP cannot rerun its forward inside backward (harness/logprobs.py): one forward.
+            if not self._warned_ddp:
+                log.warning("train.gradient_cache is ignored under plain DDP; use a DeepSpeed preset for it")
+                self._warned_ddp = True
+            cache = False
+        if cache:
             logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_tokens)
         else:
             batch = {key: value.to(device) for key, value in collate_pairs(flat, self.pad_id).items()}

@@ -184,3 +184,25 @@ def test_gradient_cache_refuses_plain_ddp():
 
     with pytest.raises(BadInput, match="gradient_cache"):
         recomputed_sequence_logps(FakeDDP(), random_pairs(3), 0, "cpu", 1)
+
+
+def test_the_trainer_forwards_at_once_under_plain_ddp(tmp_path, caplog):
+    """Default-on caching must not break a torchrun/DDP run: one forward there, with a warning."""
+    class FakeDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, module):  # no process group: only the type matters to the trainer
+            torch.nn.Module.__init__(self)
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    method = D2O(D2OConfig(k=4))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    plain_loss, _ = _loss_and_grads(tmp_path, 0, method, inputs)
+    model = tiny_llama(seed=3)
+    args = TrainingArguments(output_dir=str(tmp_path / "ddp"), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=30)
+    with caplog.at_level("WARNING"):
+        loss = trainer.compute_loss(FakeDDP(model), inputs)
+    assert float(loss.detach()) == pytest.approx(plain_loss, rel=1e-6)
+    assert "ignored under plain DDP" in caplog.text
