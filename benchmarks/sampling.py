@@ -32,11 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _vllm_python() -> Path | None:
-    named = os.environ.get("D2O_BENCH_VLLM_PYTHON")
-    path = Path(named) if named else ROOT / ".venv-vllm" / "bin" / "python"
-    return path if path.is_file() else None
+from harness.server_sampling import launch_vllm, vllm_python  # noqa: E402
 
 
 def server_preload(python: Path) -> list[str]:
@@ -46,19 +42,7 @@ def server_preload(python: Path) -> list[str]:
 
 
 def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preload: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}", VLLM_CPU_KVCACHE_SPACE="2",
-               HF_HUB_OFFLINE="1")
-    if preload:
-        env["LD_PRELOAD"] = ":".join(preload)
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-             "--served-model-name", "policy", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
-             # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded request's
-             # prefill is split across steps: a step budget larger than any burst of prompts keeps
-             # prefills whole (docs/SAMPLING_SERVER.md).
-             "--max-num-batched-tokens", "32768"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = launch_vllm(python, checkpoint, served_name="policy", port=port, log_path=log_path, preload=tuple(preload))
     deadline = time.monotonic() + 900
     while True:
         try:
@@ -106,7 +90,7 @@ def main() -> int:
         return run
 
     ways = {"hf-batched": hf(64), "hf-one-at-a-time": hf(1)}
-    python = _vllm_python()
+    python = vllm_python(ROOT)
     server = None
     if python is None:
         print("no .venv-vllm (docs/SAMPLING_SERVER.md): vLLM left out", file=sys.stderr)

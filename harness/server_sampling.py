@@ -15,9 +15,12 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
@@ -147,3 +150,32 @@ def sample_from_server(
             raise
     return results
 
+
+
+def vllm_python(repo_root: Path) -> Optional[Path]:
+    """The interpreter of the separate vLLM environment: D2O_BENCH_VLLM_PYTHON, else
+    `.venv-vllm/bin/python` under the checkout (docs/SAMPLING_SERVER.md); None when absent."""
+    named = os.environ.get("D2O_BENCH_VLLM_PYTHON")
+    candidate = Path(named) if named else Path(repo_root) / ".venv-vllm" / "bin" / "python"
+    return candidate if candidate.is_file() else None
+
+
+def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_path: Path,
+                kv_cache_gib: int = 2, preload: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start vLLM's OpenAI server on 127.0.0.1 as docs/SAMPLING_SERVER.md does, in its own
+    process group (stop it with os.killpg), output to `log_path`. Returns without waiting for it
+    to answer."""
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib), HF_HUB_OFFLINE="1",
+               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"))
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
+    # The module, not the `vllm` console script: vllm-cpu 0.32.0's script fails on start.
+    argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
+            "--max-model-len", "1024",
+            # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split across steps: a step budget larger than any burst of
+            # prompts keeps prefills whole.
+            "--max-num-batched-tokens", "32768"]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -20,19 +20,13 @@ import pytest
 
 from harness.cli import main
 from harness.scoring.judge import JudgeSettings, judge_against_base
-from harness.server_sampling import ServerSettings, sample_from_server, server_identity
+from harness.server_sampling import ServerSettings, launch_vllm, sample_from_server, server_identity, vllm_python
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 600
 SERVED_NAME = "smollm2-135m-instruct"
-
-
-def vllm_python() -> Path | None:
-    named = os.environ.get("D2O_BENCH_VLLM_PYTHON")
-    candidate = Path(named) if named else ROOT / ".venv-vllm" / "bin" / "python"
-    return candidate if candidate.is_file() else None
 
 
 def _free_port() -> int:
@@ -51,7 +45,7 @@ def _up(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def vllm_server(bench_home, tmp_path_factory):
-    python = vllm_python()
+    python = vllm_python(ROOT)
     if python is None:
         pytest.skip("no vLLM environment: create .venv-vllm (docs/SAMPLING_SERVER.md) or set D2O_BENCH_VLLM_PYTHON")
     probe = subprocess.run([str(python), "-c", "import vllm"], capture_output=True, text=True)
@@ -67,18 +61,7 @@ def vllm_server(bench_home, tmp_path_factory):
     checkpoint = ensure_smollm2_checkpoint(bench_home)
     port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"),
-               VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
-             # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded request's
-             # prefill is split across steps: a step budget larger than any burst of prompts keeps
-             # prefills whole (docs/SAMPLING_SERVER.md).
-             "--max-num-batched-tokens", "32768"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+    server = launch_vllm(python, checkpoint, served_name=SERVED_NAME, port=port, log_path=log_path, kv_cache_gib=1)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
