@@ -206,3 +206,12 @@ def test_the_trainer_forwards_at_once_under_plain_ddp(tmp_path, caplog):
         loss = trainer.compute_loss(FakeDDP(model), inputs)
     assert float(loss.detach()) == pytest.approx(plain_loss, rel=1e-6)
     assert "ignored under plain DDP" in caplog.text
+
+
+def test_a_bad_chunk_budget_is_one_line(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["--method", "d2o", "--out", str(tmp_path / "out"), "--set", "train.gradient_cache_tokens=0"]) == 2
+    err = capsys.readouterr().err
+    assert "train.gradient_cache_tokens must be >= 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
