@@ -144,7 +144,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from harness.logprobs import EncodedPair, encode_pair, score_pairs
+    from harness.logprobs import EncodedPair, encode_pair, score_pairs, shared_prompt_layout, unpadded_tokens
     from harness.registry import get_method
     from harness.training import MethodTrainer, RoleCollator
 
@@ -183,13 +183,15 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
         model=model, args=TrainingArguments(**_common_args(out, spec["batch"], spec["steps"])), train_dataset=Dataset.from_list(examples),
         data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
         pad_id=tokenizer.pad_token_id, gradient_cache_tokens=spec.get("chunk_tokens", 0),
+        shared_prompt_packing=spec.get("pack", False),
     )
     tokens = []
     original = trainer.compute_loss
 
     def counting(model, inputs, *args, **kwargs):
-        tokens.append(sum(len(p.input_ids) for role in inputs["pairs"].values() for g in role
-                          for p in (g if isinstance(g, list) else [g])))
+        # The model's FLOPs are those of the tokens it computes: a prompt shared by packing, once.
+        flat = [p for role in inputs["pairs"].values() for g in role for p in (g if isinstance(g, list) else [g])]
+        tokens.append(unpadded_tokens(flat, shared_prompt_layout(model, flat) if spec.get("pack") else None))
         return original(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = counting
@@ -256,16 +258,20 @@ def configurations(steps: int, chunks: list[int]) -> dict[str, dict]:
     per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2)}
     configs = {
         "harness-dpo": {**base, "trainer": "harness", "method": "dpo"},
+        "harness-dpo-packed": {**base, "trainer": "harness", "method": "dpo", "pack": True},
         "harness-dpo-full-logits": {**base, "trainer": "harness", "method": "dpo", "logits": "full"},
         "trl-dpo-precomputed": {**base, "trainer": "trl", "reference": "precomputed"},
         "trl-dpo-resident": {**base, "trainer": "trl", "reference": "resident"},
         "dpo-b4": {**per_prompt, "trainer": "harness", "method": "dpo"},
+        "dpo-b4-packed": {**per_prompt, "trainer": "harness", "method": "dpo", "pack": True},
     }
     for k in (4, 11):
         configs[f"d2o-k{k}-b4"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k}
+        configs[f"d2o-k{k}-b4-packed"] = {**configs[f"d2o-k{k}-b4"], "pack": True}
         for chunk in chunks:
             configs[f"d2o-k{k}-b4-cached-{chunk}t"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k,
                                                         "chunk_tokens": chunk}
+            configs[f"d2o-k{k}-b4-cached-{chunk}t-packed"] = {**configs[f"d2o-k{k}-b4-cached-{chunk}t"], "pack": True}
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
     if JEMALLOC.is_file():
         configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
@@ -330,18 +336,24 @@ def main() -> int:
     print("\nratios (per round, paired; median [range])")
     pairs = [("harness-dpo-full-logits", "harness-dpo", "median_step_s", "full-logits / response-only harness DPO step time"),
              ("harness-dpo-full-logits", "harness-dpo", "peak_rss_mb", "full-logits / response-only harness DPO peak RSS"),
-             ("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time (target ≥ 1.7)"),
+             ("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time, one row per sequence"),
+             ("trl-dpo-precomputed", "harness-dpo-packed", "median_step_s", "TRL precomputed / harness DPO step time, packed (target ≥ 1.7)"),
+             ("harness-dpo", "harness-dpo-packed", "median_step_s", "one row per sequence / packed harness DPO step time"),
              ("trl-dpo-resident", "harness-dpo", "median_step_s", "TRL resident / harness DPO step time"),
              ("harness-dpo", "harness-dpo-jemalloc", "median_step_s", "glibc / jemalloc (no release) harness DPO step time"),
              ("harness-dpo", "harness-dpo-glibc-thp", "median_step_s", "glibc / glibc with huge pages harness DPO step time")]
     for k in (4, 11):
         target = 1.4 * (k + 1) / 2
-        pairs += [(f"d2o-k{k}-b4", "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching off ((K+1)/2 = {(k + 1) / 2:g})"),
-                  (f"d2o-k{k}-b4", "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off")]
-        for chunk in args.chunks:
-            name = f"d2o-k{k}-b4-cached-{chunk}t"
-            pairs += [(name, "dpo-b4", "median_step_s", f"D2O K={k} / DPO step time, caching on, {chunk}-token chunks (target ≤ {target:.1f})"),
-                      (name, "dpo-b4", "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on, {chunk}-token chunks (target ≤ 1.3)")]
+        for packed in ("", "-packed"):
+            dpo, how = f"dpo-b4{packed}", ", packed" if packed else ""
+            pairs += [(f"d2o-k{k}-b4{packed}", dpo, "median_step_s", f"D2O K={k} / DPO step time, caching off{how} ((K+1)/2 = {(k + 1) / 2:g})"),
+                      (f"d2o-k{k}-b4{packed}", dpo, "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off{how}")]
+            for chunk in args.chunks:
+                name = f"d2o-k{k}-b4-cached-{chunk}t{packed}"
+                pairs += [(name, dpo, "median_step_s", f"D2O K={k} / DPO step time, caching on, {chunk}-token chunks{how} (target ≤ {target:.1f})"),
+                          (name, dpo, "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on, {chunk}-token chunks{how} (target ≤ 1.3)")]
+        pairs += [(f"d2o-k{k}-b4-cached-{args.chunks[0]}t", f"d2o-k{k}-b4-cached-{args.chunks[0]}t-packed", "median_step_s",
+                   f"D2O K={k} caching on, one row per sequence / packed step time")]
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")

@@ -151,6 +151,8 @@ class SamplingConfig:
 
 # Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
 GRADIENT_CACHE_DEFAULT = True
+# Chosen by measurement: benchmarks/RESULTS.md, "Shared-prompt packing".
+SHARED_PROMPT_PACKING_DEFAULT = True
 
 
 @dataclass
@@ -190,6 +192,13 @@ class TrainConfig:
     # A chunk's size in padded tokens (sequences × their longest length): what activation memory
     # grows with. Sequences of all roles, prompts and self-samples fill chunks in length order.
     gradient_cache_tokens: int = 1024
+    # Shared-prompt packing: the sequences of a micro-batch that share a prompt (a DPO pair's
+    # chosen and rejected, D²O's negative and K samples) go through the model as one unit, the
+    # prompt once and each response attending to it and to itself only, several units to a row
+    # where that saves padding. The same log-probs as one row per sequence (a test holds them to
+    # 1e-5) for fewer tokens; taken only when the model's attention takes a custom mask (sdpa,
+    # eager) and the layout is cheaper.
+    shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
 
 
 @dataclass
@@ -307,12 +316,12 @@ class RunConfig:
 # Settings that change how a run executes but not what it computes (a resumed run equals an
 # uninterrupted one): left out of the config hash and of the check that a test run matches its
 # study's trials.
-# Gradient caching changes the memory and time a step takes, not its gradients (a test holds them
-# to the unchunked ones), so it is operational too.
+# Gradient caching and shared-prompt packing change the memory and time a step takes, not its
+# gradients (tests hold them to one row per sequence's), so they are operational too.
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
-    ("train", "gradient_cache_tokens"), ("sampling", "base_url"), ("sampling", "api_key_env"),
-    ("sampling", "concurrency"),
+    ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("sampling", "base_url"),
+    ("sampling", "api_key_env"), ("sampling", "concurrency"),
 )
 
 

@@ -8,6 +8,7 @@ method's loss and every cached reference value goes through `sequence_logps`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -100,18 +101,40 @@ def _head_logps(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tens
     return -F.cross_entropy(head(states).float(), targets, reduction="none")
 
 
-def _final_hidden_states(model, input_ids, attention_mask) -> torch.Tensor:
+def _final_hidden_states(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+    positions = {} if position_ids is None else {"position_ids": position_ids}
     if torch.is_grad_enabled():
         # Training goes through the model's own forward, so a DeepSpeed engine, a DDP wrapper or
         # Accelerate's autocast patch sees the call; one logit row per sequence is all that
         # forward projects. Backward keeps every layer's states anyway, so asking for them costs
         # nothing (the last one is after the final norm, the head's input).
-        output = model(input_ids=input_ids, attention_mask=attention_mask,
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **positions,
                        output_hidden_states=True, logits_to_keep=1)
         return output.hidden_states[-1]
     # Without gradients (reference and scoring passes on a bare model), the decoder alone: only
     # its last states are held.
-    return unwrap(model).get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return unwrap(model).get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
+
+
+def _summed_logps(model, states: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor, n_sequences: int,
+                  logit_chunk_tokens: int) -> SequenceLogps:
+    """Per-sequence sums of log p(target | state) for [T, H] states predicting [T] targets, where
+    owners[t] is the sequence target t belongs to; the LM head sees logit_chunk_tokens rows at a time."""
+    head = unwrap(model).get_output_embeddings()
+    # A single chunk's logits may stay for backward: nothing larger would exist either way.
+    recompute = states.requires_grad and states.shape[0] > logit_chunk_tokens
+    pieces = []
+    for start in range(0, states.shape[0], logit_chunk_tokens):
+        chunk = (head, states[start : start + logit_chunk_tokens], targets[start : start + logit_chunk_tokens])
+        if recompute:
+            pieces.append(checkpoint(_head_logps, *chunk, use_reentrant=False))
+        else:
+            pieces.append(_head_logps(*chunk))
+    per_token = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+    total = per_token.new_zeros(n_sequences).index_add(0, owners, per_token)
+    n_tokens = torch.zeros(n_sequences, dtype=torch.float32, device=owners.device).index_add(
+        0, owners, torch.ones_like(owners, dtype=torch.float32))
+    return SequenceLogps(total=total, n_tokens=n_tokens)
 
 
 def sequence_logps(model, input_ids, attention_mask, response_mask, *,
@@ -130,20 +153,8 @@ def sequence_logps(model, input_ids, attention_mask, response_mask, *,
     hidden = _final_hidden_states(model, input_ids, attention_mask)
     states = hidden[:, :-1][predicts_response]
     targets = input_ids[:, 1:][predicts_response]
-    head = unwrap(model).get_output_embeddings()
-    # A single chunk's logits may stay for backward: nothing larger would exist either way.
-    recompute = states.requires_grad and states.shape[0] > logit_chunk_tokens
-    pieces = []
-    for start in range(0, states.shape[0], logit_chunk_tokens):
-        chunk = (head, states[start : start + logit_chunk_tokens], targets[start : start + logit_chunk_tokens])
-        if recompute:
-            pieces.append(checkpoint(_head_logps, *chunk, use_reentrant=False))
-        else:
-            pieces.append(_head_logps(*chunk))
-    per_token = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
-    rows = predicts_response.nonzero()[:, 0]
-    total = per_token.new_zeros(input_ids.shape[0]).index_add(0, rows, per_token)
-    return SequenceLogps(total=total, n_tokens=predicts_response.sum(-1).to(torch.float32))
+    owners = predicts_response.nonzero()[:, 0]
+    return _summed_logps(model, states, targets, owners, input_ids.shape[0], logit_chunk_tokens)
 
 
 def full_logits_sequence_logps(model, input_ids, attention_mask, response_mask) -> SequenceLogps:
@@ -161,27 +172,212 @@ def _chunk_logps(model, input_ids, attention_mask, response_mask):
     return logps.total, logps.n_tokens
 
 
+def _packed_chunk_logps(model, batch: "SharedPromptBatch"):
+    logps = shared_prompt_sequence_logps(model, batch)
+    return logps.total, logps.n_tokens
+
+
 def padded_tokens(pairs: list[EncodedPair]) -> int:
     """Tokens a forward over `pairs` processes, padding included."""
     return len(pairs) * max((len(p.input_ids) for p in pairs), default=0)
 
 
-def length_chunks(pairs: list[EncodedPair], tokens_per_chunk: int) -> list[list[int]]:
-    """Indices of `pairs` in length order, cut into chunks of at most `tokens_per_chunk` padded
-    tokens (a sequence longer than that is a chunk of its own)."""
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
+def length_chunks(lengths: list[int], tokens_per_chunk: int) -> list[list[int]]:
+    """Indices of rows of these lengths in length order, cut into chunks of at most
+    `tokens_per_chunk` padded tokens (a row longer than that is a chunk of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks: list[list[int]] = []
     for index in order:
         # In length order the newcomer is the chunk's longest, so it sets the padded width.
-        if chunks and (len(chunks[-1]) + 1) * len(pairs[index].input_ids) <= tokens_per_chunk:
+        if chunks and (len(chunks[-1]) + 1) * lengths[index] <= tokens_per_chunk:
             chunks[-1].append(index)
         else:
             chunks.append([index])
     return chunks
 
 
+# Attention implementations that take an arbitrary [rows, 1, query, key] mask as given (transformers
+# returns a 4D mask as is); FlashAttention and flex attention do not, so those models never pack.
+_PACKABLE_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class SharedPromptBatch:
+    """Sequences packed by shared prompt: a *unit* is a prompt once followed by some of its
+    responses, each response attending to the prompt and to itself only, at the positions it
+    would have directly after the prompt; a row holds one or more units side by side, none
+    seeing another. The same log-probs as one row per sequence, without computing a shared
+    prompt once per response (a DPO pair's prompt twice, a D²O prompt K + 1 times) and with less
+    padding."""
+
+    input_ids: torch.Tensor  # [rows, width], pad_id after each row's end
+    position_ids: torch.Tensor  # [rows, width]
+    allowed: torch.Tensor  # [rows, 1, width, width] bool: may query q attend to key k
+    predictors: torch.Tensor  # [T] index into rows × width: the position whose state predicts target t
+    targets: torch.Tensor  # [T] the response tokens scored
+    owners: torch.Tensor  # [T] which of the packed sequences target t belongs to
+    n_sequences: int
+
+    def to(self, device) -> "SharedPromptBatch":
+        moved = {name: getattr(self, name).to(device)
+                 for name in ("input_ids", "position_ids", "allowed", "predictors", "targets", "owners")}
+        return SharedPromptBatch(**moved, n_sequences=self.n_sequences)
+
+
+def prompt_groups(pairs: list[EncodedPair]) -> list[list[int]]:
+    """Indices of `pairs` grouped by identical prompt tokens, in order of first appearance. A pair
+    without a prompt token stays alone (its first response token has no position to predict it)."""
+    groups: dict[object, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        key = tuple(pair.input_ids[: pair.response_start]) if pair.response_start >= 1 else ("alone", index)
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _unit_length(pairs: list[EncodedPair], unit: list[int]) -> int:
+    return pairs[unit[0]].response_start + sum(len(pairs[i].input_ids) - pairs[i].response_start for i in unit)
+
+
+def _rows_of_width(pairs: list[EncodedPair], width: int) -> list[list[list[int]]]:
+    """Rows (lists of units, a unit a list of pair indices) at most `width` tokens long: each
+    prompt's responses cut into as few units as fit, then the units first-fit in decreasing length."""
+    units = []
+    for group in prompt_groups(pairs):
+        unit: list[int] = []
+        for index in group:
+            if unit and _unit_length(pairs, unit + [index]) > width:
+                units.append(unit)
+                unit = []
+            unit.append(index)
+        units.append(unit)
+    rows: list[list[list[int]]] = []
+    free: list[int] = []
+    for unit in sorted(units, key=lambda u: -_unit_length(pairs, u)):
+        length = _unit_length(pairs, unit)
+        row = next((r for r, space in enumerate(free) if space >= length), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(unit)
+        free[row] -= length
+    return rows
+
+
+def _layout_cost(rows: int, width: int, hidden_size: int) -> float:
+    # Linear layers cost ~24·hidden² FLOPs per token and layer (12·hidden² parameters); attention
+    # 4·hidden·width more for each token of a row `width` wide, mask or no mask.
+    return rows * width * (1 + width / (6 * hidden_size))
+
+
+def shared_prompt_rows(pairs: list[EncodedPair], hidden_size: int) -> list[list[list[int]]]:
+    """The cheapest packed layout of `pairs` over row widths from the longest sequence up to the
+    longest whole prompt group (by `_layout_cost`)."""
+    narrowest = max(len(pair.input_ids) for pair in pairs)  # every sequence must fit in a row
+    widths = {narrowest} | {w for w in (_unit_length(pairs, g) for g in prompt_groups(pairs)) if w > narrowest}
+    layouts = [_rows_of_width(pairs, width) for width in sorted(widths)]
+    return min(layouts, key=lambda rows: _layout_cost(len(rows), _row_width(pairs, rows), hidden_size))
+
+
+def _row_width(pairs: list[EncodedPair], rows: list[list[list[int]]]) -> int:
+    return max(sum(_unit_length(pairs, unit) for unit in row) for row in rows)
+
+
+def shared_prompt_layout(model, pairs: list[EncodedPair]) -> Optional[list[list[list[int]]]]:
+    """The rows to pack `pairs` in (`shared_prompt_rows`) when packing is exact for this model and
+    cheaper than one row per sequence; None otherwise."""
+    config = getattr(unwrap(model), "config", None)
+    if (not projects_responses_only(model) or getattr(config, "_attn_implementation", None) not in _PACKABLE_ATTENTION
+            or not getattr(config, "hidden_size", None)):
+        return None
+    rows = shared_prompt_rows(pairs, config.hidden_size)
+    width = _row_width(pairs, rows)
+    # The packed mask replaces the model's own, so a sliding window narrower than a row would be lost.
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and width > window:
+        return None
+    longest = max(len(pair.input_ids) for pair in pairs)
+    cheaper = _layout_cost(len(rows), width, config.hidden_size) < _layout_cost(len(pairs), longest, config.hidden_size)
+    return rows if cheaper else None
+
+
+def packed_tokens(pairs: list[EncodedPair], rows: list[list[list[int]]]) -> int:
+    """Tokens a forward over `pairs` laid out in `rows` processes, padding included."""
+    return len(rows) * _row_width(pairs, rows)
+
+
+def unpadded_tokens(pairs: list[EncodedPair], rows: Optional[list[list[list[int]]]] = None) -> int:
+    """Tokens a forward over `pairs` computes that are not padding: every pair's, or, laid out in
+    packed `rows`, each unit's prompt once and its responses."""
+    if rows is None:
+        return sum(len(pair.input_ids) for pair in pairs)
+    return sum(_unit_length(pairs, unit) for row in rows for unit in row)
+
+
+def pack_shared_prompts(pairs: list[EncodedPair], pad_id: int, rows: list[list[list[int]]]) -> SharedPromptBatch:
+    """The batch of `pairs` laid out in `rows` (from `shared_prompt_rows`)."""
+    width = _row_width(pairs, rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    unit_of = torch.full((len(rows), width), -1, dtype=torch.long)  # -1 padding, else the unit's number in its row
+    part_of = torch.zeros((len(rows), width), dtype=torch.long)  # 0 a prompt, n a unit's n-th response
+    predictors, targets, owners = [], [], []
+    for row, units in enumerate(rows):
+        start = 0
+        for number, unit in enumerate(units):
+            prompt_length = pairs[unit[0]].response_start
+            end = start + prompt_length
+            input_ids[row, start:end] = torch.tensor(pairs[unit[0]].input_ids[:prompt_length], dtype=torch.long)
+            position_ids[row, start:end] = torch.arange(prompt_length)
+            unit_of[row, start:end] = number
+            prompt_end, start = end, end
+            for part, index in enumerate(unit, start=1):
+                response = pairs[index].input_ids[prompt_length:]
+                end = start + len(response)
+                input_ids[row, start:end] = torch.tensor(response, dtype=torch.long)
+                position_ids[row, start:end] = torch.arange(prompt_length, prompt_length + len(response))
+                unit_of[row, start:end] = number
+                part_of[row, start:end] = part
+                # Token j of the response is predicted by the state before it: the prompt's last
+                # position (shared by the unit's responses) for j = 0, the response's own j - 1 after;
+                # a lone pair without a prompt has nothing to predict its first token.
+                for j in range(0 if prompt_length else 1, len(response)):
+                    predictors.append(row * width + (start + j - 1 if j else prompt_end - 1))
+                    targets.append(response[j])
+                    owners.append(index)
+                start = end
+    query_unit, key_unit = unit_of.unsqueeze(2), unit_of.unsqueeze(1)
+    query_part, key_part = part_of.unsqueeze(2), part_of.unsqueeze(1)
+    position = torch.arange(width)
+    causal = position.view(1, 1, width) <= position.view(1, width, 1)
+    allowed = causal & (query_unit >= 0) & (key_unit == query_unit) & ((key_part == 0) | (key_part == query_part))
+    # A padding query attends to itself only: no softmax row is empty (a NaN even unused
+    # poisons backward).
+    allowed |= torch.eye(width, dtype=torch.bool) & (query_unit < 0)
+    return SharedPromptBatch(input_ids=input_ids, position_ids=position_ids, allowed=allowed.unsqueeze(1),
+                             predictors=torch.tensor(predictors, dtype=torch.long),
+                             targets=torch.tensor(targets, dtype=torch.long),
+                             owners=torch.tensor(owners, dtype=torch.long), n_sequences=len(pairs))
+
+
+def shared_prompt_sequence_logps(model, batch: SharedPromptBatch, *,
+                                 logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> SequenceLogps:
+    """`sequence_logps` of the packed sequences, in the order of the pairs they were packed from."""
+    inner = unwrap(model)
+    if inner.config._attn_implementation == "eager":
+        # Eager attention adds its mask to the scores: 0 where allowed, the dtype's minimum elsewhere.
+        dtype = next(inner.parameters()).dtype
+        mask = torch.zeros(batch.allowed.shape, dtype=dtype, device=batch.allowed.device)
+        mask = mask.masked_fill(~batch.allowed, torch.finfo(dtype).min)
+    else:
+        mask = batch.allowed
+    hidden = _final_hidden_states(model, batch.input_ids, mask, batch.position_ids)
+    states = hidden.reshape(-1, hidden.shape[-1])[batch.predictors]
+    return _summed_logps(model, states, batch.targets, batch.owners, batch.n_sequences, logit_chunk_tokens)
+
+
 def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, device,
-                              tokens_per_chunk: int) -> SequenceLogps:
+                              tokens_per_chunk: int, *, rows: Optional[list[list[list[int]]]] = None) -> SequenceLogps:
     """`sequence_logps` of many sequences with gradient caching's memory.
 
     Every method's loss sees a sequence only through its summed log-prob, so its gradient is
@@ -192,7 +388,8 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     loss has given the weights, recomputes one chunk, backpropagates it and frees it before the
     next (the last chunk, which backward reaches first, keeps its activations instead). Peak
     activation memory is one chunk's, whatever K is. Chunks are filled in length order, so they
-    also pad less than the whole batch would.
+    also pad less than the whole batch would; given a packed layout (`shared_prompt_layout`),
+    its rows fill the chunks instead.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronises gradients from hooks its own forward arms once per backward; a chunk
@@ -202,19 +399,30 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     # The engine's forward arms DeepSpeed's backward hooks once per step; chunks call the model
     # inside it, whose ZeRO parameter hooks are per module and still gather and reduce.
     inner = unwrap(model)
-    chunks = length_chunks(pairs, tokens_per_chunk)
+    if rows is not None:
+        # Rows of the packed layout, as many to a chunk as its budget holds (every row is as wide).
+        per_chunk = max(1, tokens_per_chunk // _row_width(pairs, rows))
+        chunks = [rows[start : start + per_chunk] for start in range(0, len(rows), per_chunk)]
+    else:
+        chunks = length_chunks([len(pair.input_ids) for pair in pairs], tokens_per_chunk)
     totals, counts = [], []
     for number, chunk in enumerate(chunks):
-        batch = collate_pairs([pairs[i] for i in chunk], pad_id)
-        inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
+        if rows is not None:
+            # Each chunk's sums cover every pair (zero for those in other chunks), so they add up.
+            forward, inputs = _packed_chunk_logps, [pack_shared_prompts(pairs, pad_id, chunk).to(device)]
+        else:
+            batch = collate_pairs([pairs[i] for i in chunk], pad_id)
+            forward, inputs = _chunk_logps, [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
         if number == len(chunks) - 1:
             # Backward starts with the last chunk, so its activations are used before any other
             # chunk is recomputed: keeping them costs no more than one chunk and saves its rerun.
-            total, n_tokens = _chunk_logps(inner, *inputs)
+            total, n_tokens = forward(inner, *inputs)
         else:
-            total, n_tokens = checkpoint(_chunk_logps, inner, *inputs, use_reentrant=False)
+            total, n_tokens = checkpoint(forward, inner, *inputs, use_reentrant=False)
         totals.append(total)
         counts.append(n_tokens)
+    if rows is not None:
+        return SequenceLogps(total=torch.stack(totals).sum(0), n_tokens=torch.stack(counts).sum(0))
     positions = torch.tensor([i for chunk in chunks for i in chunk], device=device)
     total, n_tokens = torch.cat(totals), torch.cat(counts)
     return SequenceLogps(total=total.new_empty(len(pairs)).index_copy(0, positions, total),

@@ -3,8 +3,9 @@
 Batches carry, per role the method asks for, the tokenised (prompt, response) pairs and the
 precomputed reference log-probs. `MethodTrainer.compute_loss` runs every sequence of the batch
 (all roles concatenated) through one forward, or with gradient caching (`train.gradient_cache`)
-through chunks of a bounded number of padded tokens, splits the summed log-probs back per role
-and hands them to `Method.loss`. Nothing here knows which method it is training.
+through chunks of a bounded number of padded tokens, either one row per sequence or packed by
+shared prompt (`train.shared_prompt_packing`), splits the summed log-probs back per role and
+hands them to `Method.loss`. Nothing here knows which method it is training.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput
 from harness.faults import kill_point
-from harness.logprobs import EncodedPair, collate_pairs, padded_tokens, recomputed_sequence_logps, sequence_logps
+from harness.logprobs import (
+    EncodedPair,
+    collate_pairs,
+    pack_shared_prompts,
+    packed_tokens,
+    padded_tokens,
+    recomputed_sequence_logps,
+    sequence_logps,
+    shared_prompt_layout,
+    shared_prompt_sequence_logps,
+)
 from harness.registry import Method, SequenceLogps
 
 log = logging.getLogger(__name__)
@@ -117,13 +128,15 @@ class RoleCollator:
 
 class MethodTrainer(Trainer):
     def __init__(self, *args, method: Method, pad_id: int, sample_refresher=None,
-                 gradient_cache_tokens: int = 0, **kwargs):
+                 gradient_cache_tokens: int = 0, shared_prompt_packing: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
         self.pad_id = pad_id
         # 0: every sequence of a micro-batch in one forward; N: gradient caching in chunks of at
         # most N padded tokens, when the micro-batch does not fit in one.
         self.gradient_cache_tokens = gradient_cache_tokens
+        # Sequences of one prompt through one row, the prompt computed once (harness/logprobs.py).
+        self.shared_prompt_packing = shared_prompt_packing
         self._warned_ddp = False
         self.sample_refresher = sample_refresher
         # Our loss is a per-batch mean, so let the Trainer divide by the accumulation steps.
@@ -151,7 +164,9 @@ class MethodTrainer(Trainer):
                 flat.extend(pairs[role])
                 layout.append((role, len(pairs[role]), None))
         device = self.args.device
-        cache = self.gradient_cache_tokens and padded_tokens(flat) > self.gradient_cache_tokens and torch.is_grad_enabled()
+        rows = shared_prompt_layout(model, flat) if self.shared_prompt_packing else None
+        tokens = packed_tokens(flat, rows) if rows else padded_tokens(flat)
+        cache = self.gradient_cache_tokens and tokens > self.gradient_cache_tokens and torch.is_grad_enabled()
         if cache and isinstance(model, torch.nn.parallel.DistributedDataParallel):
             # Plain DDP cannot rerun its forward inside backward (harness/logprobs.py): one forward.
             if not self._warned_ddp:
@@ -159,7 +174,10 @@ class MethodTrainer(Trainer):
                 self._warned_ddp = True
             cache = False
         if cache:
-            logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_tokens)
+            logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_tokens,
+                                              rows=rows)
+        elif rows:
+            logps = shared_prompt_sequence_logps(model, pack_shared_prompts(flat, self.pad_id, rows).to(device))
         else:
             batch = {key: value.to(device) for key, value in collate_pairs(flat, self.pad_id).items()}
             logps = sequence_logps(model, **batch)
@@ -336,6 +354,7 @@ def train_method(
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
         gradient_cache_tokens=train_cfg.gradient_cache_tokens if train_cfg.gradient_cache else 0,
+        shared_prompt_packing=train_cfg.shared_prompt_packing,
     )
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():

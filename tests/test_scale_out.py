@@ -9,16 +9,22 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 from d2o.methods import D2O, D2OConfig
 from baselines.dpo import DPO, DPOConfig
 from harness.errors import BadInput
+from harness.registry import SequenceLogps
 from harness.logprobs import (
     EncodedPair,
     collate_pairs,
     full_logits_sequence_logps,
     length_chunks,
+    pack_shared_prompts,
+    packed_tokens,
     padded_tokens,
     projects_responses_only,
     recomputed_sequence_logps,
     score_pairs,
     sequence_logps,
+    shared_prompt_layout,
+    shared_prompt_rows,
+    shared_prompt_sequence_logps,
 )
 from harness.training import MethodTrainer, RoleCollator
 
@@ -127,9 +133,10 @@ def _loss_and_grads(tmp_path, tokens: int, method, inputs) -> tuple[float, list[
 
 def test_length_chunks_respect_the_token_budget():
     pairs = [EncodedPair([1] * n, 1) for n in (5, 9, 3, 9, 20, 4)]
-    assert length_chunks(pairs, 20) == [[2, 5, 0], [1, 3], [4]]  # 3 × 5, 2 × 9, 1 × 20 padded tokens
-    assert length_chunks(pairs, 1) == [[2], [5], [0], [1], [3], [4]]  # too long for any budget: alone
-    assert [i for chunk in length_chunks(pairs, 1000) for i in chunk] == [2, 5, 0, 1, 3, 4]
+    lengths = [len(pair.input_ids) for pair in pairs]
+    assert length_chunks(lengths, 20) == [[2, 5, 0], [1, 3], [4]]  # 3 × 5, 2 × 9, 1 × 20 padded tokens
+    assert length_chunks(lengths, 1) == [[2], [5], [0], [1], [3], [4]]  # too long for any budget: alone
+    assert [i for chunk in length_chunks(lengths, 1000) for i in chunk] == [2, 5, 0, 1, 3, 4]
     assert padded_tokens(pairs) == 6 * 20
 
 
@@ -139,7 +146,7 @@ def test_gradient_cache_gives_the_unchunked_gradients(tmp_path, tokens):
     method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
     inputs = _d2o_inputs(prompts=3, k=4)
     flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
-    assert len(length_chunks(flat, tokens)) > 1
+    assert len(length_chunks([len(p.input_ids) for p in flat], tokens)) > 1
     plain_loss, plain = _loss_and_grads(tmp_path, 0, method, inputs)
     cached_loss, cached = _loss_and_grads(tmp_path, tokens, method, inputs)
     assert cached_loss == pytest.approx(plain_loss, rel=1e-6)
@@ -158,7 +165,7 @@ def test_gradient_cache_forwards_at_most_a_chunk(tmp_path):
     trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=40)
     trainer.compute_loss(model, inputs).backward()
     flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
-    chunks = length_chunks(flat, 40)
+    chunks = length_chunks([len(p.input_ids) for p in flat], 40)
     assert all(rows * width <= 40 or rows == 1 for rows, width in shapes)
     # Each chunk forwarded once and, but for the last, which backward reaches first, recomputed once.
     assert len(shapes) == 2 * len(chunks) - 1 and len(chunks) > 2
@@ -215,3 +222,114 @@ def test_a_bad_chunk_budget_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.gradient_cache_tokens must be >= 1" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- shared-prompt packing
+
+
+def shared_prompt_pairs(prompts: int, per_prompt: int, seed: int = 11) -> list[EncodedPair]:
+    """per_prompt responses to each of `prompts` prompts, interleaved as a batch's roles are."""
+    generator = torch.Generator().manual_seed(seed)
+    heads = [torch.randint(3, VOCAB, (int(torch.randint(1, 7, (1,), generator=generator)),),
+                           generator=generator).tolist() for _ in range(prompts)]
+    pairs = []
+    for _ in range(per_prompt):
+        for head in heads:
+            response = torch.randint(3, VOCAB, (int(torch.randint(1, 10, (1,), generator=generator)),),
+                                     generator=generator).tolist()
+            pairs.append(EncodedPair(head + response, len(head)))
+    return pairs
+
+
+def _sum_and_grads(model, compute) -> tuple[SequenceLogps, list[torch.Tensor]]:
+    model.zero_grad()
+    logps = compute()
+    (logps.total * torch.linspace(0.5, 1.5, len(logps.total))).sum().backward()
+    return logps, grads(model)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("hidden_size", [4, 32, 10**6])  # the layout's cost model: one unit a row ... all in one
+def test_shared_prompt_packing_matches_one_row_per_sequence(attention, hidden_size):
+    """A prompt once per unit, each response seeing its prompt and itself, units side by side:
+    values to 1e-5 and gradients to 1e-5 relative, with a lone pair and a pair without a prompt
+    token in the batch."""
+    model = tiny_llama(attn_implementation=attention)
+    pairs = shared_prompt_pairs(prompts=3, per_prompt=4) + [EncodedPair([5, 6, 7, 8], 2), EncodedPair([9, 10, 11], 0)]
+    rows = shared_prompt_rows(pairs, hidden_size)
+    assert sorted(i for row in rows for unit in row for i in unit) == list(range(len(pairs)))
+    batch = pack_shared_prompts(pairs, 0, rows)
+    assert packed_tokens(pairs, rows) < padded_tokens(pairs)
+    got, got_grads = _sum_and_grads(model, lambda: shared_prompt_sequence_logps(model, batch))
+    want, want_grads = _sum_and_grads(model, lambda: sequence_logps(model, **collate_pairs(pairs, 0)))
+    torch.testing.assert_close(got.total, want.total, rtol=1e-5, atol=1e-5)
+    assert got.n_tokens.tolist() == want.n_tokens.tolist()
+    assert max_relative_difference(got_grads, want_grads) < 1e-5
+
+
+def test_the_layout_trades_padding_against_attention():
+    pairs = shared_prompt_pairs(prompts=3, per_prompt=4)
+    longest = max(len(p.input_ids) for p in pairs)
+    # Attention free (a huge model per token): everything in as few rows as the longest group allows.
+    wide = shared_prompt_rows(pairs, 10**6)
+    # Attention dear (a tiny one): rows no wider than the longest sequence, prompts still shared.
+    narrow = shared_prompt_rows(pairs, 1)
+    assert packed_tokens(pairs, narrow) == len(narrow) * longest
+    assert len(wide) < len(narrow) and packed_tokens(pairs, wide) < padded_tokens(pairs)
+    assert all(len({pairs[i].response_start for i in unit}) == 1 for row in wide for unit in row)
+
+
+def test_shared_prompt_responses_do_not_see_each_other():
+    """Changing one response leaves the others' log-probs, in its row or not, exactly alone."""
+    model = tiny_llama()
+    pairs = shared_prompt_pairs(prompts=2, per_prompt=3)
+    changed = list(pairs)
+    changed[2] = EncodedPair(pairs[2].input_ids[: pairs[2].response_start] + [4] * 9, pairs[2].response_start)
+    rows = [[[0, 2, 4], [1, 3, 5]]]  # both prompts' units in one row
+    with torch.no_grad():
+        before = shared_prompt_sequence_logps(model, pack_shared_prompts(pairs, 0, rows)).total
+        after = shared_prompt_sequence_logps(model, pack_shared_prompts(changed, 0, rows)).total
+    others = [0, 1, 3, 4, 5]
+    torch.testing.assert_close(after[others], before[others], rtol=1e-6, atol=1e-6)
+    assert float(after[2]) != float(before[2])
+
+
+def test_shared_prompt_packing_only_where_exact_and_cheaper():
+    pairs = shared_prompt_pairs(prompts=2, per_prompt=3)
+    assert shared_prompt_layout(tiny_llama(), pairs) is not None
+    # No prompt shared and no padding to fill: nothing saved.
+    assert shared_prompt_layout(tiny_llama(), [EncodedPair([3 + i] * 6, 2) for i in range(4)]) is None
+    flash = tiny_llama()
+    flash.config._attn_implementation = "flash_attention_2"  # takes no custom mask
+    assert shared_prompt_layout(flash, pairs) is None
+    assert shared_prompt_layout(tiny_llama(sliding_window=4), pairs) is None  # a window narrower than a row
+    assert shared_prompt_layout(tiny_llama(final_logit_softcapping=30.0), pairs) is None
+
+
+@pytest.mark.parametrize("tokens", [0, 60])
+def test_the_trainer_packs_d2o_prompts_to_the_same_loss_and_gradients(tmp_path, tokens):
+    """D²O at K = 4 (each prompt's negative and samples share it): packed training, alone or inside
+    gradient-caching chunks, gives the loss and gradients of one row per sequence."""
+    method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
+    pairs = shared_prompt_pairs(prompts=3, per_prompt=5, seed=13)
+    rows = [{"prompt_index": p, "negative_ids": pairs[p].input_ids, "negative_start": pairs[p].response_start,
+             "samples_ids": [pairs[3 * i + p].input_ids for i in range(1, 5)],
+             "samples_start": [pairs[3 * i + p].response_start for i in range(1, 5)],
+             "ref_negative": -20.0 + 3 * p, "ref_samples": [-25.0 + i for i in range(4)]} for p in range(3)]
+    inputs = RoleCollator(method)(rows)
+    results = []
+    for packing in (False, True):
+        model = tiny_llama(seed=3)
+        forwards = []
+        model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs.get("position_ids")),
+                                        with_kwargs=True)
+        args = TrainingArguments(output_dir=str(tmp_path / str(packing)), use_cpu=True, report_to=[])
+        trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=tokens,
+                                shared_prompt_packing=packing)
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        results.append((float(loss.detach()), grads(model)))
+        assert all((positions is not None) == packing for positions in forwards)
+    (plain_loss, plain), (packed_loss, packed) = results
+    assert packed_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert max_relative_difference(packed, plain) < 1e-5
