@@ -270,11 +270,16 @@ def _layout_cost(rows: int, width: int, hidden_size: int) -> float:
     return rows * width * (1 + width / (6 * hidden_size))
 
 
-def shared_prompt_rows(pairs: list[EncodedPair], hidden_size: int) -> list[list[list[int]]]:
-    """The cheapest packed layout of `pairs` over row widths from the longest sequence up to the
-    longest whole prompt group (by `_layout_cost`)."""
+def shared_prompt_rows(pairs: list[EncodedPair], hidden_size: int,
+                       max_width: Optional[int] = None) -> list[list[list[int]]]:
+    """The cheapest packed layout of `pairs` (by `_layout_cost`) over row widths from the longest
+    sequence up to the longest whole prompt group, or up to `max_width` (a prompt's responses are
+    then split over several units, each with the prompt)."""
     narrowest = max(len(pair.input_ids) for pair in pairs)  # every sequence must fit in a row
-    widths = {narrowest} | {w for w in (_unit_length(pairs, g) for g in prompt_groups(pairs)) if w > narrowest}
+    widths = {narrowest} | {w for w in (_unit_length(pairs, g) for g in prompt_groups(pairs))
+                            if w > narrowest and (max_width is None or w <= max_width)}
+    if max_width is not None and max_width > narrowest:
+        widths.add(max_width)
     layouts = [_rows_of_width(pairs, width) for width in sorted(widths)]
     return min(layouts, key=lambda rows: _layout_cost(len(rows), _row_width(pairs, rows), hidden_size))
 
@@ -283,22 +288,26 @@ def _row_width(pairs: list[EncodedPair], rows: list[list[list[int]]]) -> int:
     return max(sum(_unit_length(pairs, unit) for unit in row) for row in rows)
 
 
-def shared_prompt_layout(model, pairs: list[EncodedPair]) -> Optional[list[list[list[int]]]]:
-    """The rows to pack `pairs` in (`shared_prompt_rows`) when packing is exact for this model and
-    cheaper than one row per sequence; None otherwise."""
+def shared_prompt_layout(model, pairs: list[EncodedPair],
+                         max_width: Optional[int] = None) -> Optional[list[list[list[int]]]]:
+    """The rows, none wider than `max_width` unless a sequence is, to pack `pairs` in
+    (`shared_prompt_rows`) when packing is exact for this model and cheaper than one row per
+    sequence; None otherwise."""
     config = getattr(unwrap(model), "config", None)
     if (not projects_responses_only(model) or getattr(config, "_attn_implementation", None) not in _PACKABLE_ATTENTION
             or not getattr(config, "hidden_size", None)):
         return None
-    rows = shared_prompt_rows(pairs, config.hidden_size)
-    width = _row_width(pairs, rows)
-    # The packed mask replaces the model's own, so a sliding window narrower than a row would be lost.
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and width > window:
-        return None
     longest = max(len(pair.input_ids) for pair in pairs)
-    cheaper = _layout_cost(len(rows), width, config.hidden_size) < _layout_cost(len(pairs), longest, config.hidden_size)
-    return rows if cheaper else None
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if window:
+        # The packed mask replaces the model's own: rows may not outgrow the window, and a
+        # sequence longer than it needs the model's windowed mask.
+        if longest > window:
+            return None
+        max_width = min(max_width or window, window)
+    rows = shared_prompt_rows(pairs, config.hidden_size, max_width)
+    cost = _layout_cost(len(rows), _row_width(pairs, rows), config.hidden_size)
+    return rows if cost < _layout_cost(len(pairs), longest, config.hidden_size) else None
 
 
 def packed_tokens(pairs: list[EncodedPair], rows: list[list[list[int]]]) -> int:

@@ -164,7 +164,9 @@ class MethodTrainer(Trainer):
                 flat.extend(pairs[role])
                 layout.append((role, len(pairs[role]), None))
         device = self.args.device
-        rows = shared_prompt_layout(model, flat) if self.shared_prompt_packing else None
+        # Packed rows no wider than a gradient-caching chunk, so a chunk's memory stays its budget's.
+        rows = (shared_prompt_layout(model, flat, max_width=self.gradient_cache_tokens or None)
+                if self.shared_prompt_packing else None)
         tokens = packed_tokens(flat, rows) if rows else padded_tokens(flat)
         cache = self.gradient_cache_tokens and tokens > self.gradient_cache_tokens and torch.is_grad_enabled()
         if cache and isinstance(model, torch.nn.parallel.DistributedDataParallel):

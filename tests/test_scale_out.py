@@ -302,7 +302,19 @@ def test_shared_prompt_packing_only_where_exact_and_cheaper():
     flash = tiny_llama()
     flash.config._attn_implementation = "flash_attention_2"  # takes no custom mask
     assert shared_prompt_layout(flash, pairs) is None
-    assert shared_prompt_layout(tiny_llama(sliding_window=4), pairs) is None  # a window narrower than a row
+    assert shared_prompt_layout(tiny_llama(sliding_window=4), pairs) is None  # a sequence longer than the window
+    longest = max(len(p.input_ids) for p in pairs)
+    windowed = shared_prompt_layout(tiny_llama(sliding_window=longest), pairs)  # rows kept inside the window
+    assert windowed is not None and packed_tokens(pairs, windowed) <= len(windowed) * longest
+
+
+def test_rows_stay_within_a_width_limit_by_splitting_prompt_groups():
+    pairs = shared_prompt_pairs(prompts=2, per_prompt=6)
+    longest = max(len(p.input_ids) for p in pairs)
+    for limit in (longest, longest + 5, 2 * longest):
+        rows = shared_prompt_rows(pairs, 10**6, max_width=limit)  # attention free: as wide as allowed
+        assert packed_tokens(pairs, rows) <= len(rows) * limit  # the widest row within the limit
+        assert sorted(i for row in rows for unit in row for i in unit) == list(range(len(pairs)))
     assert shared_prompt_layout(tiny_llama(final_logit_softcapping=30.0), pairs) is None
 
 
@@ -330,6 +342,8 @@ def test_the_trainer_packs_d2o_prompts_to_the_same_loss_and_gradients(tmp_path, 
         loss.backward()
         results.append((float(loss.detach()), grads(model)))
         assert all((positions is not None) == packing for positions in forwards)
+        if tokens and packing:  # rows no wider than a chunk, so chunks keep their budget
+            assert all(positions.shape[1] <= tokens for positions in forwards) and len(forwards) > 1
     (plain_loss, plain), (packed_loss, packed) = results
     assert packed_loss == pytest.approx(plain_loss, rel=1e-5)
     assert max_relative_difference(packed, plain) < 1e-5
