@@ -317,7 +317,7 @@ def main() -> int:
     for round_ in range(args.rounds):
         for name in names:
             started = time.perf_counter()
-            runs[name].append(launch(name, configs[name]))
+            runs[name].append({**launch(name, configs[name]), "finished_unix_s": time.time()})
             r = runs[name][-1]
             print(f"round {round_ + 1} {name:24s} step {r['median_step_s']:.3f}s  peak {r['peak_rss_mb']:.0f} MB  "
                   f"loss {r['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)", flush=True)
@@ -363,6 +363,12 @@ def main() -> int:
         rates = [r["matmul_gflops"] for r in runs[name]]
         if shares:
             print(f"  {name:26s} {_summary(shares)}   matmul GFLOP/s {_summary(rates)}")
+        if len(shares) >= 3:
+            # The stability target: every run's share within ±10% of the median over the series.
+            centre = statistics.median(shares)
+            span = (runs[name][-1]["finished_unix_s"] - runs[name][0]["finished_unix_s"]) / 60
+            print(f"  {'':26s} {len(shares)} runs over {span:.0f} min: largest deviation from the median "
+                  f"{max(abs(x / centre - 1) for x in shares):.1%} (target ±10%)")
     for a, b in (("harness-dpo", "trl-dpo-precomputed"),):
         if a in runs and b in runs:
             gap = [abs(x["last_loss"] - y["last_loss"]) / abs(y["last_loss"]) for x, y in zip(runs[a], runs[b])]
