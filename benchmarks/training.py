@@ -259,6 +259,8 @@ def configurations(steps: int, chunks: list[int]) -> dict[str, dict]:
     configs = {
         "harness-dpo": {**base, "trainer": "harness", "method": "dpo"},
         "harness-dpo-packed": {**base, "trainer": "harness", "method": "dpo", "pack": True},
+        # The run config's defaults: packing, and gradient caching in 512-token chunks.
+        "harness-dpo-defaults": {**base, "trainer": "harness", "method": "dpo", "pack": True, "chunk_tokens": 512},
         "harness-dpo-full-logits": {**base, "trainer": "harness", "method": "dpo", "logits": "full"},
         "trl-dpo-precomputed": {**base, "trainer": "trl", "reference": "precomputed"},
         "trl-dpo-resident": {**base, "trainer": "trl", "reference": "resident"},
@@ -339,6 +341,7 @@ def main() -> int:
              ("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time, one row per sequence"),
              ("trl-dpo-precomputed", "harness-dpo-packed", "median_step_s", "TRL precomputed / harness DPO step time, packed (target ≥ 1.7)"),
              ("harness-dpo", "harness-dpo-packed", "median_step_s", "one row per sequence / packed harness DPO step time"),
+             ("trl-dpo-precomputed", "harness-dpo-defaults", "median_step_s", "TRL precomputed / harness DPO step time, run-config defaults"),
              ("trl-dpo-resident", "harness-dpo", "median_step_s", "TRL resident / harness DPO step time"),
              ("harness-dpo", "harness-dpo-jemalloc", "median_step_s", "glibc / jemalloc (no release) harness DPO step time"),
              ("harness-dpo", "harness-dpo-glibc-thp", "median_step_s", "glibc / glibc with huge pages harness DPO step time")]

@@ -189,9 +189,11 @@ class TrainConfig:
     # set by the chunk, not by K or the batch. Costs up to one more forward per step;
     # micro-batches that fit in one chunk take the plain path.
     gradient_cache: bool = GRADIENT_CACHE_DEFAULT
-    # A chunk's size in padded tokens (sequences × their longest length): what activation memory
-    # grows with. Sequences of all roles, prompts and self-samples fill chunks in length order.
-    gradient_cache_tokens: int = 1024
+    # A chunk's size in padded tokens (sequences × their longest length, or packed rows × their
+    # width): what activation memory grows with. Sequences of all roles, prompts and self-samples
+    # fill chunks in length order. 512 is the largest measured budget that holds D²O at K = 11 to
+    # 1.3 × packed DPO's peak memory (benchmarks/RESULTS.md).
+    gradient_cache_tokens: int = 512
     # Shared-prompt packing: the sequences of a micro-batch that share a prompt (a DPO pair's
     # chosen and rejected, D²O's negative and K samples) go through the model as one unit, the
     # prompt once and each response attending to it and to itself only, several units to a row
