@@ -144,7 +144,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from harness.logprobs import EncodedPair, encode_pair, score_pairs, shared_prompt_layout, unpadded_tokens
+    from harness.logprobs import EncodedPair, encode_pair, score_pairs, unpadded_tokens
     from harness.registry import get_method
     from harness.training import MethodTrainer, RoleCollator
 
@@ -191,7 +191,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     def counting(model, inputs, *args, **kwargs):
         # The model's FLOPs are those of the tokens it computes: a prompt shared by packing, once.
         flat = [p for role in inputs["pairs"].values() for g in role for p in (g if isinstance(g, list) else [g])]
-        tokens.append(unpadded_tokens(flat, shared_prompt_layout(model, flat) if spec.get("pack") else None))
+        tokens.append(unpadded_tokens(flat, trainer.packed_rows(model, flat)))
         return original(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = counting

@@ -143,6 +143,13 @@ class MethodTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._diagnostics: dict[str, list[float]] = {}
 
+    def packed_rows(self, model, flat: list[EncodedPair]) -> Optional[list[list[list[int]]]]:
+        """The shared-prompt layout `compute_loss` forwards these sequences in; None: one row each."""
+        if not self.shared_prompt_packing:
+            return None
+        # Packed rows no wider than a gradient-caching chunk, so a chunk's memory stays its budget's.
+        return shared_prompt_layout(model, flat, max_width=self.gradient_cache_tokens or None)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pairs = dict(inputs["pairs"])
         reference = dict(inputs["reference"])
@@ -164,9 +171,7 @@ class MethodTrainer(Trainer):
                 flat.extend(pairs[role])
                 layout.append((role, len(pairs[role]), None))
         device = self.args.device
-        # Packed rows no wider than a gradient-caching chunk, so a chunk's memory stays its budget's.
-        rows = (shared_prompt_layout(model, flat, max_width=self.gradient_cache_tokens or None)
-                if self.shared_prompt_packing else None)
+        rows = self.packed_rows(model, flat)
         tokens = packed_tokens(flat, rows) if rows else padded_tokens(flat)
         cache = self.gradient_cache_tokens and tokens > self.gradient_cache_tokens and torch.is_grad_enabled()
         if cache and isinstance(model, torch.nn.parallel.DistributedDataParallel):
