@@ -15,6 +15,8 @@ objectives) three ways, alternating within each round:
 Tokens are the completion tokens produced (up to EOS), counted by re-tokenising each path's
 texts with the model's tokenizer, so all three are counted alike. Prints tokens/s per way (median and range
 over rounds) and the ratios. The vLLM server is stopped at the end.
+
+The HF ways run wherever the harness puts the policy (a GPU when there is one), in `--dtype`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8811)
     parser.add_argument("--preload", action="store_true",
                         help="start vLLM with tcmalloc and libiomp5 preloaded, as vLLM's CPU guide advises")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the HF ways' weights (bfloat16 for the GPU figures)")
     args = parser.parse_args()
 
     import torch
@@ -75,7 +79,7 @@ def main() -> int:
 
     home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
     checkpoint = ensure_smollm2_checkpoint(home)
-    model, tokenizer = load_policy(str(checkpoint))
+    model, tokenizer = load_policy(str(checkpoint), dtype=args.dtype)
     labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
     objectives = list(dict.fromkeys(r["objective"][:300] for r in labels))
     prompts = [format_prompt(objectives[i % len(objectives)], "chat", tokenizer) for i in range(args.prompts)]
@@ -123,7 +127,9 @@ def main() -> int:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
-    print(f"\ncpu cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts}  "
+    device = next(model.parameters()).device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu cores: {os.cpu_count()}"
+    print(f"\n{where}  {args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts}  "
           f"max new tokens: {args.tokens}  rounds: {args.rounds}")
     for name, values in rates.items():
         print(f"{name:18s} {statistics.median(values):8.1f} tokens/s [{min(values):.1f}, {max(values):.1f}]")

@@ -20,6 +20,12 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
   4096² fp32 matmul measured in the same process just before.
 
 It then prints medians, ranges over the rounds and the ratios the issue's targets name.
+
+On a GPU (`--device cuda`, with `--bf16` for bf16 autocast over fp32 weights, as the harness's
+`train.bf16`) the same configurations run there: step times are taken between
+`torch.cuda.synchronize()` calls, peak memory is `torch.cuda.max_memory_allocated()` of the
+training steps (reset after the first), and the model-FLOP rate is set against a 8192² matmul
+in the training's dtype on that GPU. The allocator configurations are CPU-only.
 """
 
 from __future__ import annotations
@@ -44,7 +50,12 @@ MAX_LENGTH = 128
 # --------------------------------------------------------------------------- worker side
 
 
-def _peak_rss_reset() -> None:
+def _peak_memory_reset(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
     # Linux: writing 5 to clear_refs resets VmHWM, so the peak measured is the training steps'.
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -52,7 +63,12 @@ def _peak_rss_reset() -> None:
         pass
 
 
-def _peak_rss_mb() -> float:
+def _peak_memory_mb(device: str) -> float:
+    """Peak RSS of the process on CPU; peak memory allocated by tensors on a GPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -61,15 +77,27 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(device: str = "cpu", bf16: bool = False, repeats: int = 5) -> float:
+    """The best of `repeats` square matmuls: 4096² fp32 on CPU, 8192² on a GPU (bf16 with --bf16)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 8192 if device == "cuda" else 4096
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _synchronize(device)
         started = time.perf_counter()
         torch.mm(a, b)
+        _synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
@@ -106,7 +134,8 @@ def _texts(tokenizer, n: int) -> list[dict]:
 
 
 class _StepTimes:
-    def __init__(self):
+    def __init__(self, device: str):
+        self.device = device
         self.times: list[float] = []
         self.started = 0.0
 
@@ -117,24 +146,26 @@ class _StepTimes:
 
         class Watch(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
+                _synchronize(watch.device)
                 if state.global_step == 1:
-                    _peak_rss_reset()  # after the first step's one-off allocations
+                    _peak_memory_reset(watch.device)  # after the first step's one-off allocations
                 watch.started = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
+                _synchronize(watch.device)
                 watch.times.append(time.perf_counter() - watch.started)
 
         return Watch()
 
 
-def _common_args(output_dir: str, batch: int, steps: int) -> dict:
+def _common_args(output_dir: str, spec: dict) -> dict:
     """The TrainingArguments both trainers get (TRL's DPOConfig extends them)."""
-    return dict(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-6,
-                lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
-                # fp32 without recomputation for both: TRL's DPOConfig would otherwise default to
-                # bf16 autocast and gradient checkpointing (slower on this CPU, other numerics).
-                bf16=False, gradient_checkpointing=False,
+    return dict(output_dir=output_dir, per_device_train_batch_size=spec["batch"], max_steps=spec["steps"],
+                learning_rate=1e-6, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+                use_cpu=spec["device"] == "cpu", seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
+                # The same precision and no recomputation for both: TRL's DPOConfig would otherwise
+                # default to bf16 autocast and gradient checkpointing whatever --bf16 says.
+                bf16=spec["bf16"], gradient_checkpointing=False,
                 # The same pairs in the same order for both trainers.
                 train_sampling_strategy="sequential")
 
@@ -178,9 +209,9 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
             flat = [EncodedPair(e[f"{role}_ids"], e[f"{role}_start"]) for e in examples]
             for example, value in zip(examples, score_pairs(model, flat, tokenizer.pad_token_id, 32, "reference")):
                 example[f"ref_{role}"] = value
-    watch = _StepTimes()
+    watch = _StepTimes(spec["device"])
     trainer = MethodTrainer(
-        model=model, args=TrainingArguments(**_common_args(out, spec["batch"], spec["steps"])), train_dataset=Dataset.from_list(examples),
+        model=model, args=TrainingArguments(**_common_args(out, spec)), train_dataset=Dataset.from_list(examples),
         data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
         pad_id=tokenizer.pad_token_id, gradient_cache_tokens=spec.get("chunk_tokens", 0),
         shared_prompt_packing=spec.get("pack", False),
@@ -209,9 +240,9 @@ def run_trl(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dict:
 
     data = Dataset.from_list([{"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["negative"]}
                               for r in rows])
-    args = DPOConfig(**_common_args(out, spec["batch"], spec["steps"]), beta=0.1, max_length=MAX_LENGTH, precompute_ref_log_probs=spec["reference"] == "precomputed",
+    args = DPOConfig(**_common_args(out, spec), beta=0.1, max_length=MAX_LENGTH, precompute_ref_log_probs=spec["reference"] == "precomputed",
         precompute_ref_batch_size=32, dataset_num_proc=None)
-    watch = _StepTimes()
+    watch = _StepTimes(spec["device"])
     trainer = DPOTrainer(model=model, ref_model=None if spec["reference"] == "precomputed" else copy.deepcopy(model),
                          args=args, train_dataset=data, processing_class=tokenizer, callbacks=[watch.callback()])
     tokens = []
@@ -234,8 +265,8 @@ def worker(spec: dict) -> dict:
     from harness.models.smollm2 import ensure_smollm2_checkpoint
 
     home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
-    rate = matmul_gflops()
-    model, tokenizer = load_policy(str(ensure_smollm2_checkpoint(home)))
+    rate = matmul_gflops(spec["device"], spec["bf16"])
+    model, tokenizer = load_policy(str(ensure_smollm2_checkpoint(home)), device=spec["device"])
     tokenizer.padding_side = "right"
     n_params = sum(p.numel() for p in model.parameters())
     rows = _texts(tokenizer, spec["pairs"])
@@ -245,7 +276,7 @@ def worker(spec: dict) -> dict:
     tokens = result["tokens_per_step"][1 : len(result["step_times"])] or [0]
     median = statistics.median(timed)
     flops = 6 * n_params * statistics.median(tokens) if any(tokens) else None
-    return {"median_step_s": median, "peak_rss_mb": _peak_rss_mb(), "last_loss": result["losses"][-1],
+    return {"median_step_s": median, "peak_memory_mb": _peak_memory_mb(spec["device"]), "last_loss": result["losses"][-1],
             "losses": result["losses"], "matmul_gflops": rate,
             "model_gflops": flops / median / 1e9 if flops else None, "threads": torch.get_num_threads()}
 
@@ -253,9 +284,9 @@ def worker(spec: dict) -> dict:
 # --------------------------------------------------------------------------- driver side
 
 
-def configurations(steps: int, chunks: list[int]) -> dict[str, dict]:
-    base = {"pairs": 64, "batch": 8, "steps": steps}
-    per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2)}
+def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: bool = False) -> dict[str, dict]:
+    base = {"pairs": 64, "batch": 8, "steps": steps, "device": device, "bf16": bf16}
+    per_prompt = {"pairs": 16, "batch": 4, "steps": max(3, steps // 2), "device": device, "bf16": bf16}
     configs = {
         "harness-dpo": {**base, "trainer": "harness", "method": "dpo"},
         "harness-dpo-packed": {**base, "trainer": "harness", "method": "dpo", "pack": True},
@@ -274,6 +305,8 @@ def configurations(steps: int, chunks: list[int]) -> dict[str, dict]:
             configs[f"d2o-k{k}-b4-cached-{chunk}t"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k,
                                                         "chunk_tokens": chunk}
             configs[f"d2o-k{k}-b4-cached-{chunk}t-packed"] = {**configs[f"d2o-k{k}-b4-cached-{chunk}t"], "pack": True}
+    if device != "cpu":
+        return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
     if JEMALLOC.is_file():
         configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
@@ -309,11 +342,13 @@ def main() -> int:
     parser.add_argument("--json", help="also write every run's numbers here")
     parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 512],
                         help="gradient-caching chunk sizes (padded tokens) to time D2O with")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast over fp32 weights (the harness's train.bf16)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
-    configs = configurations(args.steps, args.chunks)
+    configs = configurations(args.steps, args.chunks, args.device, args.bf16)
     names = args.only or list(configs)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(args.rounds):
@@ -321,23 +356,29 @@ def main() -> int:
             started = time.perf_counter()
             runs[name].append({**launch(name, configs[name]), "finished_unix_s": time.time()})
             r = runs[name][-1]
-            print(f"round {round_ + 1} {name:24s} step {r['median_step_s']:.3f}s  peak {r['peak_rss_mb']:.0f} MB  "
+            print(f"round {round_ + 1} {name:24s} step {r['median_step_s']:.3f}s  peak {r['peak_memory_mb']:.0f} MB  "
                   f"loss {r['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"configs": configs, "runs": runs}, indent=1))
-    print(f"\ncpu cores: {os.cpu_count()}   rounds: {args.rounds}   steps per run: {args.steps}")
-    print(f"{'configuration':26s}{'median step s [range]':>30s}{'peak RSS MB [range]':>32s}{'last loss':>12s}")
+    where = f"cpu cores: {os.cpu_count()}"
+    if args.device == "cuda":
+        import torch
+
+        where = f"GPU: {torch.cuda.get_device_name(0)}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+    print(f"\n{where}   rounds: {args.rounds}   steps per run: {args.steps}")
+    memory = "peak RSS MB [range]" if args.device == "cpu" else "peak allocated MB [range]"
+    print(f"{'configuration':26s}{'median step s [range]':>30s}{memory:>32s}{'last loss':>12s}")
     for name in names:
         rs = runs[name]
         print(f"{name:26s}{_summary([r['median_step_s'] for r in rs]):>30s}"
-              f"{_summary([r['peak_rss_mb'] for r in rs]):>32s}{statistics.median(r['last_loss'] for r in rs):12.4f}")
+              f"{_summary([r['peak_memory_mb'] for r in rs]):>32s}{statistics.median(r['last_loss'] for r in rs):12.4f}")
 
     def ratio(a: str, b: str, key: str) -> list[float]:
         return [x[key] / y[key] for x, y in zip(runs[a], runs[b])]
 
     print("\nratios (per round, paired; median [range])")
     pairs = [("harness-dpo-full-logits", "harness-dpo", "median_step_s", "full-logits / response-only harness DPO step time"),
-             ("harness-dpo-full-logits", "harness-dpo", "peak_rss_mb", "full-logits / response-only harness DPO peak RSS"),
+             ("harness-dpo-full-logits", "harness-dpo", "peak_memory_mb", "full-logits / response-only harness DPO peak memory"),
              ("trl-dpo-precomputed", "harness-dpo", "median_step_s", "TRL precomputed / harness DPO step time, one row per sequence"),
              ("trl-dpo-precomputed", "harness-dpo-packed", "median_step_s", "TRL precomputed / harness DPO step time, packed (target ≥ 1.7)"),
              ("harness-dpo", "harness-dpo-packed", "median_step_s", "one row per sequence / packed harness DPO step time"),
@@ -350,17 +391,18 @@ def main() -> int:
         for packed in ("", "-packed"):
             dpo, how = f"dpo-b4{packed}", ", packed" if packed else ""
             pairs += [(f"d2o-k{k}-b4{packed}", dpo, "median_step_s", f"D2O K={k} / DPO step time, caching off{how} ((K+1)/2 = {(k + 1) / 2:g})"),
-                      (f"d2o-k{k}-b4{packed}", dpo, "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching off{how}")]
+                      (f"d2o-k{k}-b4{packed}", dpo, "peak_memory_mb", f"D2O K={k} / DPO peak memory, caching off{how}")]
             for chunk in args.chunks:
                 name = f"d2o-k{k}-b4-cached-{chunk}t{packed}"
                 pairs += [(name, dpo, "median_step_s", f"D2O K={k} / DPO step time, caching on, {chunk}-token chunks{how} (target ≤ {target:.1f})"),
-                          (name, dpo, "peak_rss_mb", f"D2O K={k} / DPO peak RSS, caching on, {chunk}-token chunks{how} (target ≤ 1.3)")]
+                          (name, dpo, "peak_memory_mb", f"D2O K={k} / DPO peak memory, caching on, {chunk}-token chunks{how} (target ≤ 1.3)")]
         pairs += [(f"d2o-k{k}-b4-cached-{args.chunks[0]}t", f"d2o-k{k}-b4-cached-{args.chunks[0]}t-packed", "median_step_s",
                    f"D2O K={k} caching on, one row per sequence / packed step time")]
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")
-    print("\nmodel-FLOP rate / same-process 4096² fp32 matmul rate (per run)")
+    matmul = "4096² fp32" if args.device == "cpu" else f"8192² {'bf16' if args.bf16 else 'fp32'} GPU"
+    print(f"\nmodel-FLOP rate / same-process {matmul} matmul rate (per run)")
     for name in names:
         shares = [r["model_gflops"] / r["matmul_gflops"] for r in runs[name] if r["model_gflops"]]
         rates = [r["matmul_gflops"] for r in runs[name]]
