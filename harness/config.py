@@ -199,7 +199,7 @@ class TrainConfig:
     # prompt once and each response attending to it and to itself only, several units to a row
     # where that saves padding. The same log-probs as one row per sequence (a test holds them to
     # 1e-5) for fewer tokens; taken only when the model's attention takes a custom mask (sdpa,
-    # eager) and the layout is cheaper.
+    # eager), the model is on the CPU (on an H100 packing was slower) and the layout is cheaper.
     shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
 
 

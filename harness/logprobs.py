@@ -295,7 +295,7 @@ def shared_prompt_layout(model, pairs: list[EncodedPair],
     sequence; None otherwise."""
     config = getattr(unwrap(model), "config", None)
     if (not projects_responses_only(model) or getattr(config, "_attn_implementation", None) not in _PACKABLE_ATTENTION
-            or not getattr(config, "hidden_size", None)):
+            or not getattr(config, "hidden_size", None) or not _on_cpu(model)):
         return None
     longest = max(len(pair.input_ids) for pair in pairs)
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
@@ -308,6 +308,16 @@ def shared_prompt_layout(model, pairs: list[EncodedPair],
     rows = shared_prompt_rows(pairs, config.hidden_size, max_width)
     cost = _layout_cost(len(rows), _row_width(pairs, rows), config.hidden_size)
     return rows if cost < _layout_cost(len(pairs), longest, config.hidden_size) else None
+
+
+def _on_cpu(model) -> bool:
+    # The cost model above is the CPU's, where compute follows tokens. On an H100 (bf16, SmolLM2,
+    # benchmarks/RESULTS.md) the packed DPO step took 2.7x the one-row step: a step there is
+    # bound by kernel launches and host work (the layout and mask are built on the host), not
+    # by tokens, and a custom mask keeps SDPA off FlashAttention. Until a GPU measurement says
+    # otherwise, a model on an accelerator gets one row per sequence.
+    parameter = next(unwrap(model).parameters(), None)
+    return parameter is None or parameter.device.type == "cpu"
 
 
 def packed_tokens(pairs: list[EncodedPair], rows: list[list[list[int]]]) -> int:
