@@ -26,7 +26,9 @@ On a GPU (`--device cuda`, with `--bf16` for bf16 autocast over fp32 weights, as
 `train.bf16`) the same configurations run there: step times are taken between
 `torch.cuda.synchronize()` calls, peak memory is `torch.cuda.max_memory_allocated()` of the
 training steps (reset after the first), and the model-FLOP rate is set against a 8192² matmul
-in the training's dtype on that GPU. The allocator configurations are CPU-only.
+in the training's dtype on that GPU. The allocator configurations are CPU-only, and since the
+H100 figures (RESULTS.md) the harness packs on the CPU only, so there a "packed" configuration
+takes one row per sequence like its unpacked twin.
 """
 
 from __future__ import annotations
