@@ -17,6 +17,10 @@ texts with the model's tokenizer, so all three are counted alike. Prints tokens/
 over rounds) and the ratios. The vLLM server is stopped at the end.
 
 The HF ways run wherever the harness puts the policy (a GPU when there is one), in `--dtype`.
+
+`--k K` asks for K completions per prompt, as the self_samples stage does: HF `generate` with
+`num_return_sequences=K` (batch 64 prompts, the harness's `sampling.batch_size`; one prompt at a
+time for the other HF way), the server one request per prompt with `n=K`.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8811)
     parser.add_argument("--preload", action="store_true",
                         help="start vLLM with tcmalloc and libiomp5 preloaded, as vLLM's CPU guide advises")
+    parser.add_argument("--k", type=int, default=1, help="completions per prompt (the self_samples stage's K)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the HF ways' weights (bfloat16 for the GPU figures)")
     args = parser.parse_args()
@@ -90,7 +95,8 @@ def main() -> int:
     def hf(batch_size: int):
         def run(seed: int) -> int:
             return produced(generate_completions(model, tokenizer, prompts, max_new_tokens=args.tokens, do_sample=True,
-                                                 batch_size=batch_size, seed=seed, desc="hf"))
+                                                 num_return_sequences=args.k, batch_size=batch_size, seed=seed,
+                                                 desc="hf"))
         return run
 
     ways = {"hf-batched": hf(64), "hf-one-at-a-time": hf(1)}
@@ -108,7 +114,7 @@ def main() -> int:
         settings = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
 
         def via_server(seed: int) -> int:
-            return produced(sample_from_server(prompts, settings=settings, model="policy", k=1, temperature=1.0,
+            return produced(sample_from_server(prompts, settings=settings, model="policy", k=args.k, temperature=1.0,
                                                top_p=1.0, top_k=0, max_new_tokens=args.tokens, seed=seed))
 
         ways["vllm-server"] = via_server
@@ -129,7 +135,7 @@ def main() -> int:
             server.wait(timeout=60)
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu cores: {os.cpu_count()}"
-    print(f"\n{where}  {args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts}  "
+    print(f"\n{where}  {args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts} × k {args.k}  "
           f"max new tokens: {args.tokens}  rounds: {args.rounds}")
     for name, values in rates.items():
         print(f"{name:18s} {statistics.median(values):8.1f} tokens/s [{min(values):.1f}, {max(values):.1f}]")
