@@ -281,6 +281,12 @@ def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
     return max(complete)[1] if complete else None
 
 
+# transformers 5.2x renamed gradient_checkpointing to activation_checkpointing and warns on the
+# old name; older 5.x releases know only the old one.
+_CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                           else "gradient_checkpointing")
+
+
 def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArguments:
     if train_cfg.deepspeed is not None:
         describe_single_process_group()
@@ -300,7 +306,7 @@ def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArgume
         weight_decay=train_cfg.weight_decay,
         max_grad_norm=train_cfg.max_grad_norm,
         bf16=train_cfg.bf16,
-        gradient_checkpointing=train_cfg.gradient_checkpointing,
+        **{_CHECKPOINTING_ARGUMENT: train_cfg.gradient_checkpointing},
         deepspeed=resolve_deepspeed(train_cfg.deepspeed),
         logging_strategy="steps",
         logging_steps=train_cfg.logging_steps,

@@ -96,6 +96,19 @@ def test_bad_checkpoint_settings_are_bad_input(field, value):
         training_arguments(TrainConfig(**{field: value}), Path("/nonexistent"), 0)
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_activation_checkpointing_reaches_the_trainer_without_a_deprecation_warning(on, tmp_path):
+    import warnings
+
+    from harness.config import TrainConfig
+    from harness.training import training_arguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = training_arguments(TrainConfig(gradient_checkpointing=on), tmp_path, 0)
+    assert args.gradient_checkpointing is on
+
+
 def test_checkpoint_settings_do_not_change_the_run_identity():
     plain = resolve_config(method="d2o", preset="tiny")
     other = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(["train.save_steps=3"]))
