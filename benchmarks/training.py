@@ -338,6 +338,11 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):8.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
+def _largest_deviation(values: list[float]) -> str:
+    """How far the value furthest from the median is from it, relative to the median."""
+    return f"{max(abs(x / statistics.median(values) - 1) for x in values):.1%}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
@@ -417,13 +422,9 @@ def main() -> int:
             # The stability target: every run's model-FLOP rate within ±10% of the series' median.
             model_rates = [r["model_gflops"] for r in runs[name] if r["model_gflops"]]
             span = (runs[name][-1]["finished_unix_s"] - runs[name][0]["finished_unix_s"]) / 60
-
-            def spread(values: list[float]) -> str:
-                return f"{max(abs(x / statistics.median(values) - 1) for x in values):.1%}"
-
             print(f"  {'':26s} {len(shares)} runs over {span:.0f} min, largest deviation from the median: "
-                  f"model-FLOP rate {spread(model_rates)} (target ±10%), share {spread(shares)}, "
-                  f"matmul {spread(rates)}")
+                  f"model-FLOP rate {_largest_deviation(model_rates)} (target ±10%), "
+                  f"share {_largest_deviation(shares)}, matmul {_largest_deviation(rates)}")
     for a, b in (("harness-dpo", "trl-dpo-precomputed"),):
         if a in runs and b in runs:
             gap = [abs(x["last_loss"] - y["last_loss"]) / abs(y["last_loss"]) for x, y in zip(runs[a], runs[b])]
