@@ -72,6 +72,9 @@ def main() -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the HF ways' weights (bfloat16 for the GPU figures)")
     args = parser.parse_args()
+    for name in ("rounds", "prompts", "tokens", "k"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
     import torch
 

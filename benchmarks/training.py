@@ -358,7 +358,17 @@ def main() -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
+    if args.rounds < 1 or args.steps < 2:
+        parser.error(f"--rounds must be >= 1 and --steps >= 2 (the first step is not timed), got {args.rounds} and {args.steps}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible to torch")
     configs = configurations(args.steps, args.chunks, args.device, args.bf16)
+    unknown = sorted(set(args.only) - set(configs))
+    if unknown:
+        parser.error(f"--only: unknown configuration(s) {', '.join(unknown)} for --device {args.device}")
     names = args.only or list(configs)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(args.rounds):
