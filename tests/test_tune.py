@@ -430,6 +430,19 @@ def _storage_states(db: Path) -> dict:
         return {}
 
 
+def _runs(trials: Path) -> list[Path]:
+    return [d for d in trials.glob("*") if d.is_dir() and d.name != "logs"] if trials.is_dir() else []
+
+
+def _next_trial_launched(trials: Path) -> bool:
+    """One trial's run is complete and the tune has opened the next run's log, which it does just
+    before starting that run's process (whose interpreter start alone takes seconds)."""
+    from harness.sweep import _is_complete
+
+    logs = list((trials / "logs").glob("*.log")) if (trials / "logs").is_dir() else []
+    return sum(_is_complete(trials, d.name) for d in _runs(trials)) == 1 and len(logs) == 2
+
+
 @pytest.mark.slow
 def test_killed_tune_resumes_without_repeating_finished_trials(bench_home, tmp_path):
     data = write_dataset(tmp_path / "data")
@@ -440,20 +453,35 @@ def test_killed_tune_resumes_without_repeating_finished_trials(bench_home, tmp_p
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
-    first = None
+    first, tune_frozen = None, False
     try:
+        # Kill the tune and its trial run together once one trial is COMPLETE and the next
+        # trial's run has finished a stage. That run is over within a second of finishing its
+        # data stage, too fast to catch by polling, so the tune is frozen as soon as it launches
+        # the run (the run's process goes on; the tune waits for it anyway) and the kill comes
+        # when the run's data stage is done. Only the file system is polled: cheap, and it never
+        # locks the study's database.
         while time.monotonic() < deadline and proc.poll() is None:
-            trials = _storage_states(out / "studies.db")
-            done = [t for t in trials.values() if t.state.name == "COMPLETE"]
-            running = [t for t in trials.values() if t.state.name == "RUNNING"]
-            # Kill once one trial is COMPLETE and the next one's run has finished a stage.
-            if done and running and running[0].user_attrs.get("run_id") and (
-                    out / "trials" / running[0].user_attrs["run_id"] / "data" / "COMPLETE").exists():
-                first = done[0]
+            if _next_trial_launched(out / "trials"):
+                os.kill(proc.pid, signal.SIGSTOP)
+                tune_frozen = True
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
+        from harness.sweep import _is_complete
+
+        first_run = next((d.name for d in _runs(out / "trials") if _is_complete(out / "trials", d.name)), None)
+        while tune_frozen and time.monotonic() < deadline:
+            if any((d / "data" / "COMPLETE").exists() for d in _runs(out / "trials") if d.name != first_run):
+                os.killpg(proc.pid, signal.SIGSTOP)
+                trials = _storage_states(out / "studies.db")
+                first = next((t for t in trials.values() if t.state.name == "COMPLETE"), None)
+                break
+            time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the tune and the trial run it started
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the tune and the trial run it started
+        except ProcessLookupError:  # it had already exited: the assertion below shows its log
+            pass
         proc.wait()
         log.close()
     assert first is not None, (tmp_path / "first.log").read_text()[-3000:]
