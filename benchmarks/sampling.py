@@ -47,8 +47,26 @@ def server_preload(python: Path) -> list[str]:
     return [str(lib) for lib in libs if lib.is_file()]
 
 
-def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preload: list[str]) -> subprocess.Popen:
-    server = launch_vllm(python, checkpoint, served_name="policy", port=port, log_path=log_path, preload=tuple(preload))
+def benchmark_prompts(tokenizer, n: int) -> list[str]:
+    """The workload's prompts: the pyrit fixture's objectives, chat-formatted, cycled to `n`."""
+    from harness.prompting import format_prompt
+    from harness.suites import real_data
+
+    labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
+    objectives = list(dict.fromkeys(r["objective"][:300] for r in labels))
+    return [format_prompt(objectives[i % len(objectives)], "chat", tokenizer) for i in range(n)]
+
+
+def completion_tokens(tokenizer, groups) -> int:
+    """Completion tokens produced, counted by re-tokenising the texts, so every way counts alike."""
+    return sum(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for g in groups for c in g)
+
+
+def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preload: list[str],
+               extra_args: tuple[str, ...] = (), extra_env: dict | None = None) -> subprocess.Popen:
+    """Start the server and wait until it answers (its first start compiles: minutes)."""
+    server = launch_vllm(python, checkpoint, served_name="policy", port=port, log_path=log_path, preload=tuple(preload),
+                         extra_args=extra_args, extra_env=extra_env)
     deadline = time.monotonic() + 900
     while True:
         try:
@@ -81,19 +99,15 @@ def main() -> int:
     from harness.generation import generate_completions
     from harness.models.loading import load_policy
     from harness.models.smollm2 import ensure_smollm2_checkpoint
-    from harness.prompting import format_prompt
     from harness.server_sampling import ServerSettings, sample_from_server
-    from harness.suites import real_data
 
     home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
     checkpoint = ensure_smollm2_checkpoint(home)
     model, tokenizer = load_policy(str(checkpoint), dtype=args.dtype)
-    labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
-    objectives = list(dict.fromkeys(r["objective"][:300] for r in labels))
-    prompts = [format_prompt(objectives[i % len(objectives)], "chat", tokenizer) for i in range(args.prompts)]
+    prompts = benchmark_prompts(tokenizer, args.prompts)
 
     def produced(groups) -> int:
-        return sum(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for g in groups for c in g)
+        return completion_tokens(tokenizer, groups)
 
     def hf(batch_size: int):
         def run(seed: int) -> int:

@@ -161,12 +161,15 @@ def vllm_python(repo_root: Path) -> Optional[Path]:
 
 
 def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_path: Path,
-                kv_cache_gib: int = 2, preload: tuple[str, ...] = (), dtype: str = "float32") -> subprocess.Popen:
+                kv_cache_gib: int = 2, preload: tuple[str, ...] = (), dtype: str = "float32",
+                extra_args: tuple[str, ...] = (), extra_env: Optional[dict] = None) -> subprocess.Popen:
     """Start vLLM's OpenAI server on 127.0.0.1 as docs/SAMPLING_SERVER.md does, in its own
     process group (stop it with os.killpg), output to `log_path`. Returns without waiting for it
-    to answer."""
+    to answer. `extra_args` go after the recipe's arguments (a repeated flag overrides), and
+    `extra_env` over its environment: what a benchmark of server settings varies."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib), HF_HUB_OFFLINE="1",
-               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"))
+               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"),
+               **(extra_env or {}))
     if preload:
         env["LD_PRELOAD"] = ":".join(preload)
     # The module, not the `vllm` console script: vllm-cpu 0.32.0's script fails on start.
@@ -179,6 +182,6 @@ def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_p
             "--max-num-batched-tokens", "32768",
             # vLLM would downcast an fp32 checkpoint to bf16, slower on CPUs without AMX (this
             # machine: 258 against 338 tokens/s) and not what the transformers backend samples in.
-            "--dtype", dtype]
+            "--dtype", dtype, *extra_args]
     with open(log_path, "w") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
