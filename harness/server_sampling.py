@@ -168,8 +168,8 @@ def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_p
     to answer. `extra_args` go after the recipe's arguments (a repeated flag overrides), and
     `extra_env` over its environment: what a benchmark of server settings varies."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib), HF_HUB_OFFLINE="1",
-               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"),
-               **(extra_env or {}))
+               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"))
+    env.update(extra_env or {})
     if preload:
         env["LD_PRELOAD"] = ":".join(preload)
     # The module, not the `vllm` console script: vllm-cpu 0.32.0's script fails on start.

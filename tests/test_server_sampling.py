@@ -120,3 +120,32 @@ def test_a_run_refuses_a_server_that_is_not_there_before_writing(tmp_path, capsy
     # A method without self-samples does not need the server.
     assert main(["--method", "dpo", "--out", str(tmp_path / "out"), "--dry-run", "--set", "sampling.backend=openai",
                  "--set", f"sampling.base_url={url}"]) == 0
+
+
+def test_launch_vllm_appends_extra_arguments_and_environment(tmp_path, monkeypatch):
+    """What benchmarks/vllm_settings.py varies reaches the server's command line and environment,
+    after the recipe's own (so a repeated flag overrides), without touching the recipe."""
+    import json
+    import sys
+
+    from harness.server_sampling import launch_vllm
+
+    record = tmp_path / "launched.json"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                           f"json.dump({{'argv': sys.argv[1:], 'env': dict(os.environ)}}, open({str(record)!r}, 'w'))\n")
+    fake_python.chmod(0o755)
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    server = launch_vllm(fake_python, tmp_path / "model", served_name="policy", port=8999, log_path=tmp_path / "log",
+                         extra_args=("--dtype", "bfloat16", "--async-scheduling"),
+                         extra_env={"VLLM_CPU_ATTN_SPLIT_KV": "0", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert server.wait(timeout=60) == 0, (tmp_path / "log").read_text()
+    launched = json.loads(record.read_text())
+    argv = launched["argv"]
+    assert argv[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[-3:] == ["--dtype", "bfloat16", "--async-scheduling"]
+    assert argv[argv.index("--dtype") + 1] == "float32"  # the recipe's, before the override
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == "32768"
+    env = launched["env"]
+    assert env["VLLM_CPU_ATTN_SPLIT_KV"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_CPU_OMP_THREADS_BIND"].startswith("0-")
