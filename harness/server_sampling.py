@@ -180,6 +180,11 @@ def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_p
             # request's prefill is split across steps: a step budget larger than any burst of
             # prompts keeps prefills whole.
             "--max-num-batched-tokens", "32768",
+            # Prefix caching shares whole blocks only; at the CPU default of 128 tokens a prompt
+            # shorter than that shares nothing with its own K completions. 32 is the CPU attention
+            # kernel's smallest block: 1.24-1.27x tokens/s at 16 prompts x n=4, no loss at 64 x 1
+            # (benchmarks/RESULTS.md).
+            "--block-size", "32",
             # vLLM would downcast an fp32 checkpoint to bf16, slower on CPUs without AMX (this
             # machine: 258 against 338 tokens/s) and not what the transformers backend samples in.
             "--dtype", dtype, *extra_args]

@@ -146,6 +146,7 @@ def test_launch_vllm_appends_extra_arguments_and_environment(tmp_path, monkeypat
     assert argv[-3:] == ["--dtype", "bfloat16", "--async-scheduling"]
     assert argv[argv.index("--dtype") + 1] == "float32"  # the recipe's, before the override
     assert argv[argv.index("--max-num-batched-tokens") + 1] == "32768"
+    assert argv[argv.index("--block-size") + 1] == "32"
     env = launched["env"]
     assert env["VLLM_CPU_ATTN_SPLIT_KV"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_CPU_OMP_THREADS_BIND"].startswith("0-")
