@@ -104,9 +104,12 @@ def reset_prefix_cache(port: int) -> None:
     and a server whose cache blocks are shorter than the prompts would otherwise serve a pass's
     prompts from the one before (the harness samples each training prompt once)."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/reset_prefix_cache", method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        if response.status != 200:
-            raise SystemExit(f"POST /reset_prefix_cache answered {response.status}")
+    try:
+        with urllib.request.urlopen(request, timeout=60):
+            pass
+    except OSError as exc:  # refused, timed out, or an HTTP error status (no dev mode: 404)
+        raise SystemExit(f"POST 127.0.0.1:{port}/reset_prefix_cache failed ({exc}); the benchmark needs the "
+                         "server in dev mode (VLLM_SERVER_DEV_MODE=1), as start_vllm starts it") from None
 
 
 def main() -> int:

@@ -42,13 +42,12 @@ def test_benchmark_prompts_refuse_more_than_the_fixture_holds():
         sampling.benchmark_prompts(ChatTemplateTokenizer(), 10_000)
 
 
-def test_reset_prefix_cache_posts_to_the_dev_endpoint_and_fails_loudly_otherwise():
-    seen = []
-
+def serve(answer: int, seen: list) -> http.server.ThreadingHTTPServer:
+    """A server on 127.0.0.1 answering every POST with `answer`, recording the paths."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             seen.append(self.path)
-            self.send_response(200 if self.path == "/reset_prefix_cache" else 404)
+            self.send_response(answer)
             self.end_headers()
 
         def log_message(self, *args):
@@ -56,11 +55,29 @@ def test_reset_prefix_cache_posts_to_the_dev_endpoint_and_fails_loudly_otherwise
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_reset_prefix_cache_posts_to_the_dev_endpoint():
+    seen = []
+    server = serve(200, seen)
     try:
         sampling.reset_prefix_cache(server.server_address[1])
-        assert seen == ["/reset_prefix_cache"]
     finally:
         server.shutdown()
-    # Nothing listening: the benchmark stops rather than timing a pass over a warm cache.
-    with pytest.raises(OSError):
-        sampling.reset_prefix_cache(server.server_address[1])
+        server.server_close()
+    assert seen == ["/reset_prefix_cache"]
+
+
+def test_reset_prefix_cache_stops_the_benchmark_with_one_line_when_it_cannot():
+    # A server without dev mode answers 404: the benchmark stops rather than time a warm cache.
+    server = serve(404, [])
+    port = server.server_address[1]
+    try:
+        with pytest.raises(SystemExit, match=r"reset_prefix_cache failed \(HTTP Error 404.*VLLM_SERVER_DEV_MODE=1"):
+            sampling.reset_prefix_cache(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SystemExit, match="reset_prefix_cache failed"):  # nothing listening any more
+        sampling.reset_prefix_cache(port)
