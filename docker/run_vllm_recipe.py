@@ -122,7 +122,7 @@ def main() -> int:
         home = Path(os.environ.get("D2O_BENCH_HOME") or Path.home() / ".cache" / "d2o-bench")
         args.policy = ensure_smollm2_checkpoint(home)
 
-    uid = gid = docker_daemon.TEST_UID
+    uid, gid = docker_daemon.TEST_UID, docker_daemon.TEST_GID
     daemon = docker_daemon.PrivateDockerDaemon()
     containers = []
     with tempfile.TemporaryDirectory(prefix="d2o-vllm-recipe-") as scratch_name:
@@ -164,7 +164,10 @@ def main() -> int:
             if code != 0:
                 tail = run.logs().decode(errors="replace").strip().splitlines()[-1:]
                 raise SystemExit(f"run_vllm_recipe: the harness container exited {code}: {' '.join(tail)}")
-            summary = json.loads(next(out.glob("d2o-*/self_samples/COMPLETE")).read_text())
+            completes = sorted(out.glob("d2o-*/self_samples/COMPLETE"))
+            if not completes:
+                raise SystemExit(f"run_vllm_recipe: the run exited 0 but wrote no self_samples/COMPLETE under {out}")
+            summary = json.loads(completes[0].read_text())
         finally:
             for container in containers:
                 container.remove(force=True)
