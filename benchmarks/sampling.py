@@ -17,7 +17,11 @@ Tokens are the completion tokens produced (up to EOS), counted by re-tokenising 
 texts with the model's tokenizer, so all three are counted alike. Prints tokens/s per way (median and range
 over rounds) and the ratios. The vLLM server is stopped at the end.
 
-The HF ways run wherever the harness puts the policy (a GPU when there is one), in `--dtype`.
+The HF ways run wherever the harness puts the policy (a GPU when there is one), in `--dtype`;
+the server in `--vllm-dtype` (default: the same), so the ways compare at one precision unless a
+run asks otherwise. Which is faster depends on the CPU: bf16 GEMMs need AVX-512 BF16 or AMX, and
+on an Intel Xeon without AMX vLLM's bf16 was slower than its fp32, on an AMD EPYC (Zen 4) faster
+(benchmarks/RESULTS.md), so the summary line names the CPU.
 
 `--k K` asks for K completions per prompt, as the self_samples stage does: HF `generate` with
 `num_return_sequences=K` (batch 64 prompts, the harness's `sampling.batch_size`; one prompt at a
@@ -81,13 +85,27 @@ def completion_tokens(tokenizer, groups) -> int:
     return sum(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for g in groups for c in g)
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, for the figures' record: the development machine is not always
+    the same host, and the dtype that wins differs between them."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preload: list[str],
-               extra_args: tuple[str, ...] = (), extra_env: dict | None = None) -> subprocess.Popen:
+               extra_args: tuple[str, ...] = (), extra_env: dict | None = None,
+               dtype: str = "float32") -> subprocess.Popen:
     """Start the server and wait until it answers (its first start compiles: minutes)."""
     # Dev mode exposes POST /reset_prefix_cache (reset_prefix_cache below); the server listens
     # on 127.0.0.1 only.
     server = launch_vllm(python, checkpoint, served_name="policy", port=port, log_path=log_path, preload=tuple(preload),
-                         extra_args=extra_args, extra_env={"VLLM_SERVER_DEV_MODE": "1", **(extra_env or {})})
+                         dtype=dtype, extra_args=extra_args, extra_env={"VLLM_SERVER_DEV_MODE": "1", **(extra_env or {})})
     deadline = time.monotonic() + 900
     while True:
         try:
@@ -123,6 +141,8 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=1, help="completions per prompt (the self_samples stage's K)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the HF ways' weights (bfloat16 for the GPU figures)")
+    parser.add_argument("--vllm-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="the server's weights (default: --dtype)")
     args = parser.parse_args()
     for name in ("rounds", "prompts", "tokens", "k"):
         if getattr(args, name) < 1:
@@ -159,7 +179,7 @@ def main() -> int:
         log_path = Path("/tmp") / f"bench-vllm-{args.port}.log"
         started = time.perf_counter()
         preload = server_preload(python) if args.preload else []
-        server = start_vllm(python, checkpoint, args.port, log_path, preload)
+        server = start_vllm(python, checkpoint, args.port, log_path, preload, dtype=args.vllm_dtype or args.dtype)
         print(f"vLLM up in {time.perf_counter() - started:.0f}s (log {log_path}; LD_PRELOAD {':'.join(preload) or 'none'})",
               flush=True)
         settings = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
@@ -186,8 +206,8 @@ def main() -> int:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
     device = next(model.parameters()).device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu cores: {os.cpu_count()}"
-    print(f"\n{where}  {args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts} × k {args.k}  "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, cores: {os.cpu_count()}"
+    print(f"\n{where}  HF {args.dtype}  vLLM {args.vllm_dtype or args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts} × k {args.k}  "
           f"max new tokens: {args.tokens}  rounds: {args.rounds}")
     for name, values in rates.items():
         print(f"{name:18s} {statistics.median(values):8.1f} tokens/s [{min(values):.1f}, {max(values):.1f}]")

@@ -81,3 +81,14 @@ def test_reset_prefix_cache_stops_the_benchmark_with_one_line_when_it_cannot():
         server.server_close()
     with pytest.raises(SystemExit, match="reset_prefix_cache failed"):  # nothing listening any more
         sampling.reset_prefix_cache(port)
+
+
+def test_cpu_model_names_the_host_for_the_figures(tmp_path):
+    # The figures' summary line carries it: hosts differ between sessions, and so does the
+    # dtype that samples fastest on them.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: avx512_bf16\n")
+    assert sampling.cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    cpuinfo.write_text("processor\t: 0\n")
+    assert sampling.cpu_model(cpuinfo) == "unknown CPU"
+    assert sampling.cpu_model(tmp_path / "missing") == "unknown CPU"
