@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--vllm-dtype", choices=("float32", "bfloat16"), default=None,
                         help="the server's weights (default: --dtype)")
     args = parser.parse_args()
+    args.vllm_dtype = args.vllm_dtype or args.dtype
     for name in ("rounds", "prompts", "tokens", "k"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -179,7 +180,7 @@ def main() -> int:
         log_path = Path("/tmp") / f"bench-vllm-{args.port}.log"
         started = time.perf_counter()
         preload = server_preload(python) if args.preload else []
-        server = start_vllm(python, checkpoint, args.port, log_path, preload, dtype=args.vllm_dtype or args.dtype)
+        server = start_vllm(python, checkpoint, args.port, log_path, preload, dtype=args.vllm_dtype)
         print(f"vLLM up in {time.perf_counter() - started:.0f}s (log {log_path}; LD_PRELOAD {':'.join(preload) or 'none'})",
               flush=True)
         settings = ServerSettings(base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=args.prompts)
@@ -207,7 +208,8 @@ def main() -> int:
             server.wait(timeout=60)
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, cores: {os.cpu_count()}"
-    print(f"\n{where}  HF {args.dtype}  vLLM {args.vllm_dtype or args.dtype}  torch threads: {torch.get_num_threads()}  prompts: {args.prompts} × k {args.k}  "
+    print(f"\n{where}  HF {args.dtype}  vLLM {args.vllm_dtype}  torch threads: {torch.get_num_threads()}  "
+          f"prompts: {args.prompts} × k {args.k}  "
           f"max new tokens: {args.tokens}  rounds: {args.rounds}")
     for name, values in rates.items():
         print(f"{name:18s} {statistics.median(values):8.1f} tokens/s [{min(values):.1f}, {max(values):.1f}]")
