@@ -13,6 +13,8 @@ fixture's, red-team first: `benchmark_prompts`) three ways, alternating within e
   `.venv-vllm` (or D2O_BENCH_VLLM_PYTHON) on 127.0.0.1, all cores bound, after its startup;
   its prefix cache emptied before every pass, so no pass reuses an earlier pass's prompts.
 
+Both engines get an untimed warm-up first (HF a short batched pass, the server a full one).
+
 Tokens are the completion tokens produced (up to EOS), counted by re-tokenising each path's
 texts with the model's tokenizer, so all three are counted alike. Prints tokens/s per way (median and range
 over rounds) and the ratios. The vLLM server is stopped at the end.
@@ -172,6 +174,10 @@ def main() -> int:
         return run
 
     ways = {"hf-batched": hf(64), "hf-one-at-a-time": hf(1)}
+    # Warm-up, as the server gets one below: on a GPU the first generate pays CUDA's start-up
+    # (277 against 1,327 tokens/s after it on an H100), which would count against HF alone.
+    generate_completions(model, tokenizer, prompts, max_new_tokens=min(8, args.tokens), do_sample=True,
+                         num_return_sequences=args.k, batch_size=64, seed=0, desc="hf warm-up")
     python = vllm_python(ROOT)
     server = None
     if python is None:
