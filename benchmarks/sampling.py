@@ -115,6 +115,9 @@ def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preloa
                 return server
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
+                if server.poll() is None:  # still starting after the deadline: stop it, do not leak it
+                    os.killpg(server.pid, signal.SIGTERM)
+                    server.wait(timeout=60)
                 raise SystemExit(f"vLLM did not start; see {log_path}")
             time.sleep(2)
 
@@ -197,9 +200,10 @@ def main() -> int:
                                                top_p=1.0, top_k=0, max_new_tokens=args.tokens, seed=seed))
 
         ways["vllm-server"] = via_server
-        ways["vllm-server"](0)  # warm-up: the first requests compile shapes
     rates: dict[str, list[float]] = {name: [] for name in ways}
     try:
+        if server is not None:
+            via_server(0)  # warm-up: the first requests compile shapes
         for round_ in range(args.rounds):
             for name, run in ways.items():
                 started = time.perf_counter()

@@ -92,3 +92,30 @@ def test_cpu_model_names_the_host_for_the_figures(tmp_path):
     cpuinfo.write_text("processor\t: 0\n")
     assert sampling.cpu_model(cpuinfo) == "unknown CPU"
     assert sampling.cpu_model(tmp_path / "missing") == "unknown CPU"
+
+
+def test_a_server_that_never_answers_is_stopped_not_leaked(monkeypatch, tmp_path):
+    # A stand-in "server" that starts in its own session and never listens: past the deadline
+    # start_vllm must stop it before giving up, or it would hold the cores the next run measures.
+    import subprocess
+
+    started = []
+
+    def fake_launch(python, model, **kwargs):
+        process = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        started.append(process)
+        return process
+
+    readings = [0.0]  # the start; every later reading is far past the 900 s deadline
+    monkeypatch.setattr(sampling, "launch_vllm", fake_launch)
+    monkeypatch.setattr(sampling.time, "monotonic", lambda: readings.pop() if readings else 10_000.0)
+    monkeypatch.setattr(sampling.time, "sleep", lambda seconds: None)
+    try:
+        with pytest.raises(SystemExit, match="vLLM did not start"):
+            sampling.start_vllm(Path("python"), tmp_path, port=1, log_path=tmp_path / "log", preload=[])
+        assert started and started[0].poll() is not None, "the never-answering server is still running"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
