@@ -3,6 +3,7 @@
 Both guard the vLLM figures against a server serving prompts from its cache: repeated prompts
 within a pass, or the same prompts again in the next pass, would make any setting that caches
 shorter blocks look faster than it is for the harness, which samples each training prompt once.
+Also the server's lifetime: one left running would hold the cores the next measurement uses.
 """
 
 from __future__ import annotations
