@@ -115,11 +115,16 @@ def start_vllm(python: Path, checkpoint: Path, port: int, log_path: Path, preloa
                 return server
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                if server.poll() is None:  # still starting after the deadline: stop it, do not leak it
-                    os.killpg(server.pid, signal.SIGTERM)
-                    server.wait(timeout=60)
+                stop_vllm(server)  # still starting after the deadline: stop it, do not leak it
                 raise SystemExit(f"vLLM did not start; see {log_path}")
             time.sleep(2)
+
+
+def stop_vllm(server: subprocess.Popen) -> None:
+    """Stop a server `start_vllm` started, with everything in its process group."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
 
 
 def reset_prefix_cache(port: int) -> None:
@@ -214,8 +219,7 @@ def main() -> int:
                       flush=True)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            stop_vllm(server)
     device = next(model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, cores: {os.cpu_count()}"
     print(f"\n{where}  HF {args.dtype}  vLLM {args.vllm_dtype}  torch threads: {torch.get_num_threads()}  "

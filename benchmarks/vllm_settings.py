@@ -22,7 +22,6 @@ import argparse
 import os
 import re
 import shlex
-import signal
 import statistics
 import sys
 import time
@@ -71,7 +70,7 @@ def main() -> int:
     if len(set(names)) != len(names):
         parser.error(f"--setting names must differ: {names}")
 
-    from sampling import benchmark_prompts, completion_tokens, reset_prefix_cache, start_vllm
+    from sampling import benchmark_prompts, completion_tokens, reset_prefix_cache, start_vllm, stop_vllm
     from transformers import AutoTokenizer
 
     from harness.models.smollm2 import ensure_smollm2_checkpoint
@@ -104,8 +103,7 @@ def main() -> int:
             one_pass(0)  # warm-up: the first requests compile shapes
             rates[name] = [one_pass(round_ + 1) for round_ in range(args.rounds)]
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            stop_vllm(server)
         values = rates[name]
         print(f"{name:24s} up in {up:4.0f}s  {statistics.median(values):7.1f} tokens/s "
               f"[{min(values):.1f}, {max(values):.1f}]  args {' '.join(server_args) or '-'}  "
