@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.anchors import AnchorSettings
 from harness.registry import Method, SequenceLogps, register_method
 
 
 @dataclass
-class SelfAlignSFTConfig:
-    """Same NLL as Safe SFT; only the data differ (chosen_source), so no hyperparameters."""
+class SelfAlignSFTConfig(AnchorSettings):
+    """Same NLL as Safe SFT; only the data differ (chosen_source), so no hyperparameters. Its
+    candidates are drawn with the same anchor options as D²O's (harness/anchors.py), unsteered
+    by default."""
 
 
 @register_method
@@ -33,6 +36,9 @@ class SelfAlignSFT(Method):
     chosen_source = "safe_self_samples"
     # No hyperparameters of its own: tuning searches only the learning rate (added by the tuner).
     search_space = {}
+
+    def validate(self) -> None:
+        self.config.validate()
 
     def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
         chosen_mean_logp = policy["chosen"].mean

@@ -201,6 +201,10 @@ class TrainConfig:
     # 1e-5) for fewer tokens; taken only when the model's attention takes a custom mask (sdpa,
     # eager), the model is on the CPU (on an H100 packing was slower) and the layout is cheaper.
     shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
+    # N > 0: every N-th optimizer step, the parameter-gradient norm of each loss term a method
+    # names (D²O: anchors and negative) and its share join the per-step diagnostics; costs one
+    # extra backward per term on those steps and changes no update. 0: off.
+    term_gradient_every: int = 0
 
 
 @dataclass
@@ -260,6 +264,10 @@ class TuneConfig:
     # Whether trials also run the capability tasks (eval.lm_eval_tasks). They take no part in the
     # selection rule; false saves their cost on every trial and runs them on test runs only.
     capability_on_trials: bool = True
+    # Whether each method's first trial is its reported setting: its own hyperparameters at their
+    # Config defaults (the paper's β = α = 0.1 for D²O) at the geometric middle of the learning-rate
+    # range; the sampler chooses the rest. Every method gets it alike.
+    include_reported_point: bool = False
 
 
 @dataclass
@@ -323,7 +331,7 @@ class RunConfig:
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
     ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("sampling", "base_url"),
-    ("sampling", "api_key_env"), ("sampling", "concurrency"),
+    ("sampling", "api_key_env"), ("sampling", "concurrency"), ("train", "term_gradient_every"),
 )
 
 
@@ -340,12 +348,22 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
+    ("tune", "include_reported_point"),
 )
 
 
 def without_added_defaults(config: dict) -> dict:
+    from harness.anchors import ANCHOR_FIELD_DEFAULTS
+
     defaults = RunConfig().to_dict()
     config = json.loads(json.dumps(config, default=str))
+    # The anchor options (harness/anchors.py) joined the D²O family's and Self-Align SFT's
+    # configs later: unsteered, they leave those runs' hashes as they were.
+    method = config.get("method")
+    if isinstance(method, dict):
+        for name, default in ANCHOR_FIELD_DEFAULTS.items():
+            if name in method and method[name] == default:
+                del method[name]
     for path in ADDED_FIELDS:
         node, default = config, defaults
         for key in path[:-1]:

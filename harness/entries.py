@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -55,6 +56,13 @@ def git_state() -> dict:
         return {"commit": baked, "dirty": None if baked is None else False}
 
 
+def _trajectory(run_root) -> list[dict]:
+    path = run_root / "train" / "trajectory.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def build_entries(ctx) -> list[dict]:
     run_dir = ctx.run_dir
     cfg = ctx.cfg
@@ -103,7 +111,12 @@ def build_entries(ctx) -> list[dict]:
                     "peak_memory_mb": train.get("peak_memory_mb"),
                     "loss_curve": train.get("loss_curve", []),
                     "grad_norm_curve": train.get("grad_norm_curve", []),
+                    # The method's per-step diagnostics (D²O: log-ratios, σ(−u), term shares).
+                    "diagnostics": _trajectory(run_dir.root),
                 },
+                # How the self-samples were drawn when the method steered or filtered them.
+                **({"anchors": stages["self_samples"]["anchors"]}
+                   if "anchors" in stages.get("self_samples", {}) else {}),
             },
         })
         if getattr(ctx, "selection", None):

@@ -17,10 +17,14 @@ from harness.logprobs import encode_pair, score_pairs
 
 
 class OnlineSampleRefresher:
-    def __init__(self, *, reference_model, tokenizer, prompt_texts, k, sampling, refresh_every, max_length, seed):
+    def __init__(self, *, reference_model, tokenizer, prompt_texts, k, sampling, refresh_every, max_length, seed,
+                 sampling_texts=None):
         self.reference_model = reference_model.eval()
         self.tokenizer = tokenizer
+        # Scored under `prompt_texts`; sampled from `sampling_texts` (the prompt with the anchor
+        # instruction, harness/anchors.py), which default to the same texts.
         self.prompt_texts = prompt_texts
+        self.sampling_texts = sampling_texts or prompt_texts
         self.k = k
         self.sampling = sampling
         self.refresh_every = refresh_every
@@ -61,7 +65,7 @@ class OnlineSampleRefresher:
         texts = [self.prompt_texts[i] for i in prompt_indices]
         s = self.sampling
         groups = generate_completions(
-            snapshot, self.tokenizer, texts, max_new_tokens=s.max_new_tokens, do_sample=True,
+            snapshot, self.tokenizer, [self.sampling_texts[i] for i in prompt_indices], max_new_tokens=s.max_new_tokens, do_sample=True,
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, num_return_sequences=self.k,
             batch_size=max(1, s.batch_size // self.k), seed=self.seed + step, desc="online self-samples",
         )

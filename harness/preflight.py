@@ -75,6 +75,13 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     get_suite(cfg.suite).check(cfg)
     check_sources(local_rows, lambda: _check_disk(cfg, existing))
     method = get_method(cfg.method_name)
+    if cfg.train.term_gradient_every < 0:
+        raise BadInput(f"train.term_gradient_every must be >= 0, got {cfg.train.term_gradient_every}")
+    if method.trains and method.draws_self_samples():
+        anchors = method(cfg.method).anchor_settings()
+        anchors.validate(cfg.model.prompt_format)
+        if anchors.anchor_filter == "cost-model" and (cfg.model.cost_model or "").strip().lower() in ("none", ""):
+            raise BadInput("method.anchor_filter=cost-model needs a cost model (model.cost_model is none)")
     if cfg.sampling.backend == "openai" and method.trains and method.draws_self_samples():
         check_sources(lambda: _check_sampling_server(cfg.sampling))
     if cfg.eval.judge_model:

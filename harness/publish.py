@@ -67,12 +67,12 @@ PAPER_TABLE1 = {
 PAPER_PRESET = "paper"
 
 # Leading columns in this order; any other metric follows alphabetically.
-METRIC_ORDER = ("harmful_rate", "helpful_rate", "harmful_compliance_rate", "over_refusal_rate", "benign_answer_rate",
-                "safe_rate", "cost", "reward", "judge_helpfulness_win_rate", "judge_harmlessness_win_rate")
+METRIC_ORDER = ("harmful_rate", "helpful_rate", "harmful_unsafe_rate", "harmful_compliance_rate", "over_refusal_rate",
+                "benign_answer_rate", "safe_rate", "cost", "reward", "judge_helpfulness_win_rate", "judge_harmlessness_win_rate")
 HARMFULNESS_METRICS = ("harmful_rate", "cost")
 HELPFULNESS_METRICS = ("helpful_rate", "reward")
 # Compared with the base policy, paired on the shared test tasks.
-PAIRED_METRICS = ("harmful_rate", "helpful_rate", "harmful_compliance_rate", "over_refusal_rate")
+PAIRED_METRICS = ("harmful_rate", "helpful_rate", "harmful_unsafe_rate", "harmful_compliance_rate", "over_refusal_rate")
 BASE_METHOD = "base"
 LEVEL = 0.95
 
@@ -572,31 +572,50 @@ def plot_tradeoff(rows: list[dict], path: Path) -> bool:
     return True
 
 
+# Per-step diagnostics drawn under the loss when runs recorded them: (trajectory key, axis label).
+DIAGNOSTIC_PANELS = (("diag/sigmoid_neg_margin", "σ(−u)"), ("diag/grad_share_anchor", "anchor share of ‖∇‖"))
+
+
 def plot_loss_curves(rows: list[dict], path: Path) -> bool:
-    """Training loss per method (every seed, one colour per method); False if no run recorded a curve."""
-    curves = [(row, run["provenance"]["train"]["loss_curve"]) for row in rows for run in row["runs"]
-              if run["status"] == "complete" and (run["provenance"].get("train") or {}).get("loss_curve")]
-    if not curves:
+    """Training loss per method (every seed, one colour per method), and under it each per-step
+    diagnostic some run recorded (D²O's σ(−u) and its anchor term's gradient share); False if no
+    run recorded a curve."""
+    runs = [(row, run["provenance"]["train"]) for row in rows for run in row["runs"]
+            if run["status"] == "complete" and (run["provenance"].get("train") or {}).get("loss_curve")]
+    if not runs:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    panels = [(key, label) for key, label in DIAGNOSTIC_PANELS
+              if any(key in step for _, train in runs for step in train.get("diagnostics") or [])]
+    figure, all_axes = plt.subplots(1 + len(panels), 1, figsize=(6.4, 4.8 + 2.2 * len(panels)), dpi=100,
+                                    sharex=True, squeeze=False)
+    axes = all_axes[0][0]
     try:
         colours = {}
-        for row, curve in curves:
-            points = [(step, loss) for step, loss in curve if loss is not None]
+        for row, train in runs:
+            points = [(step, loss) for step, loss in train["loss_curve"] if loss is not None]
             first = row["label"] not in colours
             colour = colours.setdefault(row["label"], f"C{len(colours) % 10}")
             axes.plot([p[0] for p in points], [p[1] for p in points], color=colour, alpha=0.8, linewidth=1.2,
                       label=_plot_label(row["label"]) if first else None)
-        axes.set_xlabel("step")
+            for (key, _), panel in zip(panels, all_axes[1:]):
+                steps = [(d["step"], d[key]) for d in train.get("diagnostics") or [] if key in d]
+                if steps:
+                    panel[0].plot([p[0] for p in steps], [p[1] for p in steps], color=colour, alpha=0.8,
+                                  linewidth=1.2, marker="." if len(steps) < 20 else None)
+        for (_, label), panel in zip(panels, all_axes[1:]):
+            panel[0].set_ylabel(label)
+            panel[0].grid(alpha=0.3)
+        all_axes[-1][0].set_xlabel("step")
         axes.set_ylabel("training loss")
         axes.set_title(_plot_label(f"training loss — preset {rows[0]['preset']}"))
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        # Outside the axes, so it never covers a curve however many methods there are.
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         figure.tight_layout()
         _save_figure(figure, path)
     finally:

@@ -133,6 +133,13 @@ class Method(ABC):
         self.config = config
         self.validate()
 
+    def anchor_settings(self):
+        """How its self-samples are drawn (harness/anchors.py): an instruction used only while
+        sampling, a filter. Configs that inherit AnchorSettings carry them; others are unsteered."""
+        from harness.anchors import anchor_settings_of
+
+        return anchor_settings_of(self.config)
+
     @classmethod
     def draws_self_samples(cls) -> bool:
         """Whether its runs need self-samples: a samples role, or the chosen picked from them."""
@@ -148,6 +155,11 @@ class Method(ABC):
         reference: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-example losses [B] and a dict of scalar diagnostics to log (rewards, margins)."""
+
+    def gradient_terms(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-example terms whose gradients add up to the loss's, by name, for the per-step
+        diagnostic of which term moves the weights (`train.term_gradient_every`); {}: none."""
+        return {}
 
     def hyperparameters(self) -> dict:
         return dataclasses.asdict(self.config)

@@ -128,9 +128,13 @@ class RoleCollator:
 
 class MethodTrainer(Trainer):
     def __init__(self, *args, method: Method, pad_id: int, sample_refresher=None,
-                 gradient_cache_tokens: int = 0, shared_prompt_packing: bool = False, **kwargs):
+                 gradient_cache_tokens: int = 0, shared_prompt_packing: bool = False,
+                 term_gradient_every: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        # N > 0: at every N-th optimizer step, the gradient norm of each loss term the method
+        # names (Method.gradient_terms) joins the diagnostics.
+        self.term_gradient_every = term_gradient_every
         self.pad_id = pad_id
         # 0: every sequence of a micro-batch in one forward; N: gradient caching in chunks of at
         # most N padded tokens, when the micro-batch does not fit in one.
@@ -200,9 +204,29 @@ class MethodTrainer(Trainer):
         reference = {role: value.to(device) for role, value in reference.items()}
         losses, diagnostics = self.method.loss(policy, reference)
         loss = losses.mean()
+        if self.term_gradient_every and torch.is_grad_enabled() and self.state.global_step % self.term_gradient_every == 0:
+            diagnostics = {**diagnostics, **self._term_gradient_norms(model, policy, reference)}
         for name, value in diagnostics.items():
             self._diagnostics.setdefault(name, []).append(float(value))
         return (loss, None) if return_outputs else loss
+
+    def _term_gradient_norms(self, model, policy, reference) -> dict[str, torch.Tensor]:
+        """The parameter-gradient norm of each term of the loss the method names, and each one's
+        share of their sum: which part of the objective actually moves the weights (D²O: the
+        anchors against the negative). Measured with autograd.grad, so the step's own gradients
+        (in .grad) are untouched."""
+        terms = self.method.gradient_terms(policy, reference)
+        if not terms:
+            return {}
+        params = [p for p in model.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term.mean(), params, retain_graph=True, allow_unused=True)
+            norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        total = sum(norms.values())
+        out = {f"grad_norm_{name}": value for name, value in norms.items()}
+        out.update({f"grad_share_{name}": value / total.clamp(min=1e-30) for name, value in norms.items()})
+        return out
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         for name, values in self._diagnostics.items():
@@ -368,6 +392,7 @@ def train_method(
         sample_refresher=sample_refresher,
         gradient_cache_tokens=train_cfg.gradient_cache_tokens if train_cfg.gradient_cache else 0,
         shared_prompt_packing=train_cfg.shared_prompt_packing,
+        term_gradient_every=train_cfg.term_gradient_every,
     )
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():
