@@ -205,6 +205,25 @@ def param_sets(params: dict) -> list[str]:
     return [f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}" for name, value in params.items()]
 
 
+def reported_point(method: str, space: dict[str, Dim]) -> dict:
+    """The method's reported setting as a trial: its own tuned hyperparameters at their Config
+    defaults, the learning rate at the geometric middle of its range."""
+    import dataclasses
+
+    defaults = {f"method.{f.name}": f.default for f in dataclasses.fields(get_method(method).Config)
+                if f.default is not dataclasses.MISSING}
+    point = {}
+    for name, dim in space.items():
+        value = defaults.get(name)
+        if value is None:
+            value = _axis(dim, 1)[0]
+        elif isinstance(dim, (FloatDim, IntDim)) and not dim.low <= value <= dim.high:
+            raise BadInput(f"tune.include_reported_point: {method}'s reported {name}={value} lies outside its "
+                           f"search space [{dim.low}, {dim.high}]")
+        point[name] = value
+    return point
+
+
 def _midpoint(space: dict[str, Dim]) -> dict:
     return {name: values[0] for name, values in even_grid(space, 1).items()}
 
@@ -277,6 +296,8 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
         (config.get(section) or {}).pop(key, None)
     identity = {"config": config, "search_space": space_json(space),
                 "tune": {k: getattr(tune_cfg, k) for k in _STUDY_TUNE_FIELDS}}
+    if tune_cfg.include_reported_point:  # a later setting: studies without it keep their names
+        identity["tune"]["include_reported_point"] = True
     name = f"{preset}-{method}-{sha256_json(identity)[:12]}"
     return MethodPlan(method=method, space=space, tune=tune_cfg, trial_sets=trial_sets, test_sets=test_sets,
                       seed=trial_cfg.seed, study_name=name, trial_config=trial_cfg.to_dict())
@@ -295,9 +316,10 @@ def _run_for(plan: MethodPlan, preset: str, seed: int, sets: list[str]):
 # Executing runs through the sweep's executors
 
 
-def execute_runs(runs: list, args: argparse.Namespace, out: Path) -> list[dict]:
+def execute_runs(runs: list, args: argparse.Namespace, out: Path, after_each=None) -> list[dict]:
     """Run each run (skipping complete ones) with the chosen executor; one status per run, in
-    order. Runs that share a run id (the same configuration twice) execute once."""
+    order. Runs that share a run id (the same configuration twice) execute once. `after_each`
+    is called after every local run finishes (saving the study's state)."""
     from harness.sweep import _is_complete, _run_external, run_local
 
     results: dict[str, dict] = {}
@@ -313,7 +335,13 @@ def execute_runs(runs: list, args: argparse.Namespace, out: Path) -> list[dict]:
         _progress(f"running {run.run_id} ({args.executor}; log {out / 'logs' / (run.run_id + '.log')})")
     if pending and args.executor == "local":
         with ThreadPoolExecutor(max_workers=max(1, min(args.concurrency, len(pending)))) as pool:
-            done = list(pool.map(lambda r: run_local(r, args.preset, out), pending))
+            def run_one(run):
+                result = run_local(run, args.preset, out)
+                if after_each is not None:
+                    after_each()
+                return result
+
+            done = list(pool.map(run_one, pending))
     elif pending:
         done = _run_external(args, pending, out)
     else:
@@ -367,6 +395,8 @@ def tune_method(plan: MethodPlan, args: argparse.Namespace, out: Path, storage, 
     trials_out = out / TRIALS_DIR
     study = _open_study(plan, storage, n_trials)
     _recover_interrupted(study, storage)
+    if plan.tune.include_reported_point and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(reported_point(plan.method, plan.space), user_attrs={"reported_point": True})
     failures = 0
     while True:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -405,6 +435,7 @@ def tune_method(plan: MethodPlan, args: argparse.Namespace, out: Path, storage, 
                 trial.set_user_attr("error", error)
                 study.tell(trial, state=TrialState.FAIL)
                 _progress(f"{plan.method}: trial {trial.number} FAIL ({failures}/{args.max_failures}): {error}")
+        _save_state_if_asked(args, out)
         if failures >= args.max_failures:
             raise RunFailure(f"tune {plan.method}: {failures} trial runs failed (limit --max-failures "
                              f"{args.max_failures}); last: {last_error}; logs under {trials_out / 'logs'}")
@@ -453,12 +484,17 @@ def study_record(study, plan: MethodPlan, preset: str, storage_url: str) -> dict
                 "run_id": t.user_attrs.get("run_id")}
         if t.state == TrialState.COMPLETE:
             metrics = t.user_attrs.get("metrics", {})
-            item["validation"] = {name: _validation_record(metrics.get(name, {})) for name in (harm, help_)}
+            # Every metric the trial's instruments reported, not only the two objectives, so that
+            # what a study says about any of them can be checked from the study file.
+            item["validation"] = {name: _validation_record(metrics.get(name, {}))
+                                  for name in dict.fromkeys([harm, help_, *sorted(metrics)])}
             item["in_budget"] = any(t.number == b.number for b in budget)
         if "error" in t.user_attrs:
             item["error"] = t.user_attrs["error"]
         if "retry_of" in t.user_attrs:
             item["retry_of"] = t.user_attrs["retry_of"]
+        if t.user_attrs.get("reported_point"):
+            item["reported_point"] = True
         trials.append(item)
     return {
         "method": plan.method,
@@ -548,7 +584,7 @@ def run_test_stage(plans: list[MethodPlan], args: argparse.Namespace, out: Path)
         shutil.copyfile(plan.study_json, copy)
     runs = plan_test_runs(plans, args.preset, out)
     _progress(f"test stage: {len(runs)} runs into {test_out}")
-    results = execute_runs(runs, args, test_out)
+    results = execute_runs(runs, args, test_out, after_each=lambda: _save_state_if_asked(args, out))
     status = {run.run_id: {"method": run.method, "seed": run.seed, "overrides": run.overrides, **result}
               for run, result in zip(runs, results)}
     write_json_atomic(test_out / "test-status.json", status)
@@ -569,6 +605,71 @@ def _warn_on_stale_entries(board: Path, planned: set[str]) -> None:
         _progress(f"warning: {board} also holds {len(stale)} entries of earlier test runs outside this "
                   f"selection ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); use a fresh --out "
                   "or remove them before publishing")
+
+
+# ----------------------------------------------------------------------------------------------
+# A study's state outside its directory (--state-dir): what a later session needs to go on
+
+
+# Relative paths (globs) of what resuming needs: the trials' record, each study file, the
+# leaderboards, and each complete run's status and scores (not its weights or samples).
+STATE_FILES = ("studies/*/study.json", "trials/leaderboard.json", "test/leaderboard.json",
+               "test/test-status.json", "trials/*/run.json", "trials/*/score/metrics.json",
+               "test/*/run.json", "test/*/score/metrics.json")
+
+
+def save_state(out: Path, state_dir: Path) -> None:
+    """Copy the study's state into `state_dir` (a folder to commit): the Optuna database through
+    sqlite's backup (a consistent copy while the study is open) and the files resuming needs, of
+    complete runs only."""
+    import json
+    import sqlite3
+
+    from harness.rundir import write_json_atomic
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if (out / STUDIES_DB).is_file():
+        tmp = state_dir / f".{STUDIES_DB}.tmp"
+        source, target = sqlite3.connect(out / STUDIES_DB), sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        tmp.replace(state_dir / STUDIES_DB)
+    for pattern in STATE_FILES:
+        for path in sorted(out.glob(pattern)):
+            relative = path.relative_to(out)
+            in_run = relative.parts[0] in (TRIALS_DIR, TEST_DIR) and len(relative.parts) > 2
+            run_json = out / relative.parts[0] / relative.parts[1] / "run.json" if in_run else None
+            if run_json is not None:
+                try:
+                    if not json.loads(run_json.read_text()).get("complete"):
+                        continue  # an unfinished run resumes from its own directory, or starts again
+                except (OSError, ValueError):
+                    continue
+            target = state_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(target, json.loads(path.read_text()))
+
+
+def restore_state(state_dir: Path, out: Path) -> int:
+    """Copy a saved state into `out` where `out` lacks it (never over what is there); returns the
+    number of files restored."""
+    import shutil as _shutil
+
+    restored = 0
+    if not state_dir.is_dir():
+        return 0
+    for path in sorted(state_dir.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        target = out / path.relative_to(state_dir)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _shutil.copyfile(path, target)
+            restored += 1
+    return restored
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,6 +696,9 @@ def build_tune_parser():
                         help="where runs execute: local subprocesses, Docker containers or Slurm jobs")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="trials asked and run together (and test runs at once)")
+    parser.add_argument("--state-dir", default=None,
+                        help="folder (to commit) that keeps the study's state across machines: restored into "
+                             "--out where missing before the study goes on, saved after every finished run")
     parser.add_argument("--image", default="d2o-bench:latest", help="image for --executor docker/slurm")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices for --executor docker")
     parser.add_argument("--cache-dir", default=None,
@@ -607,6 +711,11 @@ def build_tune_parser():
     parser.add_argument("--slurm-cpus-per-task", type=int, default=8, help="CPUs per Slurm job")
     parser.add_argument("--slurm-mem-gb", type=int, default=64, help="memory per Slurm job, GB")
     return parser
+
+
+def _save_state_if_asked(args: argparse.Namespace, out: Path) -> None:
+    if getattr(args, "state_dir", None):
+        save_state(out, Path(args.state_dir))
 
 
 def _check_options(args: argparse.Namespace) -> list[str]:
@@ -659,6 +768,10 @@ def tune_main(argv: list[str]) -> int:
     except filelock.Timeout:
         raise BadInput(f"another `d2o-bench tune` is running on {out} (lock {out / LOCK_FILE})") from None
     try:
+        if args.state_dir:
+            restored = restore_state(Path(args.state_dir), out)
+            if restored:
+                _progress(f"restored {restored} state files from {args.state_dir}")
         storage_url = f"sqlite:///{(out / STUDIES_DB).resolve()}"
         storage = optuna.storages.RDBStorage(url=storage_url)
         for plan in plans:
@@ -668,7 +781,9 @@ def tune_main(argv: list[str]) -> int:
             plan.study_json = out / "studies" / plan.method / "study.json"
             write_json_atomic(plan.study_json, record)
             _progress(f"{plan.method}: selected trial {record['selected_trial']} -> {plan.study_json}")
+            _save_state_if_asked(args, out)
         failed = [] if args.skip_test else run_test_stage(plans, args, out)
+        _save_state_if_asked(args, out)
     finally:
         lock.release()
     _print_summary(plans, out, args.skip_test)

@@ -191,7 +191,8 @@ def test_appending_to_a_legacy_file_rewrites_it_as_current(tmp_path):
 def test_higher_is_better_for_standard_metrics():
     assert HIGHER_IS_BETTER == {"harmful_rate": False, "helpful_rate": True, "cost": False, "safe_rate": True,
                                 "reward": True, "refusal_with_steps_rate": False, "harmful_compliance_rate": False,
-                                "over_refusal_rate": False, "benign_answer_rate": True}
+                                "over_refusal_rate": False, "benign_answer_rate": True,
+                                "harmful_unsafe_rate": False}
 
 
 def test_validate_entry_names_the_entry_and_the_field():

@@ -248,7 +248,8 @@ class FakeExecutor:
             harm, help_ = 0.9 - 200 * lr, 0.98 - 150 * lr
             record = lambda v, hib: {"value": v, "stderr": 0.01, "n": 64, "higher_is_better": hib,
                                      "ci_low": v - 0.02, "ci_high": v + 0.02}
-            scores = {"metrics": {"harmful_rate": record(harm, False), "helpful_rate": record(help_, True)},
+            scores = {"metrics": {"harmful_rate": record(harm, False), "helpful_rate": record(help_, True),
+                                  "cost": record(harm - 1, False)},
                       "base_metrics": {"harmful_rate": record(0.9, False), "helpful_rate": record(0.98, True)}}
             (out / run.run_id / "score").mkdir(parents=True, exist_ok=True)
             (out / run.run_id / "score" / "metrics.json").write_text(json.dumps(scores))
@@ -276,6 +277,8 @@ def test_tune_loop_batches_trials_and_points_test_runs_at_the_study(tmp_path, mo
     assert study["base_validation"] == {"harmful_rate": 0.9, "helpful_rate": 0.98}
     for trial in study["trials"]:
         assert set(trial["validation"]["harmful_rate"]) >= {"value", "ci_low", "ci_high"}
+        # Every metric the trial reported, not only the objectives.
+        assert set(trial["validation"]) == {"harmful_rate", "helpful_rate", "cost"}
     points = [TrialPoint(t["number"], t["validation"]["harmful_rate"]["value"],
                          t["validation"]["helpful_rate"]["value"]) for t in study["trials"]]
     assert study["selected_trial"] == select_trial(points, 0.9, 0.5).number
@@ -592,3 +595,52 @@ def test_capability_can_be_left_to_the_test_runs():
     plan = plan_method("sft", "tiny", ["tune.capability_on_trials=false"])
     assert "eval.lm_eval_tasks=[]" in plan.trial_sets and "eval.lm_eval_tasks=[]" not in plan.test_sets
     assert "eval.lm_eval_tasks=[]" not in plan_method("sft", "tiny", []).trial_sets
+
+
+def test_the_reported_point_is_each_methods_first_trial_when_declared(tmp_path, monkeypatch, capsys):
+    import harness.sweep
+    from harness.registry import get_method
+
+    monkeypatch.setattr(harness.sweep, "_run_external", FakeExecutor())
+    out = tmp_path / "tune"
+    argv = ["tune", "--methods", "npo", "--trials", "3", "--executor", "docker", "--skip-test", "--out", str(out),
+            "--set", "tune.include_reported_point=true"]
+    assert main(argv) == 0, capsys.readouterr().err
+    study = _study(out, "npo")
+    first = study["trials"][0]
+    low, high = study["search_space"]["train.learning_rate"]["low"], study["search_space"]["train.learning_rate"]["high"]
+    assert first["reported_point"] is True
+    assert first["params"]["method.beta"] == get_method("npo").Config().beta
+    assert first["params"]["train.learning_rate"] == pytest.approx(math.sqrt(low * high))
+    assert not any(t.get("reported_point") for t in study["trials"][1:])
+    # Declaring it is part of the study's identity: the same command without it is another study.
+    from harness.tune import plan_method
+
+    assert plan_method("npo", "tiny", []).study_name != study["study_name"]
+    assert plan_method("npo", "tiny", ["tune.include_reported_point=true"]).study_name == study["study_name"]
+
+
+def test_a_study_goes_on_from_its_saved_state_on_a_fresh_machine(tmp_path, monkeypatch, capsys):
+    """--state-dir: the study's light state is saved as it goes; a fresh --out restored from it
+    runs no trial again and selects the same one."""
+    import harness.sweep
+
+    fake = FakeExecutor()
+    monkeypatch.setattr(harness.sweep, "_run_external", fake)
+    state = tmp_path / "state"
+    argv = ["tune", "--methods", "npo", "--trials", "3", "--executor", "docker", "--skip-test",
+            "--state-dir", str(state)]
+    assert main([*argv, "--out", str(tmp_path / "first")]) == 0, capsys.readouterr().err
+    first = _study(tmp_path / "first", "npo")
+    assert (state / "studies.db").is_file() and (state / "studies" / "npo" / "study.json").is_file()
+    trial_runs = sorted(p.parent.name for p in (state / "trials").glob("*/run.json"))
+    assert len(trial_runs) == 3 and all((state / "trials" / r / "score" / "metrics.json").is_file() for r in trial_runs)
+    # Nothing but the state travels: weights, samples and logs stay behind.
+    assert not list(state.rglob("*.safetensors")) and not (state / "trials" / "logs").exists()
+
+    fake.batches.clear()
+    assert main([*argv, "--out", str(tmp_path / "second")]) == 0, capsys.readouterr().err
+    assert fake.batches == []  # every trial was already recorded
+    second = _study(tmp_path / "second", "npo")
+    assert second["selected_trial"] == first["selected_trial"]
+    assert [t["params"] for t in second["trials"]] == [t["params"] for t in first["trials"]]

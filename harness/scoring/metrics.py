@@ -31,6 +31,7 @@ HIGHER_IS_BETTER = {
     "harmful_compliance_rate": False,
     "over_refusal_rate": False,
     "benign_answer_rate": True,
+    "harmful_unsafe_rate": False,
 }
 
 
