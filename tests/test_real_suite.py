@@ -285,7 +285,8 @@ def test_a_users_negatives_jsonl_with_its_own_column_names_runs_end_to_end(bench
 def test_the_real_suite_runs_offline_on_the_reduced_sources(bench_home, tmp_path, capsys):
     """`--preset real-smollm2` on the shipped subset: every instrument's check lands in the entry."""
     sets = [f"real.source_dir={SOURCES}", "real.harmful_eval_prompts=4", "real.benign_eval_prompts=4",
-            "train.max_steps=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16", "eval.lm_eval_limit=2"]
+            "train.max_steps=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16", "eval.lm_eval_limit=2",
+            "method.k=2"]
     out = tmp_path / "out"
     code = main(["--method", "d2o", "--preset", "real-smollm2", "--out", str(out),
                  *(a for s in sets for a in ("--set", s))])
