@@ -845,8 +845,8 @@ def studies_with_valid_objectives(studies: list[dict], table: dict) -> tuple[lis
         if not bad:
             kept.append(study)
             continue
-        why = "; ".join(f"{m} comes from {invalid[m][0]}, which failed its check ({invalid[m][1]['figure']})"
-                        if m in invalid else f"{m} comes from the judge, which failed its check" for m in bad)
+        why = "; ".join("{} comes from {}, which failed its check ({})".format(m, *checks.failure_of(m, invalid))
+                        for m in bad)
         left_out.append(f"Study {study['study_name']} ({study['method']}, preset {study['preset']}) is left out: {why}.")
     return kept, left_out
 

@@ -121,16 +121,16 @@ def invalid_objectives(objectives: dict[str, str], validation: dict) -> list[str
     instruments, so an instrument that fails for one fails for all, and dropping trials one by one
     would only end in a study with nothing to select, or select on numbers that are not results.
     """
-    from harness.instruments.checks import invalid_metrics, is_invalid
+    from harness.instruments.checks import failure_of, invalid_metrics, is_invalid
 
     invalid = invalid_metrics(validation)
     reasons = []
     for role, metric in objectives.items():
         if not is_invalid(metric, invalid):
             continue
-        instrument, verdict = invalid.get(metric, ("judge", {"figure": "its agreement with human choices"}))
+        instrument, figure = failure_of(metric, invalid)
         reasons.append(f"tune.{role}_metric={metric} comes from {instrument}, which failed its check against human "
-                       f"labels ({verdict['figure']}): it is not a result and cannot select a configuration; "
+                       f"labels ({figure}): it is not a result and cannot select a configuration; "
                        f"choose a metric of an instrument that passed")
     return reasons
 

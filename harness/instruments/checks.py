@@ -186,6 +186,15 @@ def is_invalid(metric: str, invalid: dict) -> bool:
     return metric.startswith(JUDGE_METRIC_PREFIX) and any(i == "judge" for i, _ in invalid.values())
 
 
+def failure_of(metric: str, invalid: dict) -> tuple[str, str]:
+    """(instrument, failed figure) behind a metric `is_invalid` matched."""
+    if metric in invalid:
+        instrument, found = invalid[metric]
+        return instrument, found["figure"]
+    instrument, found = next((i, f) for i, f in invalid.values() if i == "judge")
+    return instrument, found["figure"]
+
+
 def mark_scores(metrics: dict, sections: dict, validation: dict) -> tuple[dict, dict]:
     """Copies of a run's metrics and sections with every record of a failed instrument marked
     `"instrument_passed": false` (kept, so the entry still holds what was measured)."""
