@@ -47,7 +47,7 @@ from typing import Any, Iterable, Optional
 from harness import stats
 from harness.errors import BadInput
 from harness.instruments import checks
-from harness.instruments.refusal import bias_note
+from harness.instruments.refusal import bias_note, reference_bias_note
 from harness.leaderboard import read_leaderboard
 
 # Duan et al., "Negating Negatives: Alignment with Human Negative Samples via Distributional
@@ -406,12 +406,18 @@ def failed_instrument_lines(rows: list[dict]) -> list[str]:
 
 
 def refusal_bias_line(rows: list[dict], metrics: Iterable[str]) -> Optional[str]:
-    """The refusal rules' bias, for a table among whose columns are refusal-rule metrics."""
+    """The refusal rules' bias, for a table among whose columns are refusal-rule metrics: from
+    the entries' own check, else (suite custom has no refusal labels) from the real suite's."""
     if not set(metrics) & set(checks.METRICS["refusal-rules"]):
         return None
     record = next((r for r in _validation_records(rows).values()
                    if isinstance(r, dict) and r.get("instrument") == "refusal-rules"), None)
-    return bias_note(record) if record is not None else None
+    return bias_note(record) if record is not None else reference_bias_note()
+
+
+def _shown_metrics(table: dict, rows: list[dict]) -> list[str]:
+    """The columns a preset's table shows: metrics with a value in some row."""
+    return [n for n in table["metrics"] if any(r["metrics"][n] is not None for r in rows)]
 
 
 def instrument_lines(rows: list[dict]) -> list[str]:
@@ -443,9 +449,6 @@ def instrument_lines(rows: list[dict]) -> list[str]:
             bound = verdict["threshold"].get("must_exceed")
             rule = f" (lower bound above {bound:.3f})" if isinstance(bound, (int, float)) else ""
             lines[-1] += f"; passed its check{rule}" if verdict["passed"] else "; FAILED its check (see below)"
-        # The bias matters where their rates are shown: not when they failed and are left out.
-        if record.get("instrument") == "refusal-rules" and bias_note(record) and (verdict is None or verdict["passed"]):
-            lines[-1] += f". {bias_note(record)}"
     return lines
 
 
@@ -454,7 +457,7 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
              f"{INTERVAL_NOTE} **bold** is the best per metric within a preset; ↑/↓ higher/lower is better.", ""]
     for preset in sorted({r["preset"] for r in table["rows"]}):
         rows = [r for r in table["rows"] if r["preset"] == preset]
-        names = [n for n in table["metrics"] if any(r["metrics"][n] is not None for r in rows)]
+        names = _shown_metrics(table, rows)
         lines += [f"## preset {markdown_text(preset)}", "",
                   "| method | n seeds | " + " | ".join(f"{markdown_text(n)} {_arrow(table['directions'][n])}"
                                                        for n in names) + " |",
@@ -478,6 +481,9 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
         if failed_checks:
             lines += ["", "**Not results** (instruments that failed their check against human labels):",
                       *(f"- {markdown_text(c)}" for c in failed_checks)]
+        bias = refusal_bias_line(rows, names)
+        if bias:
+            lines += ["", markdown_text(bias)]
         lines.append("")
         paired = _paired_rows(table, preset)
         if paired:
@@ -1082,6 +1088,9 @@ def _instruments_html(table: dict) -> str:
             parts.append(f'<h3>Not results (preset {_e(preset)}): instruments that failed their check</h3>'
                          f'<ul class="failed-instruments">' + "".join(f"<li>{_e(c)}</li>" for c in failed_checks)
                          + "</ul>")
+        bias = refusal_bias_line(rows, _shown_metrics(table, rows))
+        if bias:
+            parts.append(f'<p class="note">{_e(bias)}</p>')
     return "".join(parts)
 
 

@@ -593,3 +593,26 @@ def test_an_instrument_that_fails_its_check_is_absent_from_tables_plots_and_name
     assert markdown.count("is left out: harmful\\_compliance\\_rate comes from refusal-rules, which failed its check "
                           "(accuracy on 105 human refusal labels 0.800 \\[0.600, 0.876\\]") == 5
     assert "refusal-rules bias" not in markdown  # no table shows their rates, so no table needs the caveat
+
+
+def test_refusal_rule_rates_without_a_check_of_their_own_carry_the_real_suites_bias(tmp_path):
+    """Suite custom measures with the same refusal rules but has no refusal labels: its tables
+    state the bias the real suite measured, and say where it was measured."""
+    document = json.loads((REAL_SMOLLM2 / "leaderboard.json").read_text())
+    for entry in document["entries"]:
+        entry["sections"].pop("instruments")
+        entry["sections"]["judge"] = None
+        entry["preset"] = "mine"
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(document))
+    written = publish([path], tmp_path / "out")
+    markdown, page = written["markdown"].read_text(), written["html"].read_text()
+    note = ("refusal-rules bias: recall 0.70: the rules miss 30% of human-labelled refusals, so harmful\\_compliance\\_rate "
+            "and benign\\_answer\\_rate are biased upward and over\\_refusal\\_rate downward (on pyrit's 105 human refusal "
+            "labels, measured by suite real-safety, not on these entries' data).")
+    assert markdown.count(note) == 2  # under the main table and under the pairing with the base
+    assert page.count("not on these entries&#x27; data") == 2
+    for entry in document["entries"]:
+        entry["metrics"] = {k: v for k, v in entry["metrics"].items() if k in ("cost", "safe_rate")}
+    path.write_text(json.dumps(document))
+    assert "refusal-rules bias" not in publish([path], tmp_path / "out2")["markdown"].read_text()

@@ -264,6 +264,15 @@ def test_the_refusal_rules_check_is_against_the_majority_class_rate_also_for_old
     assert not verdict("refusal-rules", {**legacy, "accuracy": {"value": 0.8, "ci_low": 0.66, "ci_high": 0.9}})["passed"]
 
 
+def test_the_reference_check_belongs_to_the_rules_in_force():
+    """Tables without a refusal check of their own state the bias measured on pyrit's labels:
+    rules changed since (RULES_VERSION) need that measurement redone."""
+    from harness.instruments.refusal import REFERENCE_CHECK, RULES_VERSION, reference_bias_note
+
+    assert REFERENCE_CHECK["rules_version"] == RULES_VERSION
+    assert "recall 0.70" in reference_bias_note()
+
+
 def test_metrics_of_a_failed_instrument_are_kept_and_marked_in_the_entry():
     from harness.instruments.checks import mark_scores, with_verdict
 

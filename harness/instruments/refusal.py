@@ -54,6 +54,20 @@ def validate(rows: list[dict]) -> dict:
     }
 
 
+# The rules' check on pyrit's human refusal labels as the real suite measured it (README, "Real
+# data"), for tables whose entries carry no check of their own: suite custom has no refusal
+# labels, yet its rates come from the same rules and carry the same bias. Tied to RULES_VERSION:
+# new rules need a new measurement here (a test holds the two together).
+REFERENCE_CHECK = {"rules_version": 1, "n": 105, "precision": 1.0, "recall": 0.70,
+                   "labels": "pyrit's 105 human refusal labels, measured by suite real-safety"}
+
+
+def reference_bias_note() -> str | None:
+    """`bias_note` of REFERENCE_CHECK, saying where the figures come from."""
+    note = bias_note(REFERENCE_CHECK)
+    return None if note is None else f"{note[:-1]} (on {REFERENCE_CHECK['labels']}, not on these entries' data)."
+
+
 def bias_note(record: dict) -> str | None:
     """Which way the rules' misses push the rates they feed, from their precision and recall on
     human labels; printed under every table that shows a refusal-rule metric. None when they
