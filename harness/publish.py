@@ -23,6 +23,12 @@ plot per preset (validation harm against helpfulness of every trial, the Pareto 
 line, the selected trial marked, and the method's test result with its intervals as error bars)
 and a table of helpfulness at matched harm (Markdown section, `frontier.csv`).
 
+Instruments that failed their check against human labels (harness/instruments/checks.py) are
+not results: their metrics, kept in the entries, are left out of every table, pairing, plot and
+frontier (a study that selected on them is left out too), and each such instrument is named
+under the table with its failed figure and the rule it failed. Under every table that shows a
+refusal-rule rate, the rules' bias (their recall and precision on human labels) is stated.
+
 The HTML page is one file with inline CSS, JS and plots (data: URIs), so it can be archived or
 mailed and never fetches anything. Everything that came from a run (method and model names,
 configs) is HTML-escaped: a leaderboard file is input, not trusted markup.
@@ -423,8 +429,8 @@ def _shown_metrics(table: dict, rows: list[dict]) -> list[str]:
 def instrument_lines(rows: list[dict]) -> list[str]:
     """One line per instrument of a preset's suite: its agreement with human labels, as the
     entries record it (`sections.instruments.validation`), with the verdict of its declared
-    threshold. Printed beside every table it fed; an instrument that failed is named with its
-    failed figure (its metrics are not in the table), and the refusal rules' bias is stated."""
+    threshold. Printed beside every table it fed; an instrument that failed is also named, with
+    its failed figure and rule, by `failed_instrument_lines` (its metrics are not in the table)."""
     found = _validation_records(rows)
     lines = []
     for name, record in sorted(found.items()):
