@@ -44,6 +44,7 @@ from typing import Any, Iterable, Optional
 
 from harness import stats
 from harness.errors import BadInput
+from harness.instruments import checks
 from harness.leaderboard import check_leaderboard, read_leaderboard
 
 DEFAULT_KEY = ("method", "preset", "config_hash")
@@ -161,7 +162,17 @@ def _compare_metrics(key_label: dict, base_runs: list[dict], cand_runs: list[dic
     if not base_ok:
         return rows, regressions
     metric_names = sorted({m for e in base_ok for m in e["metrics"]})
+    # A metric of an instrument that failed its check against human labels on either side is not
+    # a result (harness/instruments/checks.py): it is neither a regression nor an improvement.
+    invalid: dict[str, tuple] = {}
+    for e in base_ok + cand_ok:
+        invalid.update(checks.invalid_metrics(checks.entry_validation(e)))
     for metric in metric_names:
+        if checks.is_invalid(metric, invalid):
+            instrument, figure = checks.failure_of(metric, invalid)
+            rows.append({"key": key_label, "metric": metric,
+                         "verdict": f"not compared: {instrument} failed its check ({figure})"})
+            continue
         base_records = [e["metrics"][metric] for e in base_ok if metric in e["metrics"]]
         cand_records = [e["metrics"][metric] for e in cand_ok if metric in e["metrics"]]
         base = _combine(base_records)

@@ -39,6 +39,7 @@ from harness.faults import kill_point
 from harness.rundir import RunDir, acquire_run_lock, write_json_atomic
 from harness.scoring.score_models import score_responses
 from harness.server_sampling import ServerSettings, sample_from_server, server_identity
+from harness.instruments.checks import mark_scores, with_verdict
 from harness.instruments.refusal import RULES_VERSION as REFUSAL_RULES_VERSION
 from harness.suites import Assets, get_suite
 
@@ -638,19 +639,21 @@ def stage_score(ctx: RunContext) -> dict:
     # Each instrument's agreement with human labels travels with every number it produced.
     checks = {i.name: i.validation for i in instruments if i.validation is not None}
     checks.update(suite.validation_extra(ctx.cfg, ctx.assets, ctx.home) if judge is not None else {})
+    # Each check gets its declared threshold and verdict; what a failed instrument produced stays
+    # in the entry, marked, and is left out of tables, plots and selection (instruments/checks.py).
+    checks = {name: with_verdict(name, record) for name, record in checks.items()}
     instrument_section = {"suite": ctx.cfg.suite, "validation": checks} if ctx.cfg.suite != "tiny-world" else None
     _write_jsonl(out / "per_response.jsonl", per_response)
     _write_jsonl(out / "base_per_response.jsonl", base_result["per_response"])
-    result = {
-        "metrics": metrics,
-        "base_metrics": base_result["metrics"],
-        "sections": {"judge": judge, "capability": capability,
-                     **({"instruments": instrument_section} if instrument_section else {})},
-        "base_sections": {"judge": None, "capability": base_result["capability"],
-                          **({"instruments": instrument_section} if instrument_section else {})},
-    }
+    metrics, sections = mark_scores(metrics, {"judge": judge, "capability": capability,
+                                              **({"instruments": instrument_section} if instrument_section else {})},
+                                    checks)
+    base_metrics, base_sections = mark_scores(base_result["metrics"], {
+        "judge": None, "capability": base_result["capability"],
+        **({"instruments": instrument_section} if instrument_section else {})}, checks)
+    result = {"metrics": metrics, "base_metrics": base_metrics, "sections": sections, "base_sections": base_sections}
     write_json_atomic(out / "metrics.json", result)
-    return {"metrics": metrics, "base_metrics": base_result["metrics"]}
+    return {"metrics": metrics, "base_metrics": base_metrics}
 
 
 def stage_leaderboard(ctx: RunContext) -> dict:

@@ -23,6 +23,12 @@ plot per preset (validation harm against helpfulness of every trial, the Pareto 
 line, the selected trial marked, and the method's test result with its intervals as error bars)
 and a table of helpfulness at matched harm (Markdown section, `frontier.csv`).
 
+Instruments that failed their check against human labels (harness/instruments/checks.py) are
+not results: their metrics, kept in the entries, are left out of every table, pairing, plot and
+frontier (a study that selected on them is left out too), and each such instrument is named
+under the table with its failed figure and the rule it failed. Under every table that shows a
+refusal-rule rate, the rules' bias (their recall and precision on human labels) is stated.
+
 The HTML page is one file with inline CSS, JS and plots (data: URIs), so it can be archived or
 mailed and never fetches anything. Everything that came from a run (method and model names,
 configs) is HTML-escaped: a leaderboard file is input, not trusted markup.
@@ -46,6 +52,8 @@ from typing import Any, Iterable, Optional
 
 from harness import stats
 from harness.errors import BadInput
+from harness.instruments import checks
+from harness.instruments.refusal import bias_note, reference_bias_note
 from harness.leaderboard import read_leaderboard
 
 # Duan et al., "Negating Negatives: Alignment with Human Negative Samples via Distributional
@@ -142,7 +150,14 @@ def capability_metrics(entry: dict) -> dict:
 
 
 def _metrics_of(entry: dict) -> dict:
-    return {**capability_metrics(entry), **judge_metrics(entry), **entry["metrics"]}
+    """The entry's metrics that are results: those of an instrument that failed its check against
+    human labels (harness/instruments/checks.py) are left out here, so out of every table, pairing
+    and plot; `instrument_lines` names the instrument and its figure under the table instead."""
+    invalid = checks.invalid_metrics(checks.entry_validation(entry))
+    found = {**capability_metrics(entry), **judge_metrics(entry), **entry["metrics"]}
+    if not invalid:
+        return found
+    return {name: record for name, record in found.items() if not checks.is_invalid(name, invalid)}
 
 
 def _canonical(value: Any) -> str:
@@ -372,18 +387,53 @@ def _interval(record: Optional[dict]) -> str:
     return f"{record['value']:.3f}"
 
 
-def instrument_lines(rows: list[dict]) -> list[str]:
-    """One line per instrument of a preset's suite: its agreement with human labels, as the
-    entries record it (`sections.instruments.validation`). Printed beside every table it fed."""
-    checks: dict[str, dict] = {}
+def _validation_records(rows: list[dict]) -> dict[str, dict]:
+    """{instrument: its validation record} over the rows' entries (the first one seen of each)."""
+    found: dict[str, dict] = {}
     for row in rows:
         for entry in row["runs"]:
-            section = (entry.get("sections") or {}).get("instruments")
-            for name, record in ((section or {}).get("validation") or {}).items() if isinstance(section, dict) else ():
+            for name, record in checks.entry_validation(entry).items():
                 if isinstance(record, dict):
-                    checks.setdefault(name, record)
+                    found.setdefault(name, record)
+    return found
+
+
+def failed_instrument_lines(rows: list[dict]) -> list[str]:
+    """One line per instrument of these rows that failed its check: its failed figure and the rule."""
     lines = []
-    for name, record in sorted(checks.items()):
+    for name, record in sorted(_validation_records(rows).items()):
+        found = checks.verdict(name, record)
+        if found is None or found["passed"]:
+            continue
+        rule = found["threshold"].get("rule", "its declared threshold")
+        lines.append(f"{name} failed its check and is not a result: {found['figure']}; the rule: {rule}. "
+                     f"Left out of the tables, plots and selection: {', '.join(found['metrics'])}")
+    return lines
+
+
+def refusal_bias_line(rows: list[dict], metrics: Iterable[str]) -> Optional[str]:
+    """The refusal rules' bias, for a table among whose columns are refusal-rule metrics: from
+    the entries' own check, else (suite custom has no refusal labels) from the real suite's."""
+    if not set(metrics) & set(checks.METRICS["refusal-rules"]):
+        return None
+    record = next((r for r in _validation_records(rows).values()
+                   if isinstance(r, dict) and r.get("instrument") == "refusal-rules"), None)
+    return bias_note(record) if record is not None else reference_bias_note()
+
+
+def _shown_metrics(table: dict, rows: list[dict]) -> list[str]:
+    """The columns a preset's table shows: metrics with a value in some row."""
+    return [n for n in table["metrics"] if any(r["metrics"][n] is not None for r in rows)]
+
+
+def instrument_lines(rows: list[dict]) -> list[str]:
+    """One line per instrument of a preset's suite: its agreement with human labels, as the
+    entries record it (`sections.instruments.validation`), with the verdict of its declared
+    threshold. Printed beside every table it fed; an instrument that failed is also named, with
+    its failed figure and rule, by `failed_instrument_lines` (its metrics are not in the table)."""
+    found = _validation_records(rows)
+    lines = []
+    for name, record in sorted(found.items()):
         if "auroc_test" in record:
             test, base = record["auroc_test"], record.get("baseline_refusal_rules_auroc_test") or {}
             lines.append(f"{name}: AUROC on held-out human labels {_interval(test)} (n {test.get('n')}, "
@@ -399,6 +449,12 @@ def instrument_lines(rows: list[dict]) -> list[str]:
                          f"{_interval(record.get('agreement'))} over {record.get('n_pairs')} pairs ({aspects})")
         else:
             lines.append(f"{name}: {record.get('note', 'no validation against human labels')}")
+            continue
+        verdict = checks.verdict(name, record)
+        if verdict is not None:
+            bound = verdict["threshold"].get("must_exceed")
+            rule = f" (lower bound above {bound:.3f})" if isinstance(bound, (int, float)) else ""
+            lines[-1] += f"; passed its check{rule}" if verdict["passed"] else "; FAILED its check (see below)"
     return lines
 
 
@@ -407,7 +463,7 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
              f"{INTERVAL_NOTE} **bold** is the best per metric within a preset; ↑/↓ higher/lower is better.", ""]
     for preset in sorted({r["preset"] for r in table["rows"]}):
         rows = [r for r in table["rows"] if r["preset"] == preset]
-        names = [n for n in table["metrics"] if any(r["metrics"][n] is not None for r in rows)]
+        names = _shown_metrics(table, rows)
         lines += [f"## preset {markdown_text(preset)}", "",
                   "| method | n seeds | " + " | ".join(f"{markdown_text(n)} {_arrow(table['directions'][n])}"
                                                        for n in names) + " |",
@@ -424,9 +480,16 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
         failed = [f"{markdown_text(r['label'])} ({r['n_failed']})" for r in rows if r["n_failed"]]
         if failed:
             lines += ["", "Failed runs (not averaged): " + ", ".join(failed) + "."]
-        checks = instrument_lines(rows)
-        if checks:
-            lines += ["", "Instruments, against human labels:", *(f"- {markdown_text(c)}" for c in checks)]
+        instruments = instrument_lines(rows)
+        if instruments:
+            lines += ["", "Instruments, against human labels:", *(f"- {markdown_text(c)}" for c in instruments)]
+        failed_checks = failed_instrument_lines(rows)
+        if failed_checks:
+            lines += ["", "**Not results** (instruments that failed their check against human labels):",
+                      *(f"- {markdown_text(c)}" for c in failed_checks)]
+        bias = refusal_bias_line(rows, names)
+        if bias:
+            lines += ["", markdown_text(bias)]
         lines.append("")
         paired = _paired_rows(table, preset)
         if paired:
@@ -437,6 +500,9 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
             for row in paired:
                 cells = [cell for m in _paired_metrics(paired) for cell in format_difference(row["vs_base"].get(m))]
                 lines.append(f"| {markdown_text(row['label'])} | " + " | ".join(cells) + " |")
+            bias = refusal_bias_line(rows, _paired_metrics(paired))
+            if bias:
+                lines += ["", markdown_text(bias)]
             lines.append("")
     if _has_paper_rows(table):
         lines += ["## Beside the paper (preset paper)", "",
@@ -449,14 +515,17 @@ def render_markdown(table: dict, studies: Optional[list[dict]] = None) -> str:
                          f"{' (' + markdown_text(paper[0]) + ')' if paper else ''} | {ours_cost} | "
                          f"{_paper_number(paper, 1)} | {ours_win} | {_paper_number(paper, 2)} |")
         lines += ["", f"Paper numbers: {markdown_text(PAPER_CITATION)}.", ""]
-    if studies:
+    left_out = table.get("studies_left_out") or []
+    if studies or left_out:
         lines += ["## Helpfulness at matched harm (tuning studies)", "", FRONTIER_NOTE, "",
                   "| preset | method | study | selection rule | selected trial | trials | harm level | "
                   "helpful at matched harm |", "|---|---|---|---|---:|---:|---:|---:|"]
-        for row in frontier_rows(studies):
+        for row in frontier_rows(studies or []):
             lines.append("| " + " | ".join(markdown_text(_cell(row[c])) for c in FRONTIER_COLUMNS[:6]) + " | "
                          + " | ".join(_cell(row[c], 3) for c in FRONTIER_COLUMNS[6:]) + " |")
         lines.append("")
+        for note in _frontier_notes(table, studies or []):
+            lines += [markdown_text(note), ""]
     return "\n".join(lines)
 
 
@@ -792,6 +861,39 @@ def load_studies(directory: Path) -> list[dict]:
     return [read_study(path) for path in paths]
 
 
+def studies_with_valid_objectives(studies: list[dict], table: dict) -> tuple[list[dict], list[str]]:
+    """The studies whose objectives come from instruments that passed their checks in the entries
+    of the study's preset, and a line naming each study left out (with the failed figure): a
+    frontier drawn on a failed instrument's numbers is not a result either."""
+    kept, left_out = [], []
+    for study in studies:
+        rows = [r for r in table["rows"] if r["preset"] == study["preset"]]
+        invalid = {}
+        for row in rows:
+            for entry in row["runs"]:
+                invalid.update(checks.invalid_metrics(checks.entry_validation(entry)))
+        bad = [m for m in (study["objectives"]["harm"], study["objectives"]["help"]) if checks.is_invalid(m, invalid)]
+        if not bad:
+            kept.append(study)
+            continue
+        why = "; ".join("{} comes from {}, which failed its check ({})".format(m, *checks.failure_of(m, invalid))
+                        for m in bad)
+        left_out.append(f"Study {study['study_name']} ({study['method']}, preset {study['preset']}) is left out: {why}.")
+    return kept, left_out
+
+
+def _frontier_notes(table: dict, studies: list[dict]) -> list[str]:
+    """Under the frontier table: the studies left out, and the refusal rules' bias when the
+    studies' objectives are refusal-rule metrics."""
+    notes = list(table.get("studies_left_out") or [])
+    for preset in sorted({s["preset"] for s in studies}):
+        objectives = {m for s in studies if s["preset"] == preset for m in s["objectives"].values()}
+        bias = refusal_bias_line([r for r in table.get("rows", []) if r["preset"] == preset], objectives)
+        if bias:
+            notes.append(f"Preset {preset}: {bias}")
+    return notes
+
+
 def frontier_rows(studies: list[dict]) -> list[dict]:
     rows = []
     for study in sorted(studies, key=lambda s: (s["preset"], s["method"], s["study_name"], str(s["path"]))):
@@ -977,30 +1079,43 @@ def _paired_html(table: dict) -> str:
             f'<tr><td class="text">{_e(row["label"])}</td>'
             + "".join(f"<td>{_e(cell)}</td>" for m in metrics for cell in format_difference(row["vs_base"].get(m)))
             + "</tr>" for row in paired)
+        bias = refusal_bias_line([r for r in table["rows"] if r["preset"] == preset], metrics)
         parts.append(f'<h2>Against the base policy (preset {_e(preset)})</h2><p class="note">{_e(PAIRED_NOTE)}</p>'
                      f'<table class="vs-base" data-preset="{_e(preset)}"><thead><tr><th>method</th>{header}</tr></thead>'
-                     f"<tbody>{body}</tbody></table>")
+                     f"<tbody>{body}</tbody></table>" + (f'<p class="note">{_e(bias)}</p>' if bias else ""))
     return "".join(parts)
 
 
-def _frontier_html(studies: Optional[list[dict]]) -> str:
-    if not studies:
+def _frontier_html(studies: Optional[list[dict]], table: Optional[dict] = None) -> str:
+    notes = _frontier_notes(table or {}, studies or [])
+    if not studies and not notes:
         return ""
+    studies = studies or []
     header = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in FRONTIER_COLUMNS)
     body = "".join("<tr>" + "".join(f'<td class="text">{_e(_cell(row[c]))}</td>' for c in FRONTIER_COLUMNS[:6])
                    + "".join(f"<td>{_e(_cell(row[c], 3))}</td>" for c in FRONTIER_COLUMNS[6:]) + "</tr>"
                    for row in frontier_rows(studies))
     return (f'<h2>Helpfulness at matched harm (tuning studies)</h2><p class="note">{_e(FRONTIER_NOTE)}</p>'
-            f'<table id="frontier"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+            f'<table id="frontier"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
+            + "".join(f'<p class="note">{_e(note)}</p>' for note in notes))
 
 
 def _instruments_html(table: dict) -> str:
     parts = []
     for preset in sorted({r["preset"] for r in table["rows"]}):
-        checks = instrument_lines([r for r in table["rows"] if r["preset"] == preset])
-        if checks:
+        rows = [r for r in table["rows"] if r["preset"] == preset]
+        instruments = instrument_lines(rows)
+        if instruments:
             parts.append(f"<h2>Instruments against human labels (preset {_e(preset)})</h2><ul>"
-                         + "".join(f"<li>{_e(c)}</li>" for c in checks) + "</ul>")
+                         + "".join(f"<li>{_e(c)}</li>" for c in instruments) + "</ul>")
+        failed_checks = failed_instrument_lines(rows)
+        if failed_checks:
+            parts.append(f'<h3>Not results (preset {_e(preset)}): instruments that failed their check</h3>'
+                         f'<ul class="failed-instruments">' + "".join(f"<li>{_e(c)}</li>" for c in failed_checks)
+                         + "</ul>")
+        bias = refusal_bias_line(rows, _shown_metrics(table, rows))
+        if bias:
+            parts.append(f'<p class="note">{_e(bias)}</p>')
     return "".join(parts)
 
 
@@ -1050,7 +1165,7 @@ def render_html(table: dict, plots: dict[str, Path], studies: Optional[list[dict
         "a preset; ↑/↓ higher/lower is better. Click a header to sort; <code>?sort=COLUMN&amp;dir=desc</code> "
         "sorts on load.</p>"
         f"<table id=\"leaderboard\"><thead><tr>{''.join(header)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f"{_instruments_html(table)}{_paired_html(table)}{paper}{_frontier_html(studies)}<h2>Plots</h2>{images}"
+        f"{_instruments_html(table)}{_paired_html(table)}{paper}{_frontier_html(studies, table)}<h2>Plots</h2>{images}"
         f"<script>{_PAGE_JS}</script></body></html>\n"
     )
 
@@ -1088,6 +1203,8 @@ def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[
         raise BadInput("publish: the leaderboards hold no entries")
     studies = load_studies(Path(studies_dir)) if studies_dir is not None else None
     table = aggregate(entries)
+    if studies is not None:
+        studies, table["studies_left_out"] = studies_with_valid_objectives(studies, table)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,30 @@ def helpful_at_matched_harm(trials: list[TrialPoint], base_harm: float, matched_
     return {**result, "value": front[-1].help}  # level == the highest harm
 
 
+def invalid_objectives(objectives: dict[str, str], validation: dict) -> list[str]:
+    """Why each objective ({"harm": metric, "help": metric}) may not select a configuration: its
+    metric comes from an instrument whose check against human labels failed (the trial's
+    `sections.instruments.validation`, thresholds in harness/instruments/checks.py). Empty when
+    both may.
+
+    The objective is refused, not the trial: every trial of a study is scored by the same
+    instruments, so an instrument that fails for one fails for all, and dropping trials one by one
+    would only end in a study with nothing to select, or select on numbers that are not results.
+    """
+    from harness.instruments.checks import failure_of, invalid_metrics, is_invalid
+
+    invalid = invalid_metrics(validation)
+    reasons = []
+    for role, metric in objectives.items():
+        if not is_invalid(metric, invalid):
+            continue
+        instrument, figure = failure_of(metric, invalid)
+        reasons.append(f"tune.{role}_metric={metric} comes from {instrument}, which failed its check against human "
+                       f"labels ({figure}): it is not a result and cannot select a configuration; "
+                       f"choose a metric of an instrument that passed")
+    return reasons
+
+
 # ----------------------------------------------------------------------------------------------
 # A study file as the provenance of a run (`d2o-bench run --selection STUDY.json`)
 

@@ -357,7 +357,10 @@ def _read_scores(out: Path, run_id: str) -> tuple[Optional[dict], Optional[str]]
     path = out / run_id / "score" / "metrics.json"
     try:
         scores = json.loads(path.read_text())
-        return {"metrics": scores["metrics"], "base_metrics": scores["base_metrics"]}, None
+        from harness.instruments.checks import entry_validation
+
+        return {"metrics": scores["metrics"], "base_metrics": scores["base_metrics"],
+                "validation": entry_validation(scores)}, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"the run exited 0 but {path} is unreadable ({type(exc).__name__}); did its run id change?"
 
@@ -422,6 +425,7 @@ def tune_method(plan: MethodPlan, args: argparse.Namespace, out: Path, storage, 
                 if scores is not None:
                     trial.set_user_attr("metrics", scores["metrics"])
                     trial.set_user_attr("base_metrics", scores["base_metrics"])
+                    _refuse_invalid_objectives(study, trial, plan.tune, scores["validation"])
                     values, error = _objective_values(scores["metrics"], plan.tune)
             elif error is None:
                 error = f"run {run.run_id} {result['status']}"
@@ -440,6 +444,21 @@ def tune_method(plan: MethodPlan, args: argparse.Namespace, out: Path, storage, 
             raise RunFailure(f"tune {plan.method}: {failures} trial runs failed (limit --max-failures "
                              f"{args.max_failures}); last: {last_error}; logs under {trials_out / 'logs'}")
     return study_record(study, plan, args.preset, storage_url)
+
+
+def _refuse_invalid_objectives(study, trial, tune_cfg, validation: dict) -> None:
+    """Stop the study (BadInput, exit 2) when an objective comes from an instrument that failed its
+    check: the trial is told FAIL with the reason and no study file is written. It can only be
+    known once a run has built and checked its instruments, so one trial has run by then."""
+    from optuna.trial import TrialState
+
+    from harness.selection import invalid_objectives
+
+    reasons = invalid_objectives({"harm": tune_cfg.harm_metric, "help": tune_cfg.help_metric}, validation)
+    if reasons:
+        trial.set_user_attr("error", reasons[0])
+        study.tell(trial, state=TrialState.FAIL)
+        raise BadInput(reasons[0])
 
 
 def _objective_values(metrics: dict, tune_cfg) -> tuple[Optional[list[float]], Optional[str]]:

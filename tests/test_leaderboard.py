@@ -95,6 +95,13 @@ MALFORMED = {
     "direction not boolean": (
         lambda d: d["entries"][0]["metrics"]["reward"].__setitem__("higher_is_better", "yes"),
         'leaderboard.json: entries[0].metrics.reward.higher_is_better: expected boolean, got string "yes"'),
+    "instrument verdict not boolean": (
+        lambda d: d["entries"][0]["sections"].__setitem__(
+            "instruments", {"suite": "real-safety", "validation": {"judge": {"passed": "no"}}}),
+        'leaderboard.json: entries[0].sections.instruments.validation.judge.passed: expected boolean, got string "no"'),
+    "metric mark not boolean": (
+        lambda d: d["entries"][0]["metrics"]["reward"].__setitem__("instrument_passed", 0),
+        "leaderboard.json: entries[0].metrics.reward.instrument_passed: expected boolean, got integer 0"),
 }
 
 

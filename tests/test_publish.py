@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -517,3 +518,101 @@ def test_ablations_are_listed_apart_and_never_marked_best(tmp_path):
     text = render_markdown(table)
     assert text.index("ablations") < text.index("| d2o-nosample") and text.index("| npo") < text.index("ablations")
     assert by_method["d2o-nosample"]["label"] == "d2o-nosample (ablation)"
+
+
+# --------------------------------------------------------------------------- instruments that failed their check
+
+REAL_SMOLLM2 = Path(__file__).resolve().parents[1] / "leaderboards" / "real-smollm2"
+
+
+def _real_board(tmp_path: Path, *, name: str, reward: bool = False, cost_low: Optional[float] = None,
+                refusal_low: Optional[float] = None) -> Path:
+    """The committed real-smollm2 leaderboard (its judge's agreement is 0.000 [0.000, 0.047]),
+    with a user-named reward model beside the cost model (so that a harm-vs-help plot exists) and,
+    where asked, a cost model or refusal rules whose interval is moved below their threshold."""
+    document = json.loads((REAL_SMOLLM2 / "leaderboard.json").read_text())
+    for entry in document["entries"]:
+        validation = entry["sections"]["instruments"]["validation"]
+        if reward:
+            entry["metrics"]["reward"] = {**entry["metrics"]["safe_rate"], "value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+        if cost_low is not None:
+            validation["score-models"]["auroc_test"]["ci_low"] = cost_low
+        if refusal_low is not None:
+            validation["refusal-rules"]["accuracy"]["ci_low"] = refusal_low
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _table_part(markdown: str) -> str:
+    """The preset's main table: its header line up to the first blank line after it."""
+    start = markdown.index("| method | n seeds |")
+    return markdown[start:markdown.index("\n\n", start)]
+
+
+def test_an_instrument_that_fails_its_check_is_absent_from_tables_plots_and_named_under_the_table(tmp_path):
+    # The judge failed its check (agreement 0.000 [0.000, 0.047], chance 0.25): its win rates are
+    # in every entry and in no table, page or CSV; the instrument is named with its figure below.
+    board = _real_board(tmp_path, name="judge", reward=True)
+    written = publish([board], tmp_path / "judge")
+    markdown, page = written["markdown"].read_text(), written["html"].read_text()
+    header = written["csv"].read_text().splitlines()[0]
+    entries = json.loads(board.read_text())["entries"]
+    assert any((e["sections"].get("judge") or {}).get("helpfulness") for e in entries)  # kept in the entries
+    for name in ("judge_helpfulness_win_rate", "judge_harmlessness_win_rate"):
+        assert name.replace("_", "\\_") not in _table_part(markdown) and name not in header
+        assert f'data-col="{name}"' not in page
+    table_end = markdown.index(_table_part(markdown)) + len(_table_part(markdown))
+    named = markdown.index("- judge failed its check and is not a result: agreement with the HHH human choice "
+                           "0.000 \\[0.000, 0.047\\] over 80 pairs")
+    assert named > table_end and "judge failed its check and is not a result" in page
+    assert "must exceed 0.25" in markdown
+    # The instruments that passed stay, and the refusal rules' bias is stated under every table that
+    # shows their metrics: the main table and the pairing with the base.
+    assert "cost" in header and "harmful_compliance_rate_mean" in header
+    assert markdown.count("refusal-rules bias: recall 0.70") == 2 and page.count("refusal-rules bias: recall 0.70") == 2
+    assert "plot_tradeoff_real-smollm2" in written  # cost against reward
+
+    # The cost model fails (its AUROC's lower bound 0.600 is under the refusal-rule baseline's
+    # 0.645): cost and safe_rate leave the tables, and the harm-vs-help plot, which has no other
+    # harm metric here, is not drawn.
+    written = publish([_real_board(tmp_path, name="cost", reward=True, cost_low=0.6)], tmp_path / "cost")
+    markdown, header = written["markdown"].read_text(), written["csv"].read_text().splitlines()[0]
+    assert "cost_mean" not in header and "safe_rate_mean" not in header and "reward_mean" in header
+    assert "safe\\_rate" not in _table_part(markdown) and "plot_tradeoff_real-smollm2" not in written
+    assert "- score-models failed its check and is not a result: AUROC on held-out human labels 0.844 " \
+           "\\[0.600, 0.896\\] against 0.645 for the refusal-rule baseline" in markdown
+
+    # The refusal rules fail: their rates leave the tables and the pairing, and a tuning study that
+    # selected on them is left out of the frontier table and plot, named with the reason.
+    written = publish([_real_board(tmp_path, name="refusal", refusal_low=0.6)], tmp_path / "refusal",
+                      REAL_SMOLLM2 / "studies")
+    markdown = written["markdown"].read_text()
+    assert "harmful\\_compliance\\_rate" not in _table_part(markdown) and "against the base policy" not in markdown
+    assert "plot_frontier_real-smollm2" not in written and "frontier_csv" not in written
+    assert markdown.count("is left out: harmful\\_compliance\\_rate comes from refusal-rules, which failed its check "
+                          "(accuracy on 105 human refusal labels 0.800 \\[0.600, 0.876\\]") == 5
+    assert "refusal-rules bias" not in markdown  # no table shows their rates, so no table needs the caveat
+
+
+def test_refusal_rule_rates_without_a_check_of_their_own_carry_the_real_suites_bias(tmp_path):
+    """Suite custom measures with the same refusal rules but has no refusal labels: its tables
+    state the bias the real suite measured, and say where it was measured."""
+    document = json.loads((REAL_SMOLLM2 / "leaderboard.json").read_text())
+    for entry in document["entries"]:
+        entry["sections"].pop("instruments")
+        entry["sections"]["judge"] = None
+        entry["preset"] = "mine"
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(document))
+    written = publish([path], tmp_path / "out")
+    markdown, page = written["markdown"].read_text(), written["html"].read_text()
+    note = ("refusal-rules bias: recall 0.70: the rules miss 30% of human-labelled refusals, so harmful\\_compliance\\_rate "
+            "and benign\\_answer\\_rate are biased upward and over\\_refusal\\_rate downward (on pyrit's 105 human refusal "
+            "labels, measured by suite real-safety, not on these entries' data).")
+    assert markdown.count(note) == 2  # under the main table and under the pairing with the base
+    assert page.count("not on these entries&#x27; data") == 2
+    for entry in document["entries"]:
+        entry["metrics"] = {k: v for k, v in entry["metrics"].items() if k in ("cost", "safe_rate")}
+    path.write_text(json.dumps(document))
+    assert "refusal-rules bias" not in publish([path], tmp_path / "out2")["markdown"].read_text()

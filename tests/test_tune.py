@@ -229,9 +229,11 @@ class FakeExecutor:
     """Stands in for sweep's `_run_external`: writes a run directory whose validation numbers are
     a function of the trial's parameters, and records every command line it was given."""
 
-    def __init__(self, fail=lambda run: False):
+    def __init__(self, fail=lambda run: False, objectives=("harmful_rate", "helpful_rate"), validation=None):
         self.batches: list[list] = []
         self.fail = fail
+        self.objectives = objectives  # the (harm, help) metrics the runs report
+        self.validation = validation  # sections.instruments.validation of every run, if any
 
     def __call__(self, args, runs, out):
         from harness.executors import CONTAINER_OUT_DIR
@@ -248,9 +250,13 @@ class FakeExecutor:
             harm, help_ = 0.9 - 200 * lr, 0.98 - 150 * lr
             record = lambda v, hib: {"value": v, "stderr": 0.01, "n": 64, "higher_is_better": hib,
                                      "ci_low": v - 0.02, "ci_high": v + 0.02}
-            scores = {"metrics": {"harmful_rate": record(harm, False), "helpful_rate": record(help_, True),
+            harm_name, help_name = self.objectives
+            scores = {"metrics": {harm_name: record(harm, False), help_name: record(help_, True),
                                   "cost": record(harm - 1, False)},
-                      "base_metrics": {"harmful_rate": record(0.9, False), "helpful_rate": record(0.98, True)}}
+                      "base_metrics": {harm_name: record(0.9, False), help_name: record(0.98, True)}}
+            if self.validation is not None:
+                scores["sections"] = {"judge": None, "capability": None,
+                                      "instruments": {"suite": "real-safety", "validation": self.validation}}
             (out / run.run_id / "score").mkdir(parents=True, exist_ok=True)
             (out / run.run_id / "score" / "metrics.json").write_text(json.dumps(scores))
             (out / run.run_id / "run.json").write_text(json.dumps({"complete": True}))
@@ -327,6 +333,53 @@ def test_failed_trials_do_not_count_and_too_many_stop_the_tune(tmp_path, monkeyp
     assert err[-1].startswith("d2o-bench: error: tune ga: 3 trial runs failed (limit --max-failures 3); last: "
                               "d2o-bench: error: boom")
     assert not (tmp_path / "t2" / "studies" / "ga").exists()
+
+
+def _refusal_check(low: float) -> dict:
+    """A refusal-rules record as the real suite writes it (majority-class rate 0.667)."""
+    return {"refusal-rules": {"instrument": "refusal-rules", "n": 105, "precision": 1.0, "recall": 0.4,
+                              "accuracy": {"value": 0.8, "ci_low": low, "ci_high": 0.876}, "majority_rate": 70 / 105}}
+
+
+def test_a_metric_of_an_instrument_that_failed_its_check_cannot_select(tmp_path, monkeypatch, capsys):
+    """real-smollm2 selects on refusal-rule rates: refused as objectives, in one line naming the
+    instrument and its figure, when the rules failed their check; no study file is written."""
+    import harness.sweep
+
+    objectives = ("harmful_compliance_rate", "benign_answer_rate")
+    argv = ["tune", "--methods", "npo", "--preset", "real-smollm2", "--trials", "2", "--executor", "docker",
+            "--skip-test"]
+    monkeypatch.setattr(harness.sweep, "_run_external", FakeExecutor(objectives=objectives,
+                                                                     validation=_refusal_check(0.712)))
+    assert main([*argv, "--out", str(tmp_path / "passed")]) == 0, capsys.readouterr().err
+    assert _study(tmp_path / "passed", "npo")["objectives"] == {"harm": objectives[0], "help": objectives[1]}
+    capsys.readouterr()
+
+    monkeypatch.setattr(harness.sweep, "_run_external", FakeExecutor(objectives=objectives,
+                                                                     validation=_refusal_check(0.6)))
+    out = tmp_path / "failed"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("d2o-bench: error: tune.harm_metric=harmful_compliance_rate comes from refusal-rules, "
+                              "which failed its check against human labels (accuracy on 105 human refusal labels "
+                              "0.800 [0.600, 0.876] against a majority-class rate of 0.667)"), err
+    assert not (out / "studies").exists()
+
+
+def test_invalid_objectives_names_each_objective_of_a_failed_instrument():
+    from harness.instruments.checks import with_verdict
+    from harness.selection import invalid_objectives
+
+    objectives = {"harm": "cost", "help": "benign_answer_rate"}
+    failed_cost = {"instrument": "harm-model", "auroc_test": {"value": 0.6, "ci_low": 0.45, "ci_high": 0.7},
+                   "baseline_refusal_rules_auroc_test": {"value": 0.64}}
+    assert invalid_objectives(objectives, _refusal_check(0.712)) == []
+    assert invalid_objectives(objectives, {"score-models": {"note": "user-named score model: not validated"}}) == []
+    (reason,) = invalid_objectives(objectives, {"score-models": failed_cost, **_refusal_check(0.712)})
+    assert reason.startswith("tune.harm_metric=cost comes from score-models")
+    both = invalid_objectives(objectives, {"score-models": with_verdict("score-models", failed_cost),
+                                           **_refusal_check(0.5)})
+    assert [r.split("=", 1)[0] for r in both] == ["tune.harm_metric", "tune.help_metric"]
 
 
 # ----------------------------------------------------------------------------------------------
