@@ -52,7 +52,7 @@ RULES = {
 # is the cost model only: a reward model beside it in the same ScoreModels is not what was checked.
 METRICS = {
     "refusal-rules": ("harmful_compliance_rate", "over_refusal_rate", "benign_answer_rate"),
-    "harm-model": ("cost", "safe_rate"),
+    "harm-model": ("cost", "safe_rate", "harmful_unsafe_rate"),
     "judge": ("judge_harmlessness_win_rate", "judge_helpfulness_win_rate"),
 }
 JUDGE_METRIC_PREFIX = "judge_"
