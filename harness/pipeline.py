@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -760,5 +761,8 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     if main_process:
         summary["duration_s"] = time.perf_counter() - started
         summary["finished_at"] = _now()
+        # The process's peak resident memory so far: the first stage at which it jumps is the one
+        # that holds it (the figure never falls, so each stage's own peak is read as a step up).
+        summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         run_dir.mark(name, "complete", summary)
     distributed.barrier()
