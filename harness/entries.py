@@ -55,6 +55,17 @@ def git_state() -> dict:
         return {"commit": baked, "dirty": None if baked is None else False}
 
 
+def base_entry_config(cfg) -> tuple[dict, str]:
+    """The base policy entry's recorded config and its hash.
+
+    The base entry depends only on what evaluates it, not on the method trained, so the
+    method, training and sampling sections are blanked before hashing.
+    """
+    config = cfg.to_dict()
+    config.update({"method_name": "base", "method": None, "train": None, "sampling": None})
+    return config, sha256_json(config)[:16]
+
+
 def build_entries(ctx) -> list[dict]:
     run_dir = ctx.run_dir
     cfg = ctx.cfg
@@ -109,10 +120,7 @@ def build_entries(ctx) -> list[dict]:
         if getattr(ctx, "selection", None):
             # How this configuration was chosen (`d2o-bench run --selection STUDY.json`).
             entries[-1]["selection"] = ctx.selection
-    # The base policy's entry depends only on what evaluates it, not on the method trained.
-    base_config = cfg.to_dict()
-    base_config.update({"method_name": "base", "method": None, "train": None, "sampling": None})
-    base_hash = sha256_json(base_config)[:16]
+    base_config, base_hash = base_entry_config(cfg)
     entries.append({
         "run_id": f"base-{cfg.preset}-s{cfg.seed}-{base_hash[:8]}",
         "method": "base",
