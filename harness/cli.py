@@ -21,17 +21,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from harness.arguments import OneLineArgumentParser
 from harness.errors import BadInput, D2OBenchError
 
 SUBCOMMANDS = ("run", "methods", "sweep", "tune", "publish", "compare", "serve-judge")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error over several lines; we promise one line."""
-
-    def error(self, message: str):
-        # The caller prints "<prog>: error: "; naming the program again would say it twice.
-        raise BadInput(f"{message} (see {self.prog} --help)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cli import OneLineArgumentParser
+from harness.arguments import OneLineArgumentParser
 from harness.config import parse_set_options, resolve_config
 from harness.errors import BadInput
 from harness.pipeline import run_id_for

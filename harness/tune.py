@@ -229,7 +229,7 @@ def _check_metrics(cfg, tune_cfg) -> None:
 
 def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     from harness.config import parse_set_options, resolve_config, without_added_defaults, without_operational_fields
-    from harness.models.hashing import sha256_json
+    from harness.hashing import sha256_json
 
     cls = get_method(method)
     if not cls.trains:
@@ -576,7 +576,7 @@ def _warn_on_stale_entries(board: Path, planned: set[str]) -> None:
 
 
 def build_tune_parser():
-    from harness.cli import OneLineArgumentParser
+    from harness.arguments import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="d2o-bench tune", description="Equal-budget tuning on the validation "
                                    "split, then test runs of each method's selected configuration.")
