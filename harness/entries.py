@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import harness
-from harness.models.hashing import sha256_json
+from harness.hashing import sha256_json
 
 SCHEMA_ENTRY_STATUS = "complete"
 

@@ -31,7 +31,7 @@ from harness.data.adapters import adapter_for, needs_chosen, with_chosen
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.generation import generate_completions, generate_responses
 from harness.logprobs import EncodedPair, encode_pair, score_pairs
-from harness.models.hashing import sha256_json
+from harness.hashing import sha256_json
 from harness.models.loading import load_policy, load_score_model, load_tokenizer, model_identity
 from harness.prompting import format_prompt
 from harness.registry import Method, get_method

@@ -15,7 +15,7 @@ import pytest
 
 from harness.config import resolve_config
 from harness.entries import base_entry_config
-from harness.models.hashing import sha256_json
+from harness.hashing import sha256_json
 from harness.pipeline import run_id_for
 
 LEADERBOARDS = sorted((Path(__file__).parents[1] / "leaderboards").glob("*/leaderboard.json"))
