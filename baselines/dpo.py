@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -30,7 +30,6 @@ def dpo_margin(
     return chosen_log_ratio - negative_log_ratio, chosen_log_ratio, negative_log_ratio
 
 
-@register_method
 class DPO(Method):
     """DPO on the filtered pairs (the paper's DPO-Ori), with optional cDPO label smoothing.
 
@@ -76,7 +75,6 @@ class DPO(Method):
         return losses, diagnostics
 
 
-@register_method
 class DPOFull(DPO):
     """DPO on every pair of the dataset (the paper's DPO-Full, ~297K PKU-SafeRLHF pairs).
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -23,7 +23,6 @@ class IPOConfig:
     length_normalize: bool = True
 
 
-@register_method
 class IPO(Method):
     """IPO: regress the log-ratio margin onto the fixed target 1/(2τ) instead of pushing it to ∞.
 

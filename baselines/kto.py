@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -21,7 +21,6 @@ class KTOConfig:
     undesirable_weight: float = 1.0
 
 
-@register_method
 class KTO(Method):
     """KTO on paired data: each example contributes its chosen (desirable) and its negative
     (undesirable) response as two unpaired KTO items.

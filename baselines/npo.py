@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -18,7 +18,6 @@ class NPOConfig:
     beta: float = 0.1
 
 
-@register_method
 class NPO(Method):
     """Negative Preference Optimization: a bounded, reference-anchored form of gradient ascent.
 

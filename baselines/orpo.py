@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 # A per-token mean log-prob of exactly 0 (every token certain) has infinite odds; capping it just
 # below 0 keeps the loss finite. Real log-probs of a softmax never get this close.
@@ -36,7 +36,6 @@ class ORPOConfig:
     lam: float = 0.1
 
 
-@register_method
 class ORPO(Method):
     """ORPO: SFT on the chosen response plus an odds-ratio penalty on the negative, no reference.
 

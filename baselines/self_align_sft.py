@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import Method, SequenceLogps
 
 
 @dataclass
@@ -14,7 +14,6 @@ class SelfAlignSFTConfig:
     """Same NLL as Safe SFT; only the data differ (chosen_source), so no hyperparameters."""
 
 
-@register_method
 class SelfAlignSFT(Method):
     """Self-Align SFT (the paper's baseline): NLL on self-samples the cost model marks safe.
 

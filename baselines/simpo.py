@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -23,7 +23,6 @@ class SimPOConfig:
     gamma: float = 0.5
 
 
-@register_method
 class SimPO(Method):
     """SimPO: length-normalised log-likelihood margin with a target margin γ, no reference model.
 

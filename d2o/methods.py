@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from d2o.loss import d2o_margin
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -34,7 +34,6 @@ def _validate_d2o(cfg: D2OConfig, *, needs_samples: bool) -> None:
         raise BadInput(f"method.refresh_every must be >= 0, got {cfg.refresh_every}")
 
 
-@register_method
 class D2O(Method):
     """Distributional Dispreference Optimization (Eq. 3).
 
@@ -82,7 +81,6 @@ class D2OOnlineConfig(D2OConfig):
     refresh_every: int = 8
 
 
-@register_method
 class D2OOnline(D2O):
     """D²O with self-samples refreshed from the current policy every `refresh_every` steps.
 
@@ -106,7 +104,6 @@ class D2ONoSampleConfig:
     alpha: float = 0.1
 
 
-@register_method
 class D2ONoSample(Method):
     """The "w/o samples" ablation of D²O: Eq. 3 with the self-sample term dropped.
 
