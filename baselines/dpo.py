@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,13 @@ from harness.registry import FloatDim, Method, SequenceLogps
 @dataclass
 class DPOConfig:
     # β = 0.1: the DPO paper's default for most experiments (also TRL's DPOConfig default).
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={
+        "help": "β: scales the log-ratio margin inside the sigmoid (the implicit KL penalty's strength)."})
     # ε of conservative DPO (cDPO, Mitchell 2023: "A note on DPO with noisy preferences"):
     # the probability that a pair's label is flipped. 0 is plain DPO.
-    label_smoothing: float = 0.0
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "ε of conservative DPO: the assumed probability that a pair's label is flipped, in [0, 0.5) "
+                "(0: plain DPO)."})
 
 
 def dpo_margin(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,8 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
 class ORPOConfig:
     # λ = 0.1: the ORPO paper's setting for its main runs; also TRL's ORPOConfig.beta default
     # (TRL calls this λ `beta`).
-    lam: float = 0.1
+    lam: float = field(default=0.1, metadata={
+        "help": "λ: weight of the odds-ratio term added to the chosen response's NLL."})
 
 
 class ORPO(Method):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +15,14 @@ from harness.registry import FloatDim, Method, SequenceLogps
 @dataclass
 class D2OConfig:
     # α, β and K as reported for the paper's Alpaca-7B runs (secondary sources).
-    alpha: float = 0.1
-    beta: float = 0.1
-    k: int = 11
-    # 0: self-samples drawn once, offline, from π_r− before training (the default).
-    # N > 0: refreshed from the current policy every N optimizer steps.
-    refresh_every: int = 0
+    alpha: float = field(default=0.1, metadata={
+        "help": "α: weight of the human negative's log-ratio in Eq. 3."})
+    beta: float = field(default=0.1, metadata={
+        "help": "β: weight of the K self-samples' mean log-ratio, the anchor, in Eq. 3."})
+    k: int = field(default=11, metadata={"help": "K: self-samples per training prompt, drawn from π_r−."})
+    refresh_every: int = field(default=0, metadata={
+        "help": "0: self-samples drawn once, offline, from π_r− before training; N > 0: refreshed from the "
+                "current policy every N optimizer steps."})
 
 
 def _validate_d2o(cfg: D2OConfig, *, needs_samples: bool) -> None:
@@ -78,7 +80,8 @@ class D2O(Method):
 
 @dataclass
 class D2OOnlineConfig(D2OConfig):
-    refresh_every: int = 8
+    refresh_every: int = field(default=8, metadata={
+        "help": "Self-samples are refreshed from the current policy every this many optimizer steps (>= 1)."})
 
 
 class D2OOnline(D2O):
@@ -101,7 +104,8 @@ class D2OOnline(D2O):
 
 @dataclass
 class D2ONoSampleConfig:
-    alpha: float = 0.1
+    alpha: float = field(default=0.1, metadata={
+        "help": "α: scales the negative's log-ratio inside the sigmoid (the loss's only hyperparameter)."})
 
 
 class D2ONoSample(Method):
