@@ -8,6 +8,7 @@ hyperparameters are a section of their own (`method.*`) typed by the method's `C
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -494,7 +495,7 @@ def _apply(obj, updates: dict, prefix: str) -> None:
     for key, value in updates.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise BadInput(f"unknown config field {where!r}")
+            raise BadInput(f"unknown config field {where!r}{_closest_field_hint(obj, prefix, key, value)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -502,6 +503,26 @@ def _apply(obj, updates: dict, prefix: str) -> None:
             _apply(current, value, f"{where}.")
         else:
             setattr(obj, key, coerce(value, hints[key], where))
+
+
+def _dotted_fields(obj, prefix: str) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        keys += _dotted_fields(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return keys
+
+
+def _closest_field_hint(obj, prefix: str, key: str, value) -> str:
+    """"; did you mean 'train.learning_rate'?" for the field nearest to what was written, or ""."""
+    written = f"{prefix}{key}"
+    while isinstance(value, dict) and len(value) == 1:  # a mistyped section: compare whole paths
+        (inner, value), = value.items()
+        written = f"{written}.{inner}"
+    # Within the section only: its shared prefix would make every field look close.
+    candidates = {name[len(prefix):]: name for name in _dotted_fields(obj, prefix)}
+    close = difflib.get_close_matches(written[len(prefix):], list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {candidates[close[0]]!r}?" if close else ""
 
 
 def parse_set_options(pairs: list[str]) -> dict:
