@@ -118,15 +118,13 @@ def cmd_run(args) -> int:
 
         print(describe_plan(cfg))
         return 0
-    import json
-
     from harness.pipeline import run_pipeline
 
     ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
                        selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
-    scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
+    scores = ctx.run_dir.layout.metrics.read()
     trained = scores["metrics"] if ctx.method.trains else None
     print(comparison_table(scores["base_metrics"], trained, cfg.method_name))
     print(f"run directory: {ctx.run_dir.root}")

@@ -70,7 +70,7 @@ def build_entries(ctx) -> list[dict]:
     run_dir = ctx.run_dir
     cfg = ctx.cfg
     data = run_dir.summary("data")
-    scores = __import__("json").loads((run_dir.root / "score" / "metrics.json").read_text())
+    scores = run_dir.layout.metrics.read()
     stages = {name: run_dir.summary(name) for name in run_dir.stages if run_dir.is_complete(name)}
     wall_time = sum(s.get("duration_s", 0.0) for s in stages.values())
     train = stages.get("train", {})

@@ -324,11 +324,12 @@ def execute_runs(runs: list, args: argparse.Namespace, out: Path) -> list[dict]:
 
 
 def _read_scores(out: Path, run_id: str) -> tuple[Optional[dict], Optional[str]]:
-    import json
+    from harness.rundir import RunLayout
 
-    path = out / run_id / "score" / "metrics.json"
+    metrics = RunLayout.of(out, run_id).metrics
+    path = metrics.path
     try:
-        scores = json.loads(path.read_text())
+        scores = metrics.read()
         return {"metrics": scores["metrics"], "base_metrics": scores["base_metrics"]}, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"the run exited 0 but {path} is unreadable ({type(exc).__name__}); did its run id change?"
