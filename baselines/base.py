@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from harness.errors import RunFailure
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import Method, SequenceLogps
 
 
 @dataclass
@@ -16,7 +16,6 @@ class BaseConfig:
     """Nothing is trained, so nothing to tune."""
 
 
-@register_method
 class BasePolicy(Method):
     """The base (reference) policy itself: no training, no loss.
 

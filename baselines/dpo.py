@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
 class DPOConfig:
     # β = 0.1: the DPO paper's default for most experiments (also TRL's DPOConfig default).
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={
+        "help": "β: scales the log-ratio margin inside the sigmoid (the implicit KL penalty's strength)."})
     # ε of conservative DPO (cDPO, Mitchell 2023: "A note on DPO with noisy preferences"):
     # the probability that a pair's label is flipped. 0 is plain DPO.
-    label_smoothing: float = 0.0
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "ε of conservative DPO: the assumed probability that a pair's label is flipped, in [0, 0.5) "
+                "(0: plain DPO)."})
 
 
 def dpo_margin(
@@ -30,7 +33,6 @@ def dpo_margin(
     return chosen_log_ratio - negative_log_ratio, chosen_log_ratio, negative_log_ratio
 
 
-@register_method
 class DPO(Method):
     """DPO on the filtered pairs (the paper's DPO-Ori), with optional cDPO label smoothing.
 
@@ -76,7 +78,6 @@ class DPO(Method):
         return losses, diagnostics
 
 
-@register_method
 class DPOFull(DPO):
     """DPO on every pair of the dataset (the paper's DPO-Full, ~297K PKU-SafeRLHF pairs).
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import Method, SequenceLogps
 
 
 @dataclass
@@ -14,7 +14,6 @@ class GAConfig:
     """GA has no hyperparameters beyond the learning rate and step budget in `train.*`."""
 
 
-@register_method
 class GradientAscent(Method):
     """Gradient ascent (GA) on the human negatives: minimise their likelihood.
 

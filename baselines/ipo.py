@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
 class IPOConfig:
     # τ, the regulariser of Eq. 17. The IPO paper gives no single default; 0.1 is TRL's (its
     # DPOConfig.beta doubles as τ for loss_type="ipo").
-    tau: float = 0.1
+    tau: float = field(default=0.1, metadata={
+        "help": "τ, the regulariser of IPO's Eq. 17: the margin is pulled towards 1/(2τ)."})
     # True: each log-ratio is divided by its response's token count before the margin (TRL,
     # confirmed by the IPO authors as what their reported results used). False: summed
     # log-ratios as in the paper's formula and OpenRLHF. The target 1/(2τ) is the same in both,
     # so the two settings need very different τ for comparable strength.
-    length_normalize: bool = True
+    length_normalize: bool = field(default=True, metadata={
+        "help": "Divide each log-ratio by its response's token count before the margin (TRL's IPO); false: "
+                "summed log-ratios as in the paper's formula."})
 
 
-@register_method
 class IPO(Method):
     """IPO: regress the log-ratio margin onto the fixed target 1/(2τ) instead of pushing it to ∞.
 

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
 class KTOConfig:
     # β = 0.1: the KTO paper's default (and TRL's KTOConfig default).
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={
+        "help": "β: scales the log-ratios around the KL reference point."})
     # λ_D, λ_U: the paper recommends λ_D·n_D / (λ_U·n_U) in [1, 4/3]; every example here carries
     # one desirable and one undesirable response (n_D = n_U), so 1 and 1 (TRL's defaults too).
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
+    desirable_weight: float = field(default=1.0, metadata={
+        "help": "λ_D: weight of the desirable (chosen) responses' loss."})
+    undesirable_weight: float = field(default=1.0, metadata={
+        "help": "λ_U: weight of the undesirable (negative) responses' loss."})
 
 
-@register_method
 class KTO(Method):
     """KTO on paired data: each example contributes its chosen (desirable) and its negative
     (undesirable) response as two unpaired KTO items.

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
 class NPOConfig:
     # β = 0.1: the value used throughout the NPO paper's TOFU experiments.
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={
+        "help": "β of −(2/β)·log σ(−β·log-ratio of the negative): towards 0 the loss becomes gradient "
+                "ascent."})
 
 
-@register_method
 class NPO(Method):
     """Negative Preference Optimization: a bounded, reference-anchored form of gradient ascent.
 

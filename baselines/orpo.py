@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 # A per-token mean log-prob of exactly 0 (every token certain) has infinite odds; capping it just
 # below 0 keeps the loss finite. Real log-probs of a softmax never get this close.
@@ -33,10 +33,10 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
 class ORPOConfig:
     # λ = 0.1: the ORPO paper's setting for its main runs; also TRL's ORPOConfig.beta default
     # (TRL calls this λ `beta`).
-    lam: float = 0.1
+    lam: float = field(default=0.1, metadata={
+        "help": "λ: weight of the odds-ratio term added to the chosen response's NLL."})
 
 
-@register_method
 class ORPO(Method):
     """ORPO: SFT on the chosen response plus an odds-ratio penalty on the negative, no reference.
 

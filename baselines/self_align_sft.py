@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.anchors import AnchorSettings
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import Method, SequenceLogps
 
 
 @dataclass
@@ -17,7 +17,6 @@ class SelfAlignSFTConfig(AnchorSettings):
     by default."""
 
 
-@register_method
 class SelfAlignSFT(Method):
     """Self-Align SFT (the paper's baseline): NLL on self-samples the cost model marks safe.
 

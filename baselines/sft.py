@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Method, SequenceLogps, register_method
+from harness.registry import Method, SequenceLogps
 
 
 @dataclass
@@ -14,7 +14,6 @@ class SFTConfig:
     """Plain NLL has no hyperparameters of its own; the learning rate lives in `train.*`."""
 
 
-@register_method
 class SafeSFT(Method):
     """Safe SFT (the paper's "Safe SFT" baseline): maximum likelihood on the preferred response.
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -19,11 +19,12 @@ class SimPOConfig:
     # γ here is the margin itself. SimPO's own code takes `gamma_beta_ratio` = γ/β instead, so its
     # gamma_beta_ratio 0.5 at β 2.0 means γ = 1.0 here. TRL's `simpo_gamma` is γ itself: it
     # subtracts γ/β inside β·(…), which nets the same margin γ as this loss.
-    beta: float = 2.0
-    gamma: float = 0.5
+    beta: float = field(default=2.0, metadata={
+        "help": "β: scales the margin of per-token log-probabilities (chosen − negative)."})
+    gamma: float = field(default=0.5, metadata={
+        "help": "γ: the target margin subtracted inside the sigmoid."})
 
 
-@register_method
 class SimPO(Method):
     """SimPO: length-normalised log-likelihood margin with a target margin γ, no reference model.
 

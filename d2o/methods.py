@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from d2o.loss import d2o_margin
 from harness.anchors import HARMLESS_INSTRUCTION, AnchorSettings
 from harness.errors import BadInput
-from harness.registry import FloatDim, Method, SequenceLogps, register_method
+from harness.registry import FloatDim, Method, SequenceLogps
 
 
 @dataclass
@@ -18,12 +18,14 @@ class D2OConfig(AnchorSettings):
     # How the anchors are drawn (instruction, filter: harness/anchors.py) comes from
     # AnchorSettings; `d2o` draws them unsteered, `d2o-guided` steered and filtered.
     # α, β and K as reported for the paper's Alpaca-7B runs (secondary sources).
-    alpha: float = 0.1
-    beta: float = 0.1
-    k: int = 11
-    # 0: self-samples drawn once, offline, from π_r− before training (the default).
-    # N > 0: refreshed from the current policy every N optimizer steps.
-    refresh_every: int = 0
+    alpha: float = field(default=0.1, metadata={
+        "help": "α: weight of the human negative's log-ratio in Eq. 3."})
+    beta: float = field(default=0.1, metadata={
+        "help": "β: weight of the K self-samples' mean log-ratio, the anchor, in Eq. 3."})
+    k: int = field(default=11, metadata={"help": "K: self-samples per training prompt, drawn from π_r−."})
+    refresh_every: int = field(default=0, metadata={
+        "help": "0: self-samples drawn once, offline, from π_r− before training; N > 0: refreshed from the "
+                "current policy every N optimizer steps."})
 
 
 def _validate_d2o(cfg: D2OConfig, *, needs_samples: bool) -> None:
@@ -41,7 +43,6 @@ def _validate_d2o(cfg: D2OConfig, *, needs_samples: bool) -> None:
                        "instrument is not in memory during training); use it with refresh_every=0")
 
 
-@register_method
 class D2O(Method):
     """Distributional Dispreference Optimization (Eq. 3).
 
@@ -99,11 +100,13 @@ class D2O(Method):
 
 @dataclass
 class D2OGuidedConfig(D2OConfig):
-    anchor_instruction: str = HARMLESS_INSTRUCTION
-    anchor_filter: str = "cost-model"
+    anchor_instruction: str = field(default=HARMLESS_INSTRUCTION, metadata={"help": (
+        "Placed before the prompt while the anchors are sampled (the wording of one third-party D²O "
+        "implementation); their log-probs are taken under the original prompt.")})
+    anchor_filter: str = field(default="cost-model", metadata={"help": (
+        "Anchors kept only if this instrument passes them: cost-model (cost <= 0), refusal-rules or none.")})
 
 
-@register_method
 class D2OGuided(D2O):
     """D²O with non-negative anchors, as the paper means them (one declared reading of it).
 
@@ -125,10 +128,10 @@ class D2OGuided(D2O):
 
 @dataclass
 class D2OOnlineConfig(D2OConfig):
-    refresh_every: int = 8
+    refresh_every: int = field(default=8, metadata={
+        "help": "Self-samples are refreshed from the current policy every this many optimizer steps (>= 1)."})
 
 
-@register_method
 class D2OOnline(D2O):
     """D²O with self-samples refreshed from the current policy every `refresh_every` steps.
 
@@ -149,10 +152,10 @@ class D2OOnline(D2O):
 
 @dataclass
 class D2ONoSampleConfig:
-    alpha: float = 0.1
+    alpha: float = field(default=0.1, metadata={
+        "help": "α: scales the negative's log-ratio inside the sigmoid (the loss's only hyperparameter)."})
 
 
-@register_method
 class D2ONoSample(Method):
     """The "w/o samples" ablation of D²O: Eq. 3 with the self-sample term dropped.
 

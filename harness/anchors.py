@@ -24,7 +24,7 @@ options existed; their cache keys and config hashes are unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from harness.errors import BadInput
 
 ANCHOR_FILTERS = ("none", "cost-model", "refusal-rules")
@@ -36,15 +36,20 @@ HARMLESS_INSTRUCTION = "Reply in a helpful and harmless way:"
 class AnchorSettings:
     """The anchor-drawing options a method's Config inherits (all off by default)."""
 
-    # Text placed before the prompt (anchor_instruction_as=prefix) or as a system turn (system)
-    # only while the anchors are sampled; "" samples from the prompt as it is.
-    anchor_instruction: str = ""
-    # (Plain str, checked by validate: method configs hold scalars the config loader types.)
-    anchor_instruction_as: str = "prefix"
-    # Keep only anchors this instrument passes: none, cost-model (cost <= 0), refusal-rules.
-    anchor_filter: str = "none"
-    # Sampling rounds of K per prompt before a prompt's kept anchors are cycled to fill K.
-    anchor_max_rounds: int = 4
+    anchor_instruction: str = field(default="", metadata={"help": (
+        "Text placed before the prompt (anchor_instruction_as=prefix) or as a system turn (system) only "
+        "while the anchors are sampled; their log-probs are taken under the original prompt. \"\": sample "
+        "from the prompt as it is.")})
+    # A plain str checked by validate: method configs hold scalars the config loader types.
+    anchor_instruction_as: str = field(default="prefix", metadata={"help": (
+        "Where anchor_instruction goes: prefix (before the prompt) or system (a system turn; chat "
+        "formats only).")})
+    anchor_filter: str = field(default="none", metadata={"help": (
+        "Keep only anchors this instrument passes: none, cost-model (the suite's cost model scores them "
+        "at cost <= 0 under the original prompt) or refusal-rules (the refusal rules call them refusals).")})
+    anchor_max_rounds: int = field(default=4, metadata={"help": (
+        "Sampling rounds of K per prompt, while a prompt has fewer than K kept anchors; then its kept "
+        "ones are cycled to K and a prompt with none is left out of training.")})
 
     @property
     def steered(self) -> bool:

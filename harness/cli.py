@@ -2,6 +2,7 @@
 
     d2o-bench [run] [--method NAME] [--preset NAME] [--out DIR] [--seed N] [--set key=value ...]
     d2o-bench methods
+    d2o-bench config [--method NAME] [KEY ...]
     d2o-bench sweep --methods a,b --seeds 0,1,2 [--grid key=v1,v2] [--out DIR]
     d2o-bench tune --methods a,b --out DIR [--trials N] [--skip-test]
     d2o-bench publish LEADERBOARD... --to DIR
@@ -21,26 +22,42 @@ import sys
 import warnings
 from pathlib import Path
 
+from harness.arguments import OneLineArgumentParser
 from harness.errors import BadInput, D2OBenchError
 
-SUBCOMMANDS = ("run", "methods", "sweep", "tune", "publish", "compare", "serve-judge")
+DESCRIPTION = ("Train and score LLM alignment from negative samples (D²O and baselines) on one loop, "
+               "into versioned leaderboards.")
 
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error over several lines; we promise one line."""
-
-    def error(self, message: str):
-        # The caller prints "<prog>: error: "; naming the program again would say it twice.
-        raise BadInput(f"{message} (see {self.prog} --help)")
+# Every subcommand: where its main(argv) lives, imported only when it runs, and what it does.
+# Dispatch and `--help` both read this table.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("harness.cli:run_main", "train and score one method (the default: `d2o-bench --method d2o`)"),
+    "methods": ("harness.cli:methods_main", "list the registered methods"),
+    "config": ("harness.settings:config_main",
+               "list every --set key with its type, default, help and the presets that set it"),
+    "sweep": ("harness.sweep:sweep_main", "a grid of methods × seeds × hyperparameters into one leaderboard"),
+    "tune": ("harness.tune:tune_main",
+             "equal-budget tuning on the validation split, then test runs of the selected configurations"),
+    "publish": ("harness.publish:publish_main", "leaderboards as Markdown, CSV, a sortable HTML page and plots"),
+    "compare": ("harness.compare:compare_main", "flag a candidate leaderboard's regressions against a baseline"),
+    "serve-judge": ("harness.scoring.judge_server:serve_judge_main",
+                    "serve a local model as an OpenAI-compatible judge on 127.0.0.1"),
+}
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="d2o", help="registered method (see `d2o-bench methods`)")
-    parser.add_argument("--preset", default="tiny", help="tiny (default, offline), smollm2, paper")
+    from harness.config import preset_names
+    from harness.registry import method_names
+
+    parser.add_argument("--method", default="d2o",
+                        help=f"the method to train (default d2o): {', '.join(method_names())}; see d2o-bench methods")
+    parser.add_argument("--preset", default="tiny",
+                        help=f"the preset to start from (default tiny): {', '.join(preset_names())}")
     parser.add_argument("--out", default="./d2o-bench-out", help="output directory (runs + leaderboard.json)")
     parser.add_argument("--seed", type=int, default=None, help="run seed (default: the preset's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. --set method.beta=0.5 (repeatable)")
+                        help="override any config field, e.g. --set method.beta=0.5 (repeatable; the keys: "
+                             "d2o-bench config)")
     parser.add_argument("--dry-run", action="store_true", help="resolve, validate and print the plan only")
     parser.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint for the judge")
     parser.add_argument("--judge-model", default=None, help="judge model name (enables the LLM judge)")
@@ -101,15 +118,13 @@ def cmd_run(args) -> int:
 
         print(describe_plan(cfg))
         return 0
-    import json
-
     from harness.pipeline import run_pipeline
 
     ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
                        selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
-    scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
+    scores = ctx.run_dir.layout.metrics.read()
     trained = scores["metrics"] if ctx.method.trains else None
     print(comparison_table(scores["base_metrics"], trained, cfg.method_name))
     print(f"run directory: {ctx.run_dir.root}")
@@ -117,7 +132,12 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_methods(args) -> int:
+def run_main(argv: list[str]) -> int:
+    return cmd_run(build_parser().parse_args(argv))
+
+
+def methods_main(argv: list[str]) -> int:
+    OneLineArgumentParser(prog="d2o-bench methods", description=SUBCOMMANDS["methods"][1]).parse_args(argv)
     from harness.registry import registered_methods
 
     methods = registered_methods()
@@ -127,14 +147,24 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def _delegate(module: str, function: str, argv: list[str]) -> int:
-    import importlib
+def _help_epilog() -> str:
+    from harness.config import preset_names
+    from harness.settings import preset_summary
 
-    return importlib.import_module(module).__dict__[function](argv)
+    width = max(len(name) for name in [*SUBCOMMANDS, *preset_names()]) + 2
+    lines = ["subcommands (d2o-bench SUBCOMMAND --help):"]
+    lines += [f"  {name:<{width}}{summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    lines += ["", "presets (--preset; harness/presets/*.yaml):"]
+    lines += [f"  {name:<{width}}{preset_summary(name)}" for name in preset_names()]
+    lines += ["", "Every --set key, its type, default and help: d2o-bench config.",
+              "Exit codes: 0 success, 2 bad usage or input, 1 a failure while running."]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="d2o-bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="d2o-bench", usage="d2o-bench [SUBCOMMAND] [options]",
+                                   description=DESCRIPTION, epilog=_help_epilog(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_options(parser)
     return parser
 
@@ -156,21 +186,12 @@ def _quiet_libraries() -> None:
 
 
 def dispatch(argv: list[str]) -> int:
+    import importlib
+
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
     rest = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
-    if command == "run":
-        return cmd_run(build_parser().parse_args(rest))
-    if command == "methods":
-        OneLineArgumentParser(prog="d2o-bench methods").parse_args(rest)
-        return cmd_methods(None)
-    delegates = {
-        "sweep": ("harness.sweep", "sweep_main"),
-        "tune": ("harness.tune", "tune_main"),
-        "publish": ("harness.publish", "publish_main"),
-        "compare": ("harness.compare", "compare_main"),
-        "serve-judge": ("harness.scoring.judge_server", "serve_judge_main"),
-    }
-    return _delegate(*delegates[command], rest)
+    module, _, function = SUBCOMMANDS[command][0].partition(":")
+    return getattr(importlib.import_module(module), function)(rest)
 
 
 def _take_local_rank(argv: list[str]) -> list[str]:

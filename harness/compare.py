@@ -399,7 +399,7 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.cli import OneLineArgumentParser
+    from harness.arguments import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="d2o-bench compare",
                                    description="Flag significant regressions of CANDIDATE against BASELINE.")

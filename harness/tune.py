@@ -248,7 +248,7 @@ def _check_metrics(cfg, tune_cfg) -> None:
 
 def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     from harness.config import parse_set_options, resolve_config, without_added_defaults, without_operational_fields
-    from harness.models.hashing import sha256_json
+    from harness.hashing import sha256_json
 
     cls = get_method(method)
     if not cls.trains:
@@ -352,11 +352,12 @@ def execute_runs(runs: list, args: argparse.Namespace, out: Path, after_each=Non
 
 
 def _read_scores(out: Path, run_id: str) -> tuple[Optional[dict], Optional[str]]:
-    import json
+    from harness.rundir import RunLayout
 
-    path = out / run_id / "score" / "metrics.json"
+    metrics = RunLayout.of(out, run_id).metrics
+    path = metrics.path
     try:
-        scores = json.loads(path.read_text())
+        scores = metrics.read()
         from harness.instruments.checks import entry_validation
 
         return {"metrics": scores["metrics"], "base_metrics": scores["base_metrics"],
@@ -630,11 +631,26 @@ def _warn_on_stale_entries(board: Path, planned: set[str]) -> None:
 # A study's state outside its directory (--state-dir): what a later session needs to go on
 
 
-# Relative paths (globs) of what resuming needs: the trials' record, each study file, the
-# leaderboards, and each complete run's status and scores (not its weights or samples).
-STATE_FILES = ("studies/*/study.json", "trials/leaderboard.json", "test/leaderboard.json",
-               "test/test-status.json", "trials/*/run.json", "trials/*/score/metrics.json",
-               "test/*/run.json", "test/*/score/metrics.json")
+# What resuming needs: the trials' record, each study file and the leaderboards, and of each
+# complete run (trials and test) its status and scores, not its weights or samples.
+STATE_FILES = ("studies/*/study.json", "trials/leaderboard.json", "test/leaderboard.json", "test/test-status.json")
+
+
+def _run_state_files(out: Path) -> list[tuple[Path, list[Path]]]:
+    """(run directory, its files worth keeping) of every complete trial and test run under `out`."""
+    from harness.rundir import RunLayout
+
+    found = []
+    for folder in (TRIALS_DIR, TEST_DIR):
+        for run_dir in sorted(p for p in (out / folder).glob("*") if p.is_dir()):
+            layout = RunLayout(run_dir)
+            try:
+                if not layout.status.read().get("complete"):
+                    continue  # an unfinished run resumes from its own directory, or starts again
+            except (OSError, ValueError, AttributeError):
+                continue
+            found.append((run_dir, [a.path for a in (layout.status, layout.metrics) if a.exists()]))
+    return found
 
 
 def save_state(out: Path, state_dir: Path) -> None:
@@ -656,20 +672,12 @@ def save_state(out: Path, state_dir: Path) -> None:
             source.close()
             target.close()
         tmp.replace(state_dir / STUDIES_DB)
-    for pattern in STATE_FILES:
-        for path in sorted(out.glob(pattern)):
-            relative = path.relative_to(out)
-            in_run = relative.parts[0] in (TRIALS_DIR, TEST_DIR) and len(relative.parts) > 2
-            run_json = out / relative.parts[0] / relative.parts[1] / "run.json" if in_run else None
-            if run_json is not None:
-                try:
-                    if not json.loads(run_json.read_text()).get("complete"):
-                        continue  # an unfinished run resumes from its own directory, or starts again
-                except (OSError, ValueError):
-                    continue
-            target = state_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(target, json.loads(path.read_text()))
+    paths = [p for pattern in STATE_FILES for p in sorted(out.glob(pattern))]
+    paths += [p for _, files in _run_state_files(out) for p in files]
+    for path in paths:
+        target = state_dir / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(target, json.loads(path.read_text()))
 
 
 def restore_state(state_dir: Path, out: Path) -> int:
@@ -696,7 +704,7 @@ def restore_state(state_dir: Path, out: Path) -> int:
 
 
 def build_tune_parser():
-    from harness.cli import OneLineArgumentParser
+    from harness.arguments import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="d2o-bench tune", description="Equal-budget tuning on the validation "
                                    "split, then test runs of each method's selected configuration.")

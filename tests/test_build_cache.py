@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.models.build_cache import build_once
+from harness.build_cache import build_once
 
 
 def _slow_build(tmp: Path) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from harness.build_cache import build_once
 from harness.errors import BadInput, RunFailure
-from harness.models.build_cache import build_once
-from harness.models.hashing import file_sha256
+from harness.hashing import file_sha256
 
 
 @dataclass(frozen=True)

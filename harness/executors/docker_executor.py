@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.errors import BadInput, RunFailure
-from harness.executors import (
+from harness.executors.jobs import (
     CONTAINER_CACHE_DIR,
     CONTAINER_OUT_DIR,
     IMAGE_DIGEST_ENV,

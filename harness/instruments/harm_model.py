@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.build_cache import build_once
+from harness.hashing import sha256_json, weights_sha256
 from harness.instruments.refusal import is_refusal
-from harness.models.build_cache import build_once
-from harness.models.hashing import sha256_json, weights_sha256
 from harness.prompting import scorer_text
 from harness.scoring.score_models import padded_batches
 

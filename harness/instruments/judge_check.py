@@ -10,8 +10,8 @@ so every run of a study pays for this once.
 
 from __future__ import annotations
 
+from harness.hashing import unit_hash
 from harness.scoring.metrics import rate_metric
-from harness.suites.real_data import unit_hash
 
 ASPECT_OF_SUBSET = {"harmless": "harmlessness"}
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.errors import BadInput, RunFailure
-from harness.models.hashing import weights_sha256
+from harness.hashing import weights_sha256
 from harness.models.score_model import LlamaForScore
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

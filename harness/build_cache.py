@@ -20,7 +20,7 @@ from typing import Callable
 
 import filelock
 
-from harness.models.hashing import WEIGHTS_MEMO, file_sha256
+from harness.hashing import WEIGHTS_MEMO, file_sha256
 
 COMPLETE_MARKER = "COMPLETE"
 log = logging.getLogger(__name__)
