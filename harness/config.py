@@ -558,6 +558,19 @@ def _is_http_url(text: str) -> bool:
     return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
+def _shown_url(url: Optional[str]) -> Optional[str]:
+    """A URL as an error message may show it: never with its credentials (stderr is a log)."""
+    from harness.scoring.judge import redact_url
+
+    return redact_url(url)
+
+
+def url_credentials(url: Optional[str]) -> bool:
+    from harness.scoring.judge import url_credentials as has_credentials
+
+    return has_credentials(url)
+
+
 def validate_config(cfg: RunConfig) -> None:
     checks = [
         (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
@@ -587,7 +600,8 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.sampling.backend in SAMPLING_BACKENDS,
          f"sampling.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.sampling.backend!r}"),
         (cfg.sampling.backend != "openai" or (cfg.sampling.base_url is not None and _is_http_url(cfg.sampling.base_url)),
-         f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, got {cfg.sampling.base_url!r}"),
+         f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, "
+         f"got {_shown_url(cfg.sampling.base_url)!r}"),
         (cfg.sampling.concurrency >= 1, "sampling.concurrency must be >= 1"),
         (0 < cfg.real.train_share and 0 < cfg.real.validation_share
          and cfg.real.train_share + cfg.real.validation_share < 1,
@@ -597,7 +611,16 @@ def validate_config(cfg: RunConfig) -> None:
         (0 <= cfg.real.negative_min_score <= 1, "real.negative_min_score must be in [0, 1]"),
         (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
         (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
-         f"eval.judge_base_url must be an http(s) URL with a host, got {cfg.eval.judge_base_url!r}"),
+         f"eval.judge_base_url must be an http(s) URL with a host, got {_shown_url(cfg.eval.judge_base_url)!r}"),
+        # A URL is recorded in run.json, the entries and log lines; a credential inside it would be
+        # stored with it. Keys belong in the environment variable named by *.api_key_env.
+        (not url_credentials(cfg.eval.judge_base_url),
+         f"eval.judge_base_url {_shown_url(cfg.eval.judge_base_url)} carries a user name or password: remove it "
+         f"and put the key in the environment variable named by eval.judge_api_key_env "
+         f"({cfg.eval.judge_api_key_env})"),
+        (not url_credentials(cfg.sampling.base_url),
+         f"sampling.base_url {_shown_url(cfg.sampling.base_url)} carries a user name or password: remove it "
+         f"and put the key in the environment variable named by sampling.api_key_env ({cfg.sampling.api_key_env})"),
     ]
     for ok, message in checks:
         if not ok:

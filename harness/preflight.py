@@ -230,7 +230,7 @@ def _check_sampling_server(sampling_cfg) -> None:
 
 def judge_problem(eval_cfg) -> Optional[str]:
     """Why the configured judge endpoint would fail (one cheap call: list its models), or None."""
-    from harness.scoring.judge import api_key_for, redact
+    from harness.scoring.judge import api_key_for, redact, redact_url
 
     secret, api_key = api_key_for(eval_cfg.judge_api_key_env, eval_cfg.judge_base_url)
     if not api_key:
@@ -242,7 +242,7 @@ def judge_problem(eval_cfg) -> Optional[str]:
         client.models.list()
     except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
         reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
-        return f"endpoint {eval_cfg.judge_base_url or 'api.openai.com'} did not answer a model list ({reason[:200]})"
+        return f"endpoint {redact_url(eval_cfg.judge_base_url) or 'api.openai.com'} did not answer a model list ({reason[:200]})"
     finally:
         client.close()
     return None

@@ -71,6 +71,8 @@ def _first_metric(document: dict) -> dict:
     return next(iter(document["entries"][0]["metrics"].values()))
 
 
+# A credential planted in inputs: no error line may repeat it.
+SECRET = "sekrit-7f3a9c1e"
 # (id, setup, argv after `d2o-bench` ({root} is the case's directory), fragment of the one line)
 RUN = ["--out", "{root}/out"]
 # A user dataset is measured by suite custom (the tiny world's scorers know only its words).
@@ -106,6 +108,14 @@ CASES = [
      "eval.judge_base_url must be an http(s) URL"),
     ("judge-url-no-host", _nothing, [*RUN, "--judge-model", "j", "--judge-base-url", "http:///v1"],
      "eval.judge_base_url must be an http(s) URL"),
+    # A credential in a URL would be recorded with the URL (run.json, entries, log lines); the
+    # refusal itself must not print it either (the test below checks no line holds SECRET).
+    ("judge-url-credentials", _nothing,
+     [*RUN, "--judge-model", "j", "--judge-base-url", f"http://user:{SECRET}@127.0.0.1:9/v1"],
+     "eval.judge_base_url http://***@127.0.0.1:9/v1 carries a user name or password"),
+    ("sampling-url-credentials", _nothing,
+     [*RUN, "--set", "sampling.backend=openai", "--set", f"sampling.base_url=http://{SECRET}@127.0.0.1:9/v1"],
+     "sampling.base_url http://***@127.0.0.1:9/v1 carries a user name or password"),
     # --- datasets
     ("dataset-missing", _nothing, [*RUN, "--set", "data.dataset={root}/nothing-here"], "nothing-here"),
     ("dataset-bad-json", _dataset(_GOOD + "{oops\n", _GOOD), RUN, "train.jsonl:2: not valid JSON"),
@@ -154,6 +164,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, (case, err)
     assert len(err) == 1 and fragment in err[0], (case, err)
+    assert SECRET not in err[0], (case, err)
     after = {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
     assert after == before, case
 
