@@ -46,7 +46,7 @@ from typing import Any, Iterable, Optional
 
 from harness import stats
 from harness.errors import BadInput
-from harness.leaderboard import read_leaderboard
+from harness.leaderboard import check_no_duplicate_runs, read_leaderboard
 
 # Duan et al., "Negating Negatives: Alignment with Human Negative Samples via Distributional
 # Dispreference Optimization", Findings of EMNLP 2024 (arXiv:2403.03419), Table 1: Alpaca-7B on
@@ -151,12 +151,16 @@ def _canonical(value: Any) -> str:
 
 def load_entries(leaderboard_paths: Iterable[Path]) -> list[dict]:
     """Entries of all leaderboards; a run_id seen again (a rerun published later) replaces the earlier one."""
+    leaderboard_paths = list(leaderboard_paths)
     by_run: dict[str, dict] = {}
     for path in leaderboard_paths:
         for entry in read_leaderboard(Path(path))["entries"]:
             by_run.pop(entry["run_id"], None)
             by_run[entry["run_id"]] = entry
-    return list(by_run.values())
+    entries = list(by_run.values())
+    # The same run in two boards under two run_ids would be pooled as two seeds.
+    check_no_duplicate_runs(entries, " + ".join(str(p) for p in leaderboard_paths))
+    return entries
 
 
 def aggregate(entries: list[dict]) -> dict:

@@ -15,6 +15,8 @@ from harness.cli import main
 GOOD_ROW = {"prompt": "How do I bake bread?", "response_0": "Mix flour and water.", "response_1": "No idea.",
             "is_response_0_safe": True, "is_response_1_safe": True, "better_response_id": 0, "safer_response_id": 0}
 FIXTURE_BOARD = Path(__file__).parent / "fixtures" / "leaderboards" / "tiny.json"
+# A published board, with per-task data (per_cluster) in every metric.
+PUBLISHED_BOARD = Path(__file__).parent.parent / "leaderboards" / "tiny" / "leaderboard.json"
 
 
 def _dataset(train: str, validation: str | None = None) -> Callable[[Path], list[str]]:
@@ -49,10 +51,34 @@ def _board(text: str) -> Callable[[Path], list[str]]:
     return setup
 
 
-def _board_entry(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
-    document = json.loads(FIXTURE_BOARD.read_text())
+def _board_entry(change: Callable[[dict], None], source: Path = FIXTURE_BOARD) -> Callable[[Path], list[str]]:
+    document = json.loads(source.read_text())
     change(document)
     return _board(json.dumps(document))
+
+
+def _board_text(change: Callable[[str], str]) -> Callable[[Path], list[str]]:
+    """A board written as text (what json.dumps cannot write: 1e400)."""
+    return _board(change(FIXTURE_BOARD.read_text()))
+
+
+def _overflow(text: str) -> str:
+    # The fixture's first metric value, written as a number no float holds.
+    return text.replace('"value": 0.1,', '"value": 1e400,', 1)
+
+
+def _duplicate_run(document: dict) -> None:
+    """The first entry again under a new run_id: one run that publish would pool as two seeds."""
+    twin = json.loads(json.dumps(document["entries"][0]))
+    twin["run_id"] += "-again"
+    document["entries"].append(twin)
+
+
+def _summary_disagrees(document: dict) -> None:
+    """A metric whose value (and interval, shifted with it) is not what its per_cluster data give."""
+    record = document["entries"][0]["metrics"]["cost"]
+    for field in ("value", "ci_low", "ci_high"):
+        record[field] += 0.5
 
 
 def _nothing(root: Path) -> list[str]:
@@ -135,6 +161,21 @@ CASES = [
     ("board-interval-inverted", _board_entry(lambda d: _first_metric(d).update(value=2.0, ci_low=0.1, ci_high=0.2)),
      RUN, "leaderboard.json"),
     ("board-nan", _board('{"schema_version": "1.1.0", "entries": NaN}'), RUN, "leaderboard.json"),
+    ("board-overflow", _board_text(_overflow), RUN, "a number too large for a float"),
+    ("publish-overflow", _board_text(_overflow), ["publish", "{root}/out/leaderboard.json", "--to", "{root}/site"],
+     "a number too large for a float"),
+    ("compare-overflow", _board_text(_overflow), ["compare", str(FIXTURE_BOARD), "{root}/out/leaderboard.json"],
+     "a number too large for a float"),
+    ("board-deeply-nested", _board("[" * 100_000 + "]" * 100_000), RUN, "nested too deeply"),
+    ("board-duplicate-run", _board_entry(_duplicate_run), RUN, "is the same run as entries[0]"),
+    ("publish-duplicate-run", _board_entry(_duplicate_run),
+     ["publish", "{root}/out/leaderboard.json", "--to", "{root}/site"], "is the same run as entries[0]"),
+    ("compare-duplicate-run", _board_entry(_duplicate_run),
+     ["compare", str(FIXTURE_BOARD), "{root}/out/leaderboard.json"], "is the same run as entries[0]"),
+    ("publish-summary-disagrees", _board_entry(_summary_disagrees, PUBLISHED_BOARD),
+     ["publish", "{root}/out/leaderboard.json", "--to", "{root}/site"], "disagrees with its per-task data"),
+    ("compare-summary-disagrees", _board_entry(_summary_disagrees, PUBLISHED_BOARD),
+     ["compare", str(PUBLISHED_BOARD), "{root}/out/leaderboard.json"], "disagrees with its per-task data"),
     ("publish-missing-file", _nothing, ["publish", "{root}/none.json", "--to", "{root}/site"], "none.json"),
     ("publish-invalid-file", _write("bad.json", "{}"), ["publish", "{root}/bad.json", "--to", "{root}/site"],
      "bad.json"),
