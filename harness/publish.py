@@ -47,6 +47,7 @@ from typing import Any, Iterable, Optional
 from harness import stats
 from harness.errors import BadInput
 from harness.leaderboard import check_no_duplicate_runs, read_leaderboard
+from harness.scoring.metrics import bounds_of, clip_interval
 
 # Duan et al., "Negating Negatives: Alignment with Human Negative Samples via Distributional
 # Dispreference Optimization", Findings of EMNLP 2024 (arXiv:2403.03419), Table 1: Alpaca-7B on
@@ -80,14 +81,22 @@ LEVEL = 0.95
 # --------------------------------------------------------------------------- aggregation
 
 
-def summarise(records: list[dict]) -> Optional[dict]:
+def summarise(records: list[dict], name: str = "") -> Optional[dict]:
     """One metric over the runs of a row: value, interval, stderr; None when no run has a value.
 
-    `mean` is the value shown (the pooled mean for per-task data), `low`/`high` its 95% interval.
+    `mean` is the value shown (the pooled mean for per-task data), `low`/`high` its 95% interval,
+    cut to the metric's bounds when it has some (`bounds_of`: a t interval over seeds of an
+    accuracy near 1 would otherwise reach past 1).
     """
     usable = [r for r in records if r.get("value") is not None]
     if not usable:
         return None
+    summary = _summarise(usable)
+    summary["low"], summary["high"] = clip_interval(summary["low"], summary["high"], bounds_of(name, usable))
+    return summary
+
+
+def _summarise(usable: list[dict]) -> dict:
     higher_is_better = usable[0]["higher_is_better"]
     kinds = {stats.record_kind(r) for r in usable}
     if all(r.get("per_cluster") is not None for r in usable) and len(kinds) == 1:
@@ -201,7 +210,7 @@ def aggregate(entries: list[dict]) -> dict:
         }
         if not row["headline"]:
             row["label"] += " (ablation)"  # every table, page and plot says so, not only Markdown
-        row["metrics"] = {name: summarise(_complete_records(row, name)) for name in names}
+        row["metrics"] = {name: summarise(_complete_records(row, name), name) for name in names}
         rows.append(row)
     _mark_best(rows, names, directions)
     _paired_against_base(rows)
