@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from harness.distributed import describe_single_process_group
-from harness.errors import BadInput
+from harness.errors import BadInput, RunFailure
 from harness.faults import kill_point
 from harness.logprobs import (
     EncodedPair,
@@ -271,6 +271,28 @@ class StepWatch(TrainerCallback):
         kill_point(f"train:step:{state.global_step}")
 
 
+class FiniteWatch(TrainerCallback):
+    """Stops training at the first logged loss or gradient norm that is NaN or infinite.
+
+    A diverged run (a learning rate far too high) otherwise trains on to the end on NaN weights,
+    then generates, scores, and fails only when its NaN metrics reach the leaderboard: the time
+    is lost and the error names the wrong stage. One line naming the step instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for name in ("grad_norm", "loss"):
+            value = (logs or {}).get(name)
+            if value is None:
+                continue
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                continue
+            if not finite:
+                raise RunFailure(f"training diverged: {name.replace('_', ' ')} is {float(value)} at step "
+                                 f"{state.global_step} (learning rate {args.learning_rate:g}; lower "
+                                 "train.learning_rate or train.max_grad_norm)")
+
+
 def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
     """The complete checkpoint with the most steps under `folder` (None: start from step 0)."""
     complete = []
@@ -362,7 +384,7 @@ def train_method(
         args=args,
         train_dataset=dataset,
         data_collator=RoleCollator(method),
-        callbacks=[CheckpointSealer(sample_refresher), watch],
+        callbacks=[CheckpointSealer(sample_refresher), watch, FiniteWatch()],
         method=method,
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,

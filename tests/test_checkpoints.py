@@ -115,3 +115,36 @@ def test_checkpoint_settings_do_not_change_the_run_identity():
     assert plain.train.save_steps == 8 and other.hash() == plain.hash()
     assert resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(["train.max_steps=3"])).hash() \
         != plain.hash()
+
+
+def test_a_non_finite_gradient_norm_stops_training_at_its_step(tmp_path):
+    """A learning rate far too high used to train on NaN gradient norms to the end and fail at the
+    leaderboard stage; the watch stops the Trainer at the first one, naming the step."""
+    from torch import nn
+    from transformers import Trainer
+
+    from harness.config import TrainConfig
+    from harness.training import FiniteWatch, training_arguments
+
+    class Blows(nn.Module):
+        """A loss whose gradient turns infinite from the third step on."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def forward(self, x, **kwargs):
+            self.calls += 1
+            scale = float("inf") if self.calls >= 3 else 1.0
+            return {"loss": (self.w * x * scale).sum()}
+
+    data = [{"x": torch.ones(1)} for _ in range(16)]
+    args = training_arguments(TrainConfig(max_steps=8, per_device_batch_size=1, learning_rate=1e-3,
+                                          logging_steps=1), tmp_path, 0)
+    model = Blows()
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[FiniteWatch()],
+                      data_collator=lambda rows: {"x": torch.stack([r["x"] for r in rows])})
+    with pytest.raises(RunFailure, match=r"^training diverged: (grad norm|loss) is (nan|inf) at step 3 ") as raised:
+        trainer.train()
+    assert "\n" not in str(raised.value) and model.calls == 3  # stopped there, not trained on to step 8
