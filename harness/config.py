@@ -106,6 +106,11 @@ class DataConfig:
     # None: such methods are not applicable to those rows (a run with no usable row is refused).
     chosen_when_missing: Optional[str] = None
     train_split: str = "train"
+    # Where the evaluation prompts come from when data.dataset has no held-out split of its own (a
+    # single .jsonl/.csv/.parquet file, which would otherwise be both the training and the
+    # evaluation split): a local file or folder, or a hub id, read at `eval_split` like
+    # data.dataset. None: data.dataset's own `eval_split`.
+    eval_dataset: Optional[str] = None
     # The split a run is scored on. Runs that choose anything (tuning trials) use `validation`;
     # only the selected configurations are scored on `test` (see the `tune` section).
     eval_split: str = "test"
@@ -340,6 +345,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
+    ("data", "eval_dataset"),
 )
 
 
@@ -610,6 +616,8 @@ def validate_config(cfg: RunConfig) -> None:
          "real.harmful_eval_prompts and real.benign_eval_prompts must be >= 1"),
         (0 <= cfg.real.negative_min_score <= 1, "real.negative_min_score must be in [0, 1]"),
         (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
+        (cfg.data.eval_dataset is None or cfg.suite == "custom",
+         f"data.eval_dataset applies to suite custom only; suite {cfg.suite} assembles its own evaluation data"),
         (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
          f"eval.judge_base_url must be an http(s) URL with a host, got {_shown_url(cfg.eval.judge_base_url)!r}"),
         # A URL is recorded in run.json, the entries and log lines; a credential inside it would be

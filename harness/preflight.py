@@ -69,7 +69,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
         if Path(cfg.data.dataset).expanduser().exists():
             _check_local_splits(cfg.data, cfg.method_name)
 
-    check_sources(models, lambda: _check_dataset(cfg.data.dataset))
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset),
+                  lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"))
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
     # in a dry run, and before the rows are read: the plan itself would be wrong.
     get_suite(cfg.suite).check(cfg)
@@ -141,18 +142,21 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
         examples = adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
         method = get_method(method_name)
         with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
-    name = f"{data_cfg.dataset}[{data_cfg.eval_split}]"
-    adapter.prompts(load_rows(data_cfg.dataset, data_cfg.eval_split), name, None, data_cfg.group_column)
+    evaluated = data_cfg.eval_dataset or data_cfg.dataset
+    if not Path(evaluated).expanduser().exists():
+        return  # a hub id: loading it says what is wrong
+    name = f"{evaluated}[{data_cfg.eval_split}]"
+    adapter.prompts(load_rows(evaluated, data_cfg.eval_split), name, None, data_cfg.group_column)
 
 
-def _check_dataset(spec: str) -> None:
+def _check_dataset(spec: str, field: str = "data.dataset") -> None:
     if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
         return
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise BadInput(f"data.dataset {spec}: no such file or directory")
+        raise BadInput(f"{field} {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
-    _resolve_on_hub("data.dataset", spec, "dataset")
+    _resolve_on_hub(field, spec, "dataset")
 
 
 def _resolve_on_hub(field: str, spec: str, kind: str) -> None:

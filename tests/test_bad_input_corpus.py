@@ -153,6 +153,22 @@ CASES = [
     ("dataset-id-out-of-range", _dataset(_row(better_response_id=5), _GOOD), RUN, "'better_response_id' must be 0 or 1"),
     ("dataset-empty-response", _dataset(_row(response_1=" "), _GOOD), RUN, "'response_1' is empty"),
     ("dataset-bad-eval-row", _dataset(_GOOD, _row(safer_response_id=-1)), RUN, "[validation] row 0"),
+    # One file has no splits: it would be the training and the evaluation data at once.
+    ("dataset-single-file", _write("rows.jsonl", _GOOD * 3),
+     [*RUN, "--set", "data.dataset={root}/rows.jsonl", *CUSTOM], "is a single file, so it has no held-out split"),
+    ("dataset-single-file-dry-run", _write("rows.jsonl", _GOOD * 3),
+     [*RUN, "--dry-run", "--set", "data.dataset={root}/rows.jsonl", *CUSTOM], "data.eval_dataset=FILE"),
+    ("dataset-eval-is-train", _write("rows.jsonl", _GOOD * 3),
+     [*RUN, "--set", "data.dataset={root}/rows.jsonl", "--set", "data.eval_dataset={root}/rows.jsonl", *CUSTOM],
+     "data.eval_dataset {root}/rows.jsonl is data.dataset itself"),
+    ("dataset-eval-missing", _write("rows.jsonl", _GOOD * 3),
+     [*RUN, "--set", "data.dataset={root}/rows.jsonl", "--set", "data.eval_dataset={root}/none.jsonl", *CUSTOM],
+     "data.eval_dataset {root}/none.jsonl: no such file or directory"),
+    ("dataset-eval-bad-row", lambda root: _write("rows.jsonl", _GOOD)(root) + _write("held.jsonl", "[1]\n")(root),
+     [*RUN, "--set", "data.dataset={root}/rows.jsonl", "--set", "data.eval_dataset={root}/held.jsonl", *CUSTOM],
+     "held.jsonl:1: a row must be a JSON object"),
+    ("eval-dataset-outside-custom", _nothing, [*RUN, "--set", "data.eval_dataset=x.jsonl"],
+     "data.eval_dataset applies to suite custom only"),
     # --- leaderboards (an existing --out DIR/leaderboard.json, and publish/compare inputs)
     ("board-not-json", _board("{truncated"), RUN, "leaderboard.json"),
     ("board-not-object", _board("[]"), RUN, "leaderboard.json"),
@@ -204,6 +220,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
     code = main([a.replace("{root}", str(root)) for a in [*argv, *extra]])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, (case, err)
+    fragment = fragment.replace("{root}", str(root))
     assert len(err) == 1 and fragment in err[0], (case, err)
     assert SECRET not in err[0], (case, err)
     after = {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
@@ -213,3 +230,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
 def test_the_corpus_is_large_and_covers_every_kind():
     assert len(CASES) >= 40
     assert len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_a_single_file_with_a_named_evaluation_source_is_accepted_and_evaluated_on_it(tmp_path, capsys, monkeypatch):
+    """The way out of `dataset-single-file`: data.eval_dataset names held-out prompts, the dry run
+    says OK, and the run's evaluation rows come from that file, its training rows from the other."""
+    from harness.config import parse_set_options, resolve_config
+    from harness.suites import get_suite
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "rows.jsonl").write_text(_GOOD * 3)
+    (tmp_path / "held.jsonl").write_text(_row(prompt="How do I plant a tree?"))
+    sets = [f"data.dataset={tmp_path}/rows.jsonl", f"data.eval_dataset={tmp_path}/held.jsonl", "suite=custom",
+            "model.cost_model=none", "model.reward_model=none"]
+    code = main(["--dry-run", "--out", str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))])
+    assert code == 0, capsys.readouterr().err
+    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([*sets, "model.policy=some/model"]))
+    assets = get_suite("custom").resolve(cfg, tmp_path / "home")
+    assert assets.train_data.spec == f"{tmp_path}/rows.jsonl" and assets.eval_data.spec == f"{tmp_path}/held.jsonl"
+    unset = resolve_config(method="d2o", preset="tiny")
+    assert unset.hash() == resolve_config(method="d2o", preset="tiny",
+                                          overrides=parse_set_options(["data.eval_dataset=none"])).hash()
