@@ -577,9 +577,58 @@ def url_credentials(url: Optional[str]) -> bool:
     return has_credentials(url)
 
 
+# transformers' SchedulerType values that train without an evaluation loop: reduce_lr_on_plateau
+# and greedy step on a validation metric the harness's Trainer never computes. A test keeps this
+# list a subset of transformers'.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# Every seed reaches numpy's RNG, which takes 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+# AdamW moves each weight by about the learning rate per step: above 1 every step overwrites the
+# weights, and the run trains on NaN gradient norms (1e30 did) instead of failing here.
+LEARNING_RATE_MAX = 1.0
+
+
+def _seeds(cfg: RunConfig) -> list[tuple[str, Any]]:
+    return [("seed", cfg.seed), ("world.seed", cfg.world.seed), ("world.split_seed", cfg.world.split_seed),
+            ("eval.sampling_seed", cfg.eval.sampling_seed), ("tune.sampler_seed", cfg.tune.sampler_seed),
+            *((f"tune.test_seeds[{i}]", s) for i, s in enumerate(cfg.tune.test_seeds)),
+            *((f"tune.test_world_seeds[{i}]", s) for i, s in enumerate(cfg.tune.test_world_seeds))]
+
+
+def _positive_or_none(value: Optional[int]) -> bool:
+    return value is None or value >= 1
+
+
 def validate_config(cfg: RunConfig) -> None:
+    """Every field's range, from the resolved configuration alone (no file, model or network):
+    run by resolve_config, so by every command and by --dry-run, before anything is written."""
+    for where, seed in _seeds(cfg):
+        if not 0 <= seed <= SEED_MAX:
+            raise BadInput(f"{where} must be in 0..{SEED_MAX} (the range numpy's RNG takes), got {seed}")
     checks = [
-        (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (0 < cfg.train.learning_rate <= LEARNING_RATE_MAX,
+         f"train.learning_rate must be in (0, {LEARNING_RATE_MAX:g}], got {cfg.train.learning_rate:g}"),
+        (cfg.train.lr_scheduler in LR_SCHEDULERS,
+         f"train.lr_scheduler {cfg.train.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
+        (0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.train.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
+        (cfg.train.logging_steps >= 1, "train.logging_steps must be >= 1"),
+        # A prompt token and a response token at the least: 0 trained on nothing and still landed.
+        (cfg.train.max_length >= 2, f"train.max_length must be >= 2, got {cfg.train.max_length}"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
+        (cfg.eval.scorer_batch_size >= 1, f"eval.scorer_batch_size must be >= 1, got {cfg.eval.scorer_batch_size}"),
+        (cfg.eval.temperature > 0, "eval.temperature must be > 0"),
+        (0 < cfg.eval.top_p <= 1, "eval.top_p must be in (0, 1]"),
+        (_positive_or_none(cfg.eval.lm_eval_limit), "eval.lm_eval_limit must be >= 1 (or none: every item)"),
+        (cfg.sampling.batch_size >= 1, f"sampling.batch_size must be >= 1, got {cfg.sampling.batch_size}"),
+        (cfg.sampling.num_samples >= 1, f"sampling.num_samples must be >= 1, got {cfg.sampling.num_samples}"),
+        (cfg.sampling.top_k >= 0, "sampling.top_k must be >= 0 (0: off)"),
+        (_positive_or_none(cfg.data.max_train_examples), "data.max_train_examples must be >= 1 (or none: all)"),
+        (_positive_or_none(cfg.data.max_eval_prompts), "data.max_eval_prompts must be >= 1 (or none: all)"),
+        (cfg.tune.learning_rate_high <= LEARNING_RATE_MAX,
+         f"tune.learning_rate_high must be <= {LEARNING_RATE_MAX:g}"),
         (cfg.train.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1"),
         (cfg.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "train.epochs or train.max_steps must be > 0"),

@@ -127,6 +127,19 @@ CASES = [
     ("zero-checkpoints-kept", _nothing, [*RUN, "--set", "train.save_total_limit=0"], "train.save_total_limit"),
     ("top-p-out-of-range", _nothing, [*RUN, "--set", "sampling.top_p=1.5"], "sampling.top_p"),
     ("negative-judge-budget", _nothing, [*RUN, "--set", "eval.judge_max_calls=-1"], "eval.judge_max_calls"),
+    # Each of these used to be found only after stages had run (most as a raw exception), leaving
+    # a run directory behind; --dry-run called some of them OK.
+    ("seed-negative", _nothing, [*RUN, "--seed", "-1"], "seed must be in 0..4294967295"),
+    ("seed-too-large", _nothing, [*RUN, "--seed", str(2**32)], "seed must be in 0..4294967295"),
+    ("world-seed-too-large", _nothing, [*RUN, "--set", f"world.seed={2**40}"], "world.seed must be in"),
+    ("learning-rate-huge", _nothing, [*RUN, "--set", "train.learning_rate=1e30"], "train.learning_rate must be in (0, 1]"),
+    ("learning-rate-huge-dry-run", _nothing, [*RUN, "--dry-run", "--set", "train.learning_rate=1e30"],
+     "train.learning_rate must be in (0, 1]"),
+    ("unknown-scheduler", _nothing, [*RUN, "--set", "train.lr_scheduler=sawtooth"], "train.lr_scheduler 'sawtooth'"),
+    ("zero-eval-batch", _nothing, [*RUN, "--set", "eval.batch_size=0"], "eval.batch_size must be >= 1"),
+    ("zero-max-length", _nothing, [*RUN, "--set", "train.max_length=0"], "train.max_length must be >= 2"),
+    ("zero-sampling-batch", _nothing, [*RUN, "--set", "sampling.batch_size=0"], "sampling.batch_size must be >= 1"),
+    ("zero-eval-prompts", _nothing, [*RUN, "--set", "data.max_eval_prompts=0"], "data.max_eval_prompts must be >= 1"),
     # --- judge URLs
     ("judge-url-no-scheme", _nothing, [*RUN, "--judge-model", "j", "--judge-base-url", "localhost:8000/v1"],
      "eval.judge_base_url must be an http(s) URL"),
