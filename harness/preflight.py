@@ -78,6 +78,11 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # cannot fit in memory.
     get_suite(cfg.suite).check(cfg)
     check_memory(cfg)
+    if cfg.eval.lm_eval_tasks:
+        from harness.scoring.capability import check_task_names
+
+        # real-safety writes lm-eval's stock tasks over its packaged data as `<name>_offline`.
+        check_task_names(cfg.eval.lm_eval_tasks, ("_offline",) if cfg.suite == "real-safety" else ())
     # Rows on this machine and disk on this machine are no matter of a laptop lacking the
     # paper's models: a dry run refuses them as a run does, so it never says OK for a run that
     # cannot finish.
