@@ -42,7 +42,11 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     from harness.suites import get_suite
 
     out = Path(out)
-    existing = _nearest_existing(out)
+    try:
+        existing = _nearest_existing(out)
+    except OSError as exc:  # a name longer than the filesystem takes, a loop of links
+        raise BadInput(f"--out {str(out)[:80]}{'...' if len(str(out)) > 80 else ''}: unusable path "
+                       f"({exc.strerror})") from None
     if not existing.is_dir():
         raise BadInput(f"--out {out}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -145,16 +149,29 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
     """A local dataset's train and evaluated splits load, every row is well formed (a malformed
     row found by the data stage would leave a run directory behind), and the method has what it
     trains on (a preferred response, where it needs one)."""
+    import tempfile
+
+    # The rows are read into a throwaway `datasets` cache: a dataset refused here must leave
+    # nothing under HF_HOME, and one accepted is read again by the data stage anyway.
+    with tempfile.TemporaryDirectory(prefix="d2o-bench-preflight-") as cache:
+        _check_rows(data_cfg, method_name, Path(cache))
+
+
+def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
     from harness.data.adapters import adapter_for, needs_chosen, with_chosen
     from harness.data.pairs import load_rows
     from harness.registry import get_method
 
+    def load_rows_here(spec: str, split: str) -> list[dict]:
+        return load_rows(spec, split, cache_dir=cache)
+
+    method = get_method(method_name)
+    examples: list = []
     adapter = adapter_for(data_cfg)
     if data_cfg.format != "prompts":
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        rows = load_rows(data_cfg.dataset, data_cfg.train_split)
+        rows = load_rows_here(data_cfg.dataset, data_cfg.train_split)
         examples = adapter.examples(rows, name, all_pairs=True)  # every row well formed
-        method = get_method(method_name)
         # Then what the data stage keeps for this method: a filter (data.only_unsafe_negatives,
         # data.min_harm_score) that removes every row would otherwise fail after the run began.
         if method.pair_selection != "all_pairs":
@@ -163,7 +180,7 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
     evaluated = data_cfg.eval_dataset or data_cfg.dataset
     if Path(evaluated).expanduser().exists():  # a hub id: loading it says what is wrong
         eval_name = f"{evaluated}[{data_cfg.eval_split}]"
-        adapter.prompts(load_rows(evaluated, data_cfg.eval_split), eval_name, None, data_cfg.group_column)
+        adapter.prompts(load_rows_here(evaluated, data_cfg.eval_split), eval_name, None, data_cfg.group_column)
     # Malformed rows and missing splits first (they name a file to fix), then what filters leave.
     if data_cfg.format != "prompts" and method.trains and not examples:
         raise BadInput(f"dataset {name}: no training pairs left after the data filters "

@@ -29,6 +29,9 @@ def acquire_run_lock(root: Path):
     from harness.errors import BadInput
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        # Nothing written yet: the user's file stays, the run is refused in one line.
+        raise BadInput(f"{root}: a file is where this run's directory goes; move it or use another --out")
     root.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(root / RUN_LOCK), timeout=0)
     try:

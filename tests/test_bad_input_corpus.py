@@ -85,6 +85,25 @@ def _nothing(root: Path) -> list[str]:
     return []
 
 
+def _dataset_bytes(train: bytes) -> Callable[[Path], list[str]]:
+    """A user dataset whose train file holds these bytes (not necessarily UTF-8)."""
+    def setup(root: Path) -> list[str]:
+        extra = _dataset(_GOOD, _GOOD)(root)
+        (root / "data" / "train.jsonl").write_bytes(train)
+        return extra
+    return setup
+
+
+def _file_at_run_directory(root: Path) -> list[str]:
+    """A file where the default run's directory goes, under an existing --out."""
+    from harness.config import resolve_config
+    from harness.pipeline import run_id_for
+
+    (root / "out").mkdir()
+    (root / "out" / run_id_for(resolve_config(method="d2o", preset="tiny"))).write_text("mine")
+    return []
+
+
 def _write(name: str, text: str) -> Callable[[Path], list[str]]:
     def setup(root: Path) -> list[str]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +184,8 @@ CASES = [
     ("dataset-row-not-object", _dataset(_GOOD + "42\n", _GOOD), RUN, "train.jsonl:2: a row must be a JSON object"),
     ("dataset-empty-split", _dataset("", _GOOD), RUN, "split 'train' is empty"),
     ("dataset-missing-split", _dataset(_GOOD), RUN, "validation"),
+    ("dataset-invalid-utf8", _dataset_bytes(_GOOD.encode() + b'{"prompt": "\xff\xfe"}\n'), RUN,
+     "train.jsonl:2: not UTF-8 text (byte 0xff at column 13)"),
     ("dataset-missing-field", _dataset(_row(prompt=_DROP), _GOOD), RUN, "missing field 'prompt'"),
     ("dataset-wrong-type", _dataset(_row(is_response_1_safe="no"), _GOOD), RUN, "'is_response_1_safe' must be bool"),
     ("dataset-id-out-of-range", _dataset(_row(better_response_id=5), _GOOD), RUN, "'better_response_id' must be 0 or 1"),
@@ -227,6 +248,10 @@ CASES = [
     ("compare-invalid-candidate", _write("bad.json", "not json"), ["compare", str(FIXTURE_BOARD), "{root}/bad.json"],
      "bad.json"),
     # --- output and caches
+    ("out-path-too-long", _nothing, ["--out", "{root}/" + "a" * 5000], "unusable path (File name too long)"),
+    ("run-directory-is-a-file", _file_at_run_directory, RUN, "a file is where this run's directory goes"),
+    ("compare-json-is-a-folder", _nothing, ["compare", str(FIXTURE_BOARD), str(FIXTURE_BOARD), "--json", "{root}"],
+     "--json {root}: is a directory"),
     ("out-is-a-file", _write("out", "x"), ["--out", "{root}/out/sub"], "is not a directory"),
     ("board-is-a-directory", lambda root: (root / "out" / "leaderboard.json").mkdir(parents=True) or [], RUN,
      "leaderboard.json: not a file"),
@@ -254,6 +279,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
     assert SECRET not in err[0], (case, err)
     after = {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
     assert after == before, case
+    # Nor in any cache: rows read and refused once left an Arrow copy under HF_HOME.
+    hf_home = tmp_path.parent / f"{tmp_path.name}-hf"
+    assert not [p for p in hf_home.rglob("*") if p.is_file()], case
 
 
 def test_the_corpus_is_large_and_covers_every_kind():
@@ -280,3 +308,20 @@ def test_a_single_file_with_a_named_evaluation_source_is_accepted_and_evaluated_
     unset = resolve_config(method="d2o", preset="tiny")
     assert unset.hash() == resolve_config(method="d2o", preset="tiny",
                                           overrides=parse_set_options(["data.eval_dataset=none"])).hash()
+
+
+def test_json_lines_split_only_at_newlines(tmp_path, capsys, monkeypatch):
+    """U+2028, U+2029 and U+0085 may stand raw inside a JSON string; str.splitlines cut rows there
+    and refused a valid file as invalid JSON."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    train = json.dumps({**GOOD_ROW, "is_response_1_safe": False, "prompt": "a\u2028b\u2029c\x85d"},
+                       ensure_ascii=False) + "\n"
+    extra = _dataset(train, train)(tmp_path)
+    assert "\u2028" in (tmp_path / "data" / "train.jsonl").read_text(encoding="utf-8")
+    code = main(["--dry-run", "--out", str(tmp_path / "out"), "--set", "data.group_column=none", *extra])
+    assert code == 0, capsys.readouterr().err
+    from harness.data.pairs import load_rows
+
+    (row,) = load_rows(str(tmp_path / "data"), "train")
+    assert row["prompt"] == "a\u2028b\u2029c\x85d"

@@ -24,14 +24,27 @@ ROW_FIELDS: dict[str, type] = {
 }
 
 
+def _utf8_text(path: Path) -> str:
+    """The file as UTF-8 text, or BadInput naming the line and column of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise BadInput(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
 def check_json_files(files: list[Path], spec: str, split: str) -> None:
     """Name the file and line of the first malformed row, and say so when a split has no rows:
     `datasets` reports both as a bare DatasetGenerationError or StopIteration."""
     rows = 0
     for file in files:
-        text = Path(file).read_text(encoding="utf-8", errors="replace")
+        text = _utf8_text(Path(file))
         if str(file).endswith(".jsonl"):
-            for number, line in enumerate(text.splitlines(), start=1):
+            # JSON Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and
+            # the like, which JSON allows raw inside a string.
+            for number, line in enumerate(text.split("\n"), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -52,8 +65,11 @@ def check_json_files(files: list[Path], spec: str, split: str) -> None:
                        f"{'has' if len(files) == 1 else 'have'} no rows)")
 
 
-def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[dict]:
-    """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id."""
+def load_rows(spec: str, split: str, *, local_dir: Path | None = None, cache_dir: Path | None = None) -> list[dict]:
+    """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id.
+
+    `cache_dir`: where `datasets` keeps its Arrow copy (default: under HF_HOME). The preflight
+    passes a temporary folder, so rows it reads and refuses leave nothing in any cache."""
     import datasets
 
     # Its "Generating train split" bars would turn a one-line error into several lines.
@@ -65,20 +81,20 @@ def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[d
             if not path.is_file():
                 raise BadInput(f"dataset {spec}: no split {split!r}")
             check_json_files([path], spec, split)
-            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+            ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
         elif Path(spec).is_dir() and (Path(spec) / "dataset_dict.json").exists():
             ds = datasets.load_from_disk(spec)[split]
         elif Path(spec).is_file():
             builder = "json" if spec.endswith((".json", ".jsonl")) else spec.rsplit(".", 1)[-1]
             if builder == "json":
                 check_json_files([Path(spec)], spec, split)
-            ds = datasets.load_dataset(builder, data_files=spec, split="train")
+            ds = datasets.load_dataset(builder, data_files=spec, split="train", cache_dir=cache_dir)
         elif Path(spec).is_dir():
             files = sorted(Path(spec).glob(f"{split}*.jsonl")) or sorted(Path(spec).glob(f"{split}*.json"))
             if not files:
                 raise BadInput(f"dataset {spec}: no {split}*.jsonl file")
             check_json_files(files, spec, split)
-            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
+            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
         else:
             ds = datasets.load_dataset(spec, split=split)
     except BadInput:
