@@ -482,6 +482,17 @@ def write_leaderboard_atomic(path: Path, document: dict) -> None:
     _fsync_directory(path.parent)
 
 
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temp files of writes that were killed (SIGKILL, SIGTERM, power) between writing and
+    renaming. Every writer holds the lock while its temp file exists, so under the lock any
+    such file is a dead writer's and goes; otherwise they pile up beside the board forever."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # another reason it cannot go (permissions): not this writer's to fix
+
+
 def append_entries(path, entries: list[dict]) -> None:
     """Adds `entries` to the leaderboard at `path` (created if missing); a rerun's run_id replaces its old entry.
 
@@ -489,6 +500,10 @@ def append_entries(path, entries: list[dict]) -> None:
     validate is left as it is: a leaderboard is never silently repaired or truncated.
     """
     path = Path(path)
+    if path.is_symlink():
+        # A linked board is updated where it lives: renaming a new file over the link would
+        # replace the link with a copy, and the two boards would silently drift apart.
+        path = path.resolve()
     if not isinstance(entries, list):
         raise BadInput(f"{path}: entries to append must be a list, got {_json_type(entries)}")
     positions: dict[str, int] = {}
@@ -499,6 +514,7 @@ def append_entries(path, entries: list[dict]) -> None:
         positions[entry["run_id"]] = index
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        _remove_stale_temp_files(path)
         document = read_leaderboard(path, missing_ok=True)
         existing = {entry["run_id"]: index for index, entry in enumerate(document["entries"])}
         merged = list(document["entries"])

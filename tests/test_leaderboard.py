@@ -252,6 +252,31 @@ def test_the_same_run_under_a_new_run_id_is_refused_on_append_and_on_read(tmp_pa
     assert len(read_leaderboard(path)["entries"]) == 8
 
 
+def test_a_linked_board_is_updated_where_it_lives_not_forked(tmp_path):
+    (tmp_path / "shared").mkdir()
+    real = write(tmp_path / "shared", fixture())
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "leaderboard.json"
+    link.symlink_to(real)
+    append_entries(link, [entry_for("through-the-link")])
+    assert link.is_symlink() and link.resolve() == real.resolve()  # still the link, not a copy
+    assert "through-the-link" in [e["run_id"] for e in read_leaderboard(real)["entries"]]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "leaderboard.json"]  # no lock or temp here
+
+
+def test_the_next_writer_removes_temp_files_of_killed_writes(tmp_path):
+    path = write(tmp_path, fixture())
+    # What a writer killed between writing and renaming leaves (SIGTERM and SIGKILL run no cleanup).
+    stale = [tmp_path / ".leaderboard.json.k1ll3d.tmp", tmp_path / ".leaderboard.json.t3rm.tmp"]
+    for file in stale:
+        file.write_text('{"half": ')
+    unrelated = tmp_path / ".other.json.abc.tmp"
+    unrelated.write_text("not ours")
+    append_entries(path, [entry_for("after-the-kill")])
+    assert not any(file.exists() for file in stale) and unrelated.exists()
+    assert "after-the-kill" in [e["run_id"] for e in read_leaderboard(path)["entries"]]
+
+
 def test_a_bad_existing_file_is_never_overwritten(tmp_path):
     broken = mutated(lambda d: d["entries"][0].__setitem__("seed", -1))
     path = write(tmp_path, broken)
