@@ -58,6 +58,10 @@ def write_json_atomic(path: Path, obj) -> None:
             os.unlink(tmp)
 
 
+def _not_running(state: str) -> str:
+    return "interrupted" if state == "running" else state
+
+
 class RunDir:
     def __init__(self, root: Path, run_id: str, stages: list[str], header: dict, *, writer: bool = True):
         # A non-writer (a non-zero rank under a launcher) reads the directory but never changes
@@ -71,7 +75,10 @@ class RunDir:
         status = self._read_status()
         status.update(header)
         status["run_id"] = run_id
-        status["stages"] = {name: ("complete" if self.is_complete(name) else status.get("stages", {}).get(name, "pending"))
+        # A stage recorded as running was left by a process that died (or could not record its
+        # failure on a full disk): whoever opens the directory holds its lock, so none runs it now.
+        status["stages"] = {name: ("complete" if self.is_complete(name) else
+                                   _not_running(status.get("stages", {}).get(name, "pending")))
                             for name in stages}
         status["complete"] = all(v == "complete" for v in status["stages"].values())
         self._status = status

@@ -293,6 +293,23 @@ class FiniteWatch(TrainerCallback):
                                  "train.learning_rate or train.max_grad_norm)")
 
 
+def remove_unsealed_checkpoints(folder: Path) -> list[Path]:
+    """Delete checkpoint directories without their seal (half-written); the removed ones. Rank 0
+    alone: it is the one that writes checkpoints."""
+    import shutil
+
+    from harness.distributed import is_main_process
+
+    removed = []
+    if not is_main_process():
+        return removed
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        if path.is_dir() and not (path / CHECKPOINT_COMPLETE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
     """The complete checkpoint with the most steps under `folder` (None: start from step 0)."""
     complete = []
@@ -391,6 +408,7 @@ def train_method(
         gradient_cache_tokens=train_cfg.gradient_cache_tokens if train_cfg.gradient_cache else 0,
         shared_prompt_packing=train_cfg.shared_prompt_packing,
     )
+    remove_unsealed_checkpoints(Path(output_dir))  # a killed run's partial write
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():
         sample_refresher.load_state_dict(torch.load(resume_from / _REFRESH_STATE, weights_only=False))
@@ -398,7 +416,13 @@ def train_method(
         # Sampling and reference scoring ran in this process before: measure training alone.
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    except BaseException:
+        # A checkpoint cut short (disk full mid-write) is never resumed from, but it holds the
+        # space the rerun needs: only sealed checkpoints are kept.
+        remove_unsealed_checkpoints(Path(output_dir))
+        raise
     elapsed = time.perf_counter() - started
     curves = trajectory(trainer.state.log_history)
     losses = [loss for _, loss in curves["loss_curve"]]
