@@ -268,6 +268,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
                                                            fragment):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path.parent / f"{tmp_path.name}-hf"))
+    monkeypatch.setenv("D2O_BENCH_HOME", str(tmp_path.parent / f"{tmp_path.name}-home"))
     root = tmp_path
     extra = setup(root)
     before = {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
@@ -279,9 +280,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, mo
     assert SECRET not in err[0], (case, err)
     after = {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
     assert after == before, case
-    # Nor in any cache: rows read and refused once left an Arrow copy under HF_HOME.
-    hf_home = tmp_path.parent / f"{tmp_path.name}-hf"
-    assert not [p for p in hf_home.rglob("*") if p.is_file()], case
+    # Nor in any cache (HF_HOME, $D2O_BENCH_HOME): rows read and refused once left an Arrow copy
+    # under HF_HOME.
+    for cache in (tmp_path.parent / f"{tmp_path.name}-hf", tmp_path.parent / f"{tmp_path.name}-home"):
+        assert not [p for p in cache.rglob("*") if p.is_file()], (case, cache)
 
 
 def test_the_corpus_is_large_and_covers_every_kind():
