@@ -111,6 +111,9 @@ class DataConfig:
     # evaluation split): a local file or folder, or a hub id, read at `eval_split` like
     # data.dataset. None: data.dataset's own `eval_split`.
     eval_dataset: Optional[str] = None
+    # Or a split rule for such a dataset: this share of its prompts (by a hash of the group
+    # column's value, else the prompt's) is the evaluation split, the rest trains.
+    held_out_share: Optional[float] = None
     # The split a run is scored on. Runs that choose anything (tuning trials) use `validation`;
     # only the selected configurations are scored on `test` (see the `tune` section).
     eval_split: str = "test"
@@ -345,7 +348,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
-    ("data", "eval_dataset"),
+    ("data", "eval_dataset"), ("data", "held_out_share"),
 )
 
 
@@ -667,6 +670,12 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
         (cfg.data.eval_dataset is None or cfg.suite == "custom",
          f"data.eval_dataset applies to suite custom only; suite {cfg.suite} assembles its own evaluation data"),
+        (cfg.data.held_out_share is None or cfg.suite == "custom",
+         f"data.held_out_share applies to suite custom only; suite {cfg.suite} assembles its own splits"),
+        (cfg.data.held_out_share is None or 0 < cfg.data.held_out_share < 1,
+         f"data.held_out_share must be in (0, 1), got {cfg.data.held_out_share}"),
+        (cfg.data.held_out_share is None or cfg.data.eval_dataset is None,
+         "data.held_out_share and data.eval_dataset both name the evaluation data: set one"),
         (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
          f"eval.judge_base_url must be an http(s) URL with a host, got {_shown_url(cfg.eval.judge_base_url)!r}"),
         # A URL is recorded in run.json, the entries and log lines; a credential inside it would be

@@ -153,6 +153,9 @@ def stage_data(ctx: RunContext) -> dict:
     eval_name = f"{eval_src.spec}[{cfg.data.eval_split}]"
     train_rows = pair_data.load_rows(train_src.spec, cfg.data.train_split, local_dir=train_src.local_dir)
     eval_rows = pair_data.load_rows(eval_src.spec, cfg.data.eval_split, local_dir=eval_src.local_dir)
+    if cfg.data.held_out_share is not None:  # a split rule over a dataset without splits
+        train_rows = pair_data.held_out_split(train_rows, cfg.data, "train")
+        eval_rows = pair_data.held_out_split(eval_rows, cfg.data, "eval")
 
     examples = adapter_for(cfg.data, train_src.format).examples(
         train_rows, train_name, all_pairs=ctx.method.pair_selection == "all_pairs")

@@ -169,18 +169,20 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
 
 def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
     from harness.data.adapters import adapter_for, needs_chosen, with_chosen
-    from harness.data.pairs import load_rows
+    from harness.data.pairs import held_out_split, load_rows
     from harness.registry import get_method
 
-    def load_rows_here(spec: str, split: str) -> list[dict]:
-        return load_rows(spec, split, cache_dir=cache)
+    def load_rows_here(spec: str, split: str, role: str) -> list[dict]:
+        rows = load_rows(spec, split, cache_dir=cache)
+        # The same split rule as the data stage, so the checks below see its rows.
+        return rows if data_cfg.held_out_share is None else held_out_split(rows, data_cfg, role)
 
     method = get_method(method_name)
     examples: list = []
     adapter = adapter_for(data_cfg)
     if data_cfg.format != "prompts":
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        rows = load_rows_here(data_cfg.dataset, data_cfg.train_split)
+        rows = load_rows_here(data_cfg.dataset, data_cfg.train_split, "train")
         examples = adapter.examples(rows, name, all_pairs=True)  # every row well formed
         # Then what the data stage keeps for this method: a filter (data.only_unsafe_negatives,
         # data.min_harm_score) that removes every row would otherwise fail after the run began.
@@ -190,7 +192,7 @@ def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
     evaluated = data_cfg.eval_dataset or data_cfg.dataset
     if Path(evaluated).expanduser().exists():  # a hub id: loading it says what is wrong
         eval_name = f"{evaluated}[{data_cfg.eval_split}]"
-        adapter.prompts(load_rows_here(evaluated, data_cfg.eval_split), eval_name, None, data_cfg.group_column)
+        adapter.prompts(load_rows_here(evaluated, data_cfg.eval_split, "eval"), eval_name, None, data_cfg.group_column)
     # Malformed rows and missing splits first (they name a file to fix), then what filters leave.
     if data_cfg.format != "prompts" and method.trains and not examples:
         raise BadInput(f"dataset {name}: no training pairs left after the data filters "

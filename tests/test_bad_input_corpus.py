@@ -217,6 +217,16 @@ CASES = [
     ("dataset-eval-bad-row", lambda root: _write("rows.jsonl", _GOOD)(root) + _write("held.jsonl", "[1]\n")(root),
      [*RUN, "--set", "data.dataset={root}/rows.jsonl", "--set", "data.eval_dataset={root}/held.jsonl", *CUSTOM],
      "held.jsonl:1: a row must be a JSON object"),
+    ("held-out-share-too-small", _write("rows.jsonl", _row(is_response_1_safe=False)),
+     [*RUN, "--set", "data.dataset={root}/rows.jsonl", "--set", "data.held_out_share=0.01",
+      "--set", "data.group_column=none", *CUSTOM], "data.held_out_share=0.01 leaves no evaluation rows out of 1"),
+    ("held-out-share-out-of-range", _nothing, [*RUN, "--set", "data.held_out_share=1.5", *CUSTOM],
+     "data.held_out_share must be in (0, 1)"),
+    ("held-out-share-and-eval-dataset", _nothing,
+     [*RUN, "--set", "data.held_out_share=0.2", "--set", "data.eval_dataset=x.jsonl", *CUSTOM],
+     "data.held_out_share and data.eval_dataset both name the evaluation data"),
+    ("held-out-share-on-a-folder", _dataset(_GOOD, _GOOD), [*RUN, "--set", "data.held_out_share=0.2"],
+     "data.held_out_share splits a dataset without splits"),
     ("eval-dataset-outside-custom", _nothing, [*RUN, "--set", "data.eval_dataset=x.jsonl"],
      "data.eval_dataset applies to suite custom only"),
     # --- leaderboards (an existing --out DIR/leaderboard.json, and publish/compare inputs)
@@ -327,3 +337,24 @@ def test_json_lines_split_only_at_newlines(tmp_path, capsys, monkeypatch):
 
     (row,) = load_rows(str(tmp_path / "data"), "train")
     assert row["prompt"] == "a\u2028b\u2029c\x85d"
+
+
+def test_a_single_file_with_a_split_rule_is_divided_by_prompt_the_same_way_every_time(tmp_path, capsys, monkeypatch):
+    """The other way out of `dataset-single-file`: data.held_out_share holds out a share of the
+    prompts (every row of a prompt on one side), the dry run says OK."""
+    from harness.config import parse_set_options, resolve_config
+    from harness.data.pairs import held_out_split
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    rows = [{**GOOD_ROW, "is_response_1_safe": False, "prompt": f"How do I do thing {i // 2}?"} for i in range(60)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = [f"data.dataset={tmp_path}/rows.jsonl", "data.held_out_share=0.25", "data.group_column=none",
+            "suite=custom", "model.cost_model=none", "model.reward_model=none"]
+    code = main(["--dry-run", "--out", str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))])
+    assert code == 0, capsys.readouterr().err
+    data_cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(sets)).data
+    train, held = held_out_split(rows, data_cfg, "train"), held_out_split(rows, data_cfg, "eval")
+    assert len(train) + len(held) == len(rows) and 0 < len(held) < len(rows) / 2
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}  # no prompt on both sides
+    assert held == held_out_split(list(rows), data_cfg, "eval")  # the same split every time

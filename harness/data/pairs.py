@@ -192,3 +192,28 @@ def fingerprint(rows: list[dict]) -> str:
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def held_out_split(rows: list[dict], data_cfg, role: str) -> list[dict]:
+    """The rows of one side of a split rule over a dataset that has no splits of its own.
+
+    `data.held_out_share` of the prompts go to evaluation (`role="eval"`), the rest to training:
+    each row by a hash of its group (`data.group_column`) or else its prompt, so every row of a
+    prompt or group lands on one side, the same side on every machine and in every run."""
+    share = data_cfg.held_out_share
+    column = data_cfg.group_column or data_cfg.columns.prompt or "prompt"
+    kept = []
+    for index, row in enumerate(rows):
+        key = row.get(column)
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise BadInput(f"data.held_out_share splits by column {column!r} (data.group_column, else the prompt), "
+                           f"and row {index} has no value there")
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        held_out = int(digest[:13], 16) / 16**13 < share
+        if held_out == (role == "eval"):
+            kept.append(row)
+    if not kept:
+        side = "evaluation" if role == "eval" else "training"
+        raise BadInput(f"data.held_out_share={share:g} leaves no {side} rows out of {len(rows)} "
+                       f"(split by column {column!r}); change the share or name data.eval_dataset")
+    return kept

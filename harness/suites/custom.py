@@ -24,11 +24,17 @@ def _check_held_out(data_cfg) -> None:
     """A single file has no splits: read at data.train_split and at data.eval_split it gives the
     same rows, so every evaluation prompt would have been trained on and nothing would say so."""
     train = Path(data_cfg.dataset).expanduser()
+    if data_cfg.held_out_share is not None:
+        if train.is_dir():
+            raise BadInput(f"data.held_out_share splits a dataset without splits; data.dataset {data_cfg.dataset} is "
+                           "a folder of split files: name its evaluation split with data.eval_split instead")
+        return  # a split rule: held_out_split divides the rows
     if data_cfg.eval_dataset is None:
         if train.is_file():
             raise BadInput(f"data.dataset {data_cfg.dataset} is a single file, so it has no held-out split: it would "
                            "be both the training and the evaluation data; name the evaluation prompts with "
-                           "--set data.eval_dataset=FILE, or give a folder with <split>.jsonl files")
+                           "--set data.eval_dataset=FILE, hold out a share of its prompts with "
+                           "--set data.held_out_share=0.2, or give a folder with <split>.jsonl files")
         return
     evaluated = Path(data_cfg.eval_dataset).expanduser()
     if evaluated.exists() and train.exists() and evaluated.resolve() == train.resolve() and train.is_file():
