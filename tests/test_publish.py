@@ -40,12 +40,16 @@ def by_seed_stats(document: dict, method: str, metric: str) -> tuple[float, floa
 
 
 def legacy_interval(document: dict, method: str, metric: str) -> tuple[float, float]:
-    """The 95% interval publish shows for legacy records: mean ± t(k−1)·sd/√k, one seed ± 1.96·stderr."""
+    """The 95% interval publish shows for legacy records: mean ± t(k−1)·sd/√k, one seed ± 1.96·stderr,
+    cut to [0, 1] for a rate (`*_rate`): a proportion's interval never reaches past its bounds."""
     from scipy import stats as scipy_stats
 
     mean, stderr, k = by_seed_stats(document, method, metric)
     q = scipy_stats.t.ppf(0.975, k - 1) if k > 1 else scipy_stats.norm.ppf(0.975)
-    return mean - q * stderr, mean + q * stderr
+    low, high = mean - q * stderr, mean + q * stderr
+    if metric.endswith("_rate"):
+        low, high = max(low, 0.0), min(high, 1.0)
+    return low, high
 
 
 def csv_rows(path: Path) -> dict[str, dict]:
