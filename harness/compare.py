@@ -436,6 +436,8 @@ def compare_main(argv: list[str]) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if args.json_out:
+            _check_json_out(Path(args.json_out))  # before the comparison, not after its report
         key = tuple(field.strip() for field in args.key.split(",") if field.strip())
         tolerances = {
             "loss_curve": TrajectoryTolerance(args.loss_max_abs, args.loss_mean_drift),
@@ -449,5 +451,24 @@ def compare_main(argv: list[str]) -> int:
         return 2
     print(format_report(result))
     if args.json_out:
-        write_json_atomic(Path(args.json_out), _jsonable(result))
+        try:
+            write_json_atomic(Path(args.json_out), _jsonable(result))
+        except OSError as exc:
+            print(f"d2o-bench compare: error: --json {args.json_out}: not written ({exc.strerror})", file=sys.stderr)
+            return 1
     return 1 if result["verdict"] == "regression" else 0
+
+
+def _check_json_out(path: Path) -> None:
+    """--json names a file this process can write: a folder or a file where a folder must be is
+    the user's to fix (exit 2), found before the comparison runs."""
+    try:
+        if path.is_dir():
+            raise BadInput(f"--json {path}: is a directory; name the verdict file to write")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise BadInput(f"--json {path}: {parent} is not a directory")
+    except OSError as exc:
+        raise BadInput(f"--json {str(path)[:120]}: unusable path ({exc.strerror})") from None

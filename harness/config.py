@@ -119,6 +119,15 @@ class DataConfig:
         "without a chosen column): this text is used as the chosen response and the entry says so. None: "
         "such methods are not applicable to those rows (a run with no usable row is refused).")
     train_split: str = setting("train", help="The split a run trains on.")
+    eval_dataset: Optional[str] = setting(None, help="Where the evaluation prompts come from when "
+                                          "data.dataset has no held-out split of its own (a single "
+                                          ".jsonl/.csv/.parquet file, which would otherwise be both the "
+                                          "training and the evaluation split): a local file or folder, or a hub "
+                                          "id, read at `eval_split` like data.dataset. None: data.dataset's own "
+                                          "`eval_split`.")
+    held_out_share: Optional[float] = setting(None, help="Or a split rule for such a dataset: this share of "
+                                              "its prompts (by a hash of the group column's value, else the "
+                                              "prompt's) is the evaluation split, the rest trains.")
     eval_split: str = setting("test", help="The split a run is scored on. Runs that choose anything (tuning "
                               "trials) use `validation`; only the selected configurations are scored on `test` "
                               "(see the `tune` section).")
@@ -379,6 +388,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
     ("tune", "include_reported_point"),
+    ("data", "eval_dataset"), ("data", "held_out_share"),
 )
 
 
@@ -626,9 +636,71 @@ def _is_http_url(text: str) -> bool:
     return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
+def _shown_url(url: Optional[str]) -> Optional[str]:
+    """A URL as an error message may show it: never with its credentials (stderr is a log)."""
+    from harness.scoring.judge import redact_url
+
+    return redact_url(url)
+
+
+def url_credentials(url: Optional[str]) -> bool:
+    from harness.scoring.judge import url_credentials as has_credentials
+
+    return has_credentials(url)
+
+
+# transformers' SchedulerType values that train without an evaluation loop: reduce_lr_on_plateau
+# and greedy step on a validation metric the harness's Trainer never computes. A test keeps this
+# list a subset of transformers'.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# Every seed reaches numpy's RNG, which takes 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+# AdamW moves each weight by about the learning rate per step: above 1 every step overwrites the
+# weights, and the run trains on NaN gradient norms (1e30 did) instead of failing here.
+LEARNING_RATE_MAX = 1.0
+
+
+def _seeds(cfg: RunConfig) -> list[tuple[str, Any]]:
+    return [("seed", cfg.seed), ("world.seed", cfg.world.seed), ("world.split_seed", cfg.world.split_seed),
+            ("eval.sampling_seed", cfg.eval.sampling_seed), ("tune.sampler_seed", cfg.tune.sampler_seed),
+            *((f"tune.test_seeds[{i}]", s) for i, s in enumerate(cfg.tune.test_seeds)),
+            *((f"tune.test_world_seeds[{i}]", s) for i, s in enumerate(cfg.tune.test_world_seeds))]
+
+
+def _positive_or_none(value: Optional[int]) -> bool:
+    return value is None or value >= 1
+
+
 def validate_config(cfg: RunConfig) -> None:
+    """Every field's range, from the resolved configuration alone (no file, model or network):
+    run by resolve_config, so by every command and by --dry-run, before anything is written."""
+    for where, seed in _seeds(cfg):
+        if not 0 <= seed <= SEED_MAX:
+            raise BadInput(f"{where} must be in 0..{SEED_MAX} (the range numpy's RNG takes), got {seed}")
     checks = [
-        (cfg.train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (0 < cfg.train.learning_rate <= LEARNING_RATE_MAX,
+         f"train.learning_rate must be in (0, {LEARNING_RATE_MAX:g}], got {cfg.train.learning_rate:g}"),
+        (cfg.train.lr_scheduler in LR_SCHEDULERS,
+         f"train.lr_scheduler {cfg.train.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
+        (0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.train.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
+        (cfg.train.logging_steps >= 1, "train.logging_steps must be >= 1"),
+        # A prompt token and a response token at the least: 0 trained on nothing and still landed.
+        (cfg.train.max_length >= 2, f"train.max_length must be >= 2, got {cfg.train.max_length}"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
+        (cfg.eval.scorer_batch_size >= 1, f"eval.scorer_batch_size must be >= 1, got {cfg.eval.scorer_batch_size}"),
+        (cfg.eval.temperature > 0, "eval.temperature must be > 0"),
+        (0 < cfg.eval.top_p <= 1, "eval.top_p must be in (0, 1]"),
+        (_positive_or_none(cfg.eval.lm_eval_limit), "eval.lm_eval_limit must be >= 1 (or none: every item)"),
+        (cfg.sampling.batch_size >= 1, f"sampling.batch_size must be >= 1, got {cfg.sampling.batch_size}"),
+        (cfg.sampling.num_samples >= 1, f"sampling.num_samples must be >= 1, got {cfg.sampling.num_samples}"),
+        (cfg.sampling.top_k >= 0, "sampling.top_k must be >= 0 (0: off)"),
+        (_positive_or_none(cfg.data.max_train_examples), "data.max_train_examples must be >= 1 (or none: all)"),
+        (_positive_or_none(cfg.data.max_eval_prompts), "data.max_eval_prompts must be >= 1 (or none: all)"),
+        (cfg.tune.learning_rate_high <= LEARNING_RATE_MAX,
+         f"tune.learning_rate_high must be <= {LEARNING_RATE_MAX:g}"),
         (cfg.train.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1"),
         (cfg.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "train.epochs or train.max_steps must be > 0"),
@@ -655,7 +727,8 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.sampling.backend in SAMPLING_BACKENDS,
          f"sampling.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.sampling.backend!r}"),
         (cfg.sampling.backend != "openai" or (cfg.sampling.base_url is not None and _is_http_url(cfg.sampling.base_url)),
-         f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, got {cfg.sampling.base_url!r}"),
+         f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, "
+         f"got {_shown_url(cfg.sampling.base_url)!r}"),
         (cfg.sampling.concurrency >= 1, "sampling.concurrency must be >= 1"),
         (0 < cfg.real.train_share and 0 < cfg.real.validation_share
          and cfg.real.train_share + cfg.real.validation_share < 1,
@@ -664,8 +737,25 @@ def validate_config(cfg: RunConfig) -> None:
          "real.harmful_eval_prompts and real.benign_eval_prompts must be >= 1"),
         (0 <= cfg.real.negative_min_score <= 1, "real.negative_min_score must be in [0, 1]"),
         (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
+        (cfg.data.eval_dataset is None or cfg.suite == "custom",
+         f"data.eval_dataset applies to suite custom only; suite {cfg.suite} assembles its own evaluation data"),
+        (cfg.data.held_out_share is None or cfg.suite == "custom",
+         f"data.held_out_share applies to suite custom only; suite {cfg.suite} assembles its own splits"),
+        (cfg.data.held_out_share is None or 0 < cfg.data.held_out_share < 1,
+         f"data.held_out_share must be in (0, 1), got {cfg.data.held_out_share}"),
+        (cfg.data.held_out_share is None or cfg.data.eval_dataset is None,
+         "data.held_out_share and data.eval_dataset both name the evaluation data: set one"),
         (cfg.eval.judge_base_url is None or _is_http_url(cfg.eval.judge_base_url),
-         f"eval.judge_base_url must be an http(s) URL with a host, got {cfg.eval.judge_base_url!r}"),
+         f"eval.judge_base_url must be an http(s) URL with a host, got {_shown_url(cfg.eval.judge_base_url)!r}"),
+        # A URL is recorded in run.json, the entries and log lines; a credential inside it would be
+        # stored with it. Keys belong in the environment variable named by *.api_key_env.
+        (not url_credentials(cfg.eval.judge_base_url),
+         f"eval.judge_base_url {_shown_url(cfg.eval.judge_base_url)} carries a user name or password: remove it "
+         f"and put the key in the environment variable named by eval.judge_api_key_env "
+         f"({cfg.eval.judge_api_key_env})"),
+        (not url_credentials(cfg.sampling.base_url),
+         f"sampling.base_url {_shown_url(cfg.sampling.base_url)} carries a user name or password: remove it "
+         f"and put the key in the environment variable named by sampling.api_key_env ({cfg.sampling.api_key_env})"),
     ]
     for ok, message in checks:
         if not ok:

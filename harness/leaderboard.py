@@ -43,6 +43,9 @@ LOCK_TIMEOUT_S = 60.0
 _SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_MESSAGE = 200
+# How far a metric's value may sit from the mean of its per_cluster sums (float rounding only:
+# both are written from the same per-prompt numbers).
+_SUMMARY_TOLERANCE = 1e-9
 
 
 # --------------------------------------------------------------------------- schemas
@@ -194,6 +197,14 @@ def _metric_problem(record: dict) -> tuple[tuple, str] | None:
         nonempty = sum(1 for pair in per_cluster.values() if pair[1] > 0)
         if _number(n_clusters) and nonempty != n_clusters:
             return ("per_cluster",), f"{nonempty} non-empty clusters, not n_clusters = {n_clusters}"
+        # The value a table prints and the per-task data compare and publish compute from must be
+        # one number: a board whose two disagree would be read as OK while showing another one.
+        total = sum(pair[0] for pair in per_cluster.values())
+        if _number(value) and counted > 0:
+            pooled = total / counted
+            if abs(value - pooled) > _SUMMARY_TOLERANCE * max(1.0, abs(pooled)):
+                return ("value",), (f"value {value:.6g} disagrees with its per-task data "
+                                    f"(per_cluster sums give {pooled:.6g})")
     return None
 
 
@@ -270,7 +281,17 @@ def parse_leaderboard(text: str, name: str) -> dict:
         raise BadInput(f"{name}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:
         raise BadInput(f"{name}: not JSON: {exc}") from None
-    return check_leaderboard(document, name)
+    except RecursionError:
+        raise BadInput(f"{name}: not a leaderboard: JSON nested too deeply to read") from None
+    # 1e400 parses as a float infinity: every later sum, interval and table would carry it.
+    bad = _non_finite(document)
+    if bad is not None:
+        raise BadInput(f"{name}: {format_path(bad)}: a number too large for a float (it reads as "
+                       "Infinity); a leaderboard holds finite numbers only")
+    try:
+        return check_leaderboard(document, name)
+    except RecursionError:
+        raise BadInput(f"{name}: not a leaderboard: JSON nested too deeply to read") from None
 
 
 def check_leaderboard(document: Any, name: str) -> dict:
@@ -290,6 +311,7 @@ def check_leaderboard(document: Any, name: str) -> dict:
         if major == CURRENT_MAJOR:
             _validate_current(document, name, directory)
             _check_unique_run_ids(document["entries"], name)
+            check_no_duplicate_runs(document["entries"], name)
             return document
         if version not in MIGRATIONS or version in seen:
             known = ", ".join([*MIGRATIONS, f"{CURRENT_MAJOR}.x"])
@@ -349,6 +371,39 @@ def _check_unique_run_ids(entries: list[dict], name: str) -> None:
             raise BadInput(f"{name}: entries[{index}].run_id: duplicate run_id {run_id!r} "
                            f"(first at entries[{first_seen[run_id]}])")
         first_seen[run_id] = index
+
+
+def _world_seed(entry: dict):
+    world = ((entry.get("provenance") or {}).get("config") or {}).get("world")
+    return world.get("seed") if isinstance(world, dict) else None
+
+
+def run_identity(entry: dict) -> tuple | None:
+    """What makes two entries the same run whatever their run_ids: method, preset, config hash,
+    seed, world seed (and the hyperparameters, which the hash covers in every entry a run
+    writes). None for an entry without a config hash (legacy, hand-written): not comparable."""
+    config_hash = (entry.get("provenance") or {}).get("config_hash")
+    if not config_hash:
+        return None
+    hyperparameters = json.dumps(entry.get("hyperparameters"), sort_keys=True, default=str)
+    return (entry.get("method"), entry.get("preset"), config_hash, entry.get("seed"), _world_seed(entry),
+            hyperparameters)
+
+
+def check_no_duplicate_runs(entries: list[dict], name: str) -> None:
+    """One run entered twice under two run_ids would be pooled as two seeds: the interval narrows
+    while "n seeds" stays the same. Refused wherever entries are read or appended."""
+    first_seen: dict[tuple, int] = {}
+    for index, entry in enumerate(entries):
+        identity = run_identity(entry)
+        if identity is None:
+            continue
+        if identity in first_seen:
+            first = first_seen[identity]
+            raise BadInput(f"{name}: entries[{index}] (run_id {entry['run_id']!r}) is the same run as "
+                           f"entries[{first}] (run_id {entries[first]['run_id']!r}): same method, preset, "
+                           "config hash, seed and world; a run may be entered once")
+        first_seen[identity] = index
 
 
 def read_leaderboard(path, *, missing_ok: bool = False) -> dict:
@@ -427,6 +482,17 @@ def write_leaderboard_atomic(path: Path, document: dict) -> None:
     _fsync_directory(path.parent)
 
 
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temp files of writes that were killed (SIGKILL, SIGTERM, power) between writing and
+    renaming. Every writer holds the lock while its temp file exists, so under the lock any
+    such file is a dead writer's and goes; otherwise they pile up beside the board forever."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # another reason it cannot go (permissions): not this writer's to fix
+
+
 def append_entries(path, entries: list[dict]) -> None:
     """Adds `entries` to the leaderboard at `path` (created if missing); a rerun's run_id replaces its old entry.
 
@@ -434,6 +500,10 @@ def append_entries(path, entries: list[dict]) -> None:
     validate is left as it is: a leaderboard is never silently repaired or truncated.
     """
     path = Path(path)
+    if path.is_symlink():
+        # A linked board is updated where it lives: renaming a new file over the link would
+        # replace the link with a copy, and the two boards would silently drift apart.
+        path = path.resolve()
     if not isinstance(entries, list):
         raise BadInput(f"{path}: entries to append must be a list, got {_json_type(entries)}")
     positions: dict[str, int] = {}
@@ -444,6 +514,7 @@ def append_entries(path, entries: list[dict]) -> None:
         positions[entry["run_id"]] = index
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        _remove_stale_temp_files(path)
         document = read_leaderboard(path, missing_ok=True)
         existing = {entry["run_id"]: index for index, entry in enumerate(document["entries"])}
         merged = list(document["entries"])
@@ -453,6 +524,8 @@ def append_entries(path, entries: list[dict]) -> None:
             else:
                 existing[entry["run_id"]] = len(merged)
                 merged.append(entry)
+        # Before the write: a duplicate refused here leaves the file as it was.
+        check_no_duplicate_runs(merged, str(path))
         major, minor, patch = _parse_version(document["schema_version"], str(path))
         ours = _parse_version(SCHEMA_VERSION, "SCHEMA_VERSION")
         # A newer 1.x file keeps its version: its extra fields are still there, untouched.

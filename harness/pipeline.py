@@ -12,6 +12,7 @@ The pipeline asks the method which roles and references it needs; it never tests
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -142,6 +143,9 @@ def stage_data(ctx: RunContext) -> dict:
     eval_name = f"{eval_src.spec}[{cfg.data.eval_split}]"
     train_rows = pair_data.load_rows(train_src.spec, cfg.data.train_split, local_dir=train_src.local_dir)
     eval_rows = pair_data.load_rows(eval_src.spec, cfg.data.eval_split, local_dir=eval_src.local_dir)
+    if cfg.data.held_out_share is not None:  # a split rule over a dataset without splits
+        train_rows = pair_data.held_out_split(train_rows, cfg.data, "train")
+        eval_rows = pair_data.held_out_split(eval_rows, cfg.data, "eval")
 
     examples = adapter_for(cfg.data, train_src.format).examples(
         train_rows, train_name, all_pairs=ctx.method.pair_selection == "all_pairs")
@@ -664,6 +668,14 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], dict]] = {
 }
 
 
+def _describe_os_error(stage: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"stage {stage} failed: disk full{where}; free space and rerun (finished stages and "
+                "sealed checkpoints are kept, partial ones removed)")
+    return f"stage {stage} failed: {type(exc).__name__}: {exc}"
+
+
 def run_id_for(cfg: RunConfig) -> str:
     return f"{cfg.method_name}-{cfg.preset}-s{cfg.seed}-{cfg.hash()[:8]}"
 
@@ -732,12 +744,20 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
             summary = STAGE_FUNCTIONS[name](ctx)
             kill_point(f"stage:{name}:end")
         except D2OBenchError as exc:
-            run_dir.mark(name, "failed")
             error = exc
+        except OSError as exc:
+            error = RunFailure(_describe_os_error(name, exc))
+            error.__cause__ = exc
         except Exception as exc:
-            run_dir.mark(name, "failed")
             error = RunFailure(f"stage {name} failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
+        if error is not None:
+            try:
+                run_dir.mark(name, "failed")
+            except OSError as exc:
+                # The disk that failed the stage may refuse run.json too: the user still gets the
+                # stage's error, and the next run reads the stage left "running" as interrupted.
+                error = RunFailure(f"{error} (run.json not updated: {exc.strerror})")
     # Every rank learns whether rank 0's stage failed, so none waits forever on the next one.
     failure = distributed.main_process_outcome(None if error is None else str(error))
     if error is not None:

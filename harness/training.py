@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from harness.distributed import describe_single_process_group
-from harness.errors import BadInput
+from harness.errors import BadInput, RunFailure
 from harness.faults import kill_point
 from harness.logprobs import (
     EncodedPair,
@@ -295,6 +295,45 @@ class StepWatch(TrainerCallback):
         kill_point(f"train:step:{state.global_step}")
 
 
+class FiniteWatch(TrainerCallback):
+    """Stops training at the first logged loss or gradient norm that is NaN or infinite.
+
+    A diverged run (a learning rate far too high) otherwise trains on to the end on NaN weights,
+    then generates, scores, and fails only when its NaN metrics reach the leaderboard: the time
+    is lost and the error names the wrong stage. One line naming the step instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for name in ("grad_norm", "loss"):
+            value = (logs or {}).get(name)
+            if value is None:
+                continue
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                continue
+            if not finite:
+                raise RunFailure(f"training diverged: {name.replace('_', ' ')} is {float(value)} at step "
+                                 f"{state.global_step} (learning rate {args.learning_rate:g}; lower "
+                                 "train.learning_rate or train.max_grad_norm)")
+
+
+def remove_unsealed_checkpoints(folder: Path) -> list[Path]:
+    """Delete checkpoint directories without their seal (half-written); the removed ones. Rank 0
+    alone: it is the one that writes checkpoints."""
+    import shutil
+
+    from harness.distributed import is_main_process
+
+    removed = []
+    if not is_main_process():
+        return removed
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        if path.is_dir() and not (path / CHECKPOINT_COMPLETE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def newest_complete_checkpoint(folder: Path) -> Optional[Path]:
     """The complete checkpoint with the most steps under `folder` (None: start from step 0)."""
     complete = []
@@ -386,7 +425,7 @@ def train_method(
         args=args,
         train_dataset=dataset,
         data_collator=RoleCollator(method),
-        callbacks=[CheckpointSealer(sample_refresher), watch],
+        callbacks=[CheckpointSealer(sample_refresher), watch, FiniteWatch()],
         method=method,
         pad_id=tokenizer.pad_token_id,
         sample_refresher=sample_refresher,
@@ -394,6 +433,7 @@ def train_method(
         shared_prompt_packing=train_cfg.shared_prompt_packing,
         term_gradient_every=train_cfg.term_gradient_every,
     )
+    remove_unsealed_checkpoints(Path(output_dir))  # a killed run's partial write
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():
         sample_refresher.load_state_dict(torch.load(resume_from / _REFRESH_STATE, weights_only=False))
@@ -401,7 +441,13 @@ def train_method(
         # Sampling and reference scoring ran in this process before: measure training alone.
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    except BaseException:
+        # A checkpoint cut short (disk full mid-write) is never resumed from, but it holds the
+        # space the rerun needs: only sealed checkpoints are kept.
+        remove_unsealed_checkpoints(Path(output_dir))
+        raise
     elapsed = time.perf_counter() - started
     curves = trajectory(trainer.state.log_history)
     losses = [loss for _, loss in curves["loss_curve"]]

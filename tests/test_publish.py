@@ -41,12 +41,16 @@ def by_seed_stats(document: dict, method: str, metric: str) -> tuple[float, floa
 
 
 def legacy_interval(document: dict, method: str, metric: str) -> tuple[float, float]:
-    """The 95% interval publish shows for legacy records: mean ± t(k−1)·sd/√k, one seed ± 1.96·stderr."""
+    """The 95% interval publish shows for legacy records: mean ± t(k−1)·sd/√k, one seed ± 1.96·stderr,
+    cut to [0, 1] for a rate (`*_rate`): a proportion's interval never reaches past its bounds."""
     from scipy import stats as scipy_stats
 
     mean, stderr, k = by_seed_stats(document, method, metric)
     q = scipy_stats.t.ppf(0.975, k - 1) if k > 1 else scipy_stats.norm.ppf(0.975)
-    return mean - q * stderr, mean + q * stderr
+    low, high = mean - q * stderr, mean + q * stderr
+    if metric.endswith("_rate"):
+        low, high = max(low, 0.0), min(high, 1.0)
+    return low, high
 
 
 def csv_rows(path: Path) -> dict[str, dict]:
@@ -616,3 +620,28 @@ def test_refusal_rule_rates_without_a_check_of_their_own_carry_the_real_suites_b
         entry["metrics"] = {k: v for k, v in entry["metrics"].items() if k in ("cost", "safe_rate")}
     path.write_text(json.dumps(document))
     assert "refusal-rules bias" not in publish([path], tmp_path / "out2")["markdown"].read_text()
+
+
+def test_every_interval_of_a_bounded_metric_lies_within_its_bounds():
+    """The published tiny page showed the base's capability accuracy as 0.979 [0.934, 1.024]: a t
+    interval over seeds of legacy records (no per-task data) reached past 1."""
+    from harness.publish import aggregate, load_entries, summarise
+    from harness.scoring.metrics import bounds_of
+
+    table = aggregate(load_entries([Path(__file__).parent.parent / "leaderboards" / "tiny" / "leaderboard.json"]))
+    checked = 0
+    for row in table["rows"]:
+        for name, summary in row["metrics"].items():
+            bounds = bounds_of(name)
+            if summary is None or bounds is None or summary["low"] is None:
+                continue
+            assert bounds[0] <= summary["low"] <= summary["mean"] <= summary["high"] <= bounds[1], (row["label"], name)
+            checked += 1
+    assert checked > 50
+    assert any(name.endswith("_acc") for row in table["rows"] for name in row["metrics"])
+
+    seeds = [{"value": v, "stderr": 0.0, "n": 128, "higher_is_better": True} for v in (1.0, 1.0, 0.9375)]
+    accuracy = summarise(seeds, "tiny_world_knowledge_acc")
+    assert accuracy["high"] == 1.0 and 0.0 <= accuracy["low"] < accuracy["mean"] < 1.0
+    unbounded = summarise(seeds, "reward")  # a score model's number has no bound to cut at
+    assert unbounded["high"] > 1.0 and unbounded["low"] == pytest.approx(accuracy["low"])

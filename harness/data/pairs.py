@@ -24,14 +24,27 @@ ROW_FIELDS: dict[str, type] = {
 }
 
 
+def _utf8_text(path: Path) -> str:
+    """The file as UTF-8 text, or BadInput naming the line and column of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise BadInput(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
 def check_json_files(files: list[Path], spec: str, split: str) -> None:
     """Name the file and line of the first malformed row, and say so when a split has no rows:
     `datasets` reports both as a bare DatasetGenerationError or StopIteration."""
     rows = 0
     for file in files:
-        text = Path(file).read_text(encoding="utf-8", errors="replace")
+        text = _utf8_text(Path(file))
         if str(file).endswith(".jsonl"):
-            for number, line in enumerate(text.splitlines(), start=1):
+            # JSON Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and
+            # the like, which JSON allows raw inside a string.
+            for number, line in enumerate(text.split("\n"), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -52,8 +65,11 @@ def check_json_files(files: list[Path], spec: str, split: str) -> None:
                        f"{'has' if len(files) == 1 else 'have'} no rows)")
 
 
-def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[dict]:
-    """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id."""
+def load_rows(spec: str, split: str, *, local_dir: Path | None = None, cache_dir: Path | None = None) -> list[dict]:
+    """Rows of `split` from the tiny world (`local_dir`), a local path, or a hub dataset id.
+
+    `cache_dir`: where `datasets` keeps its Arrow copy (default: under HF_HOME). The preflight
+    passes a temporary folder, so rows it reads and refuses leave nothing in any cache."""
     import datasets
 
     # Its "Generating train split" bars would turn a one-line error into several lines.
@@ -65,20 +81,20 @@ def load_rows(spec: str, split: str, *, local_dir: Path | None = None) -> list[d
             if not path.is_file():
                 raise BadInput(f"dataset {spec}: no split {split!r}")
             check_json_files([path], spec, split)
-            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+            ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
         elif Path(spec).is_dir() and (Path(spec) / "dataset_dict.json").exists():
             ds = datasets.load_from_disk(spec)[split]
         elif Path(spec).is_file():
             builder = "json" if spec.endswith((".json", ".jsonl")) else spec.rsplit(".", 1)[-1]
             if builder == "json":
                 check_json_files([Path(spec)], spec, split)
-            ds = datasets.load_dataset(builder, data_files=spec, split="train")
+            ds = datasets.load_dataset(builder, data_files=spec, split="train", cache_dir=cache_dir)
         elif Path(spec).is_dir():
             files = sorted(Path(spec).glob(f"{split}*.jsonl")) or sorted(Path(spec).glob(f"{split}*.json"))
             if not files:
                 raise BadInput(f"dataset {spec}: no {split}*.jsonl file")
             check_json_files(files, spec, split)
-            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
+            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
         else:
             ds = datasets.load_dataset(spec, split=split)
     except BadInput:
@@ -176,3 +192,28 @@ def fingerprint(rows: list[dict]) -> str:
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def held_out_split(rows: list[dict], data_cfg, role: str) -> list[dict]:
+    """The rows of one side of a split rule over a dataset that has no splits of its own.
+
+    `data.held_out_share` of the prompts go to evaluation (`role="eval"`), the rest to training:
+    each row by a hash of its group (`data.group_column`) or else its prompt, so every row of a
+    prompt or group lands on one side, the same side on every machine and in every run."""
+    share = data_cfg.held_out_share
+    column = data_cfg.group_column or data_cfg.columns.prompt or "prompt"
+    kept = []
+    for index, row in enumerate(rows):
+        key = row.get(column)
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise BadInput(f"data.held_out_share splits by column {column!r} (data.group_column, else the prompt), "
+                           f"and row {index} has no value there")
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        held_out = int(digest[:13], 16) / 16**13 < share
+        if held_out == (role == "eval"):
+            kept.append(row)
+    if not kept:
+        side = "evaluation" if role == "eval" else "training"
+        raise BadInput(f"data.held_out_share={share:g} leaves no {side} rows out of {len(rows)} "
+                       f"(split by column {column!r}); change the share or name data.eval_dataset")
+    return kept

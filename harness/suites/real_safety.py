@@ -62,7 +62,7 @@ class RealSafetySuite(Suite):
         from harness.instruments.refusal import validate
 
         folder = assets.train_data.local_dir
-        refusal_rows = [json.loads(line) for line in (folder / "refusal_labels.jsonl").read_text().splitlines() if line]
+        refusal_rows = [json.loads(line) for line in (folder / "refusal_labels.jsonl").read_text(encoding="utf-8").split("\n") if line]
         cost_check = None
         if assets.cost and (Path(assets.cost) / "VALIDATION.json").is_file():
             cost_check = json.loads((Path(assets.cost) / "VALIDATION.json").read_text())
@@ -82,7 +82,7 @@ class RealSafetySuite(Suite):
         from harness.instruments.judge_check import judge_on_hhh
 
         folder = assets.train_data.local_dir
-        pairs = [json.loads(line) for line in (folder / "hhh.jsonl").read_text().splitlines() if line]
+        pairs = [json.loads(line) for line in (folder / "hhh.jsonl").read_text(encoding="utf-8").split("\n") if line]
         return {"judge": judge_on_hhh(pairs, cfg, home)}
 
     def dataset_record(self, assets):
