@@ -156,6 +156,27 @@ SHARED_PROMPT_PACKING_DEFAULT = True
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters through peft (`train.lora`): the base weights stay frozen and only the
+    adapters train; the reference is the same base, so no second model is needed."""
+
+    # Adapter rank r. 0: off, every weight of the policy trains (the default and every
+    # published run's setting).
+    rank: int = 0
+    # Scale of the adapter's update: it is multiplied by alpha / rank.
+    alpha: float = 16.0
+    # Dropout on the adapter's input during training (the base path has none).
+    dropout: float = 0.0
+    # Modules that get adapters: names matched against the end of each module's dotted path
+    # (`q_proj` matches `model.layers.0.self_attn.q_proj`), or ["all-linear"]: every linear layer
+    # but the output head.
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # QLoRA: the frozen base loaded in 4-bit NF4 through bitsandbytes, the adapters in
+    # `model.dtype`. Needs a CUDA GPU that bitsandbytes supports; refused on the CPU.
+    quantize_4bit: bool = False
+
+
+@dataclass
 class TrainConfig:
     learning_rate: float = 5e-4
     epochs: float = 2.0
@@ -201,6 +222,8 @@ class TrainConfig:
     # 1e-5) for fewer tokens; taken only when the model's attention takes a custom mask (sdpa,
     # eager), the model is on the CPU (on an H100 packing was slower) and the layout is cheaper.
     shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
+    # LoRA instead of full training (off unless `train.lora.rank` > 0); see LoraConfig.
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -340,6 +363,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
+    ("train", "lora"),
 )
 
 
@@ -602,3 +626,37 @@ def validate_config(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise BadInput(message)
+    _validate_lora(cfg.train.lora)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _validate_lora(lora: LoraConfig) -> None:
+    checks = [
+        (lora.rank >= 0, f"train.lora.rank must be >= 0 (0: off), got {lora.rank}"),
+        (lora.alpha > 0, f"train.lora.alpha must be > 0, got {lora.alpha}"),
+        (0 <= lora.dropout < 1, f"train.lora.dropout must be in [0, 1), got {lora.dropout}"),
+        (bool(lora.target_modules) and all(name.strip() for name in lora.target_modules),
+         f"train.lora.target_modules must name at least one module, got {lora.target_modules}"),
+        (lora.target_modules == ["all-linear"] or "all-linear" not in lora.target_modules,
+         "train.lora.target_modules: all-linear stands alone, not beside module names"),
+        (not lora.quantize_4bit or lora.rank > 0, "train.lora.quantize_4bit needs train.lora.rank > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BadInput(message)
+    if lora.rank > 0 and not _installed("peft"):
+        raise BadInput("train.lora needs peft: pip install -e '.[lora]'")
+    if lora.quantize_4bit:
+        import torch
+
+        # bitsandbytes' 4-bit kernels are CUDA's; on the CPU a 4-bit base cannot train.
+        if not torch.cuda.is_available():
+            raise BadInput("train.lora.quantize_4bit (QLoRA) needs a CUDA GPU for bitsandbytes; this machine has none")
+        if not _installed("bitsandbytes"):
+            raise BadInput("train.lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+

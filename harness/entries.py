@@ -103,6 +103,8 @@ def build_entries(ctx) -> list[dict]:
                     "peak_memory_mb": train.get("peak_memory_mb"),
                     "loss_curve": train.get("loss_curve", []),
                     "grad_norm_curve": train.get("grad_norm_curve", []),
+                    # Present only for a LoRA run: the adapter's settings, size and sha256.
+                    **({"lora": train["lora"]} if train.get("lora") else {}),
                 },
             },
         })

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import distributed
+from harness import distributed, lora
 from harness.config import RunConfig
 from harness.data import pairs as pair_data
 from harness.data.adapters import adapter_for, needs_chosen, with_chosen
@@ -119,8 +119,21 @@ class RunContext:
     def prompt_text(self, prompt: str, tokenizer) -> str:
         return format_prompt(prompt, self.cfg.model.prompt_format, tokenizer)
 
-    def load_policy(self, spec: str):
-        return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file)
+    def load_policy(self, spec: str, *, quantized: bool = False):
+        """`quantized`: QLoRA's 4-bit base (train.lora.quantize_4bit) instead of `model.dtype`."""
+        quantization = None
+        if quantized:
+            from harness.lora import quantization_config
+            from harness.models.loading import DTYPES
+
+            quantization = quantization_config(DTYPES[self.cfg.model.dtype])
+        return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file,
+                           quantization_config=quantization)
+
+    def quantized_reference(self, spec: str) -> bool:
+        """Under QLoRA the policy trains on a 4-bit base; a reference that is that base is
+        scored in 4-bit too, so the adapters start from a zero implicit reward."""
+        return self.cfg.train.lora.quantize_4bit and spec == self.assets.policy
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -328,9 +341,10 @@ def stage_reference_logps(ctx: RunContext) -> dict:
     loaded: dict[str, tuple] = {}
     for role in ctx.method.reference_roles:
         spec = _reference_spec(ctx, role)
+        quantized = ctx.quantized_reference(spec)
         if spec not in loaded:
             loaded.clear()  # at most one reference model in memory at a time
-            loaded[spec] = ctx.load_policy(spec)
+            loaded[spec] = ctx.load_policy(spec, quantized=quantized)
         model, tokenizer = loaded[spec]
         rows = _encode_examples(ctx, tokenizer)
         if role == "samples":
@@ -342,6 +356,8 @@ def stage_reference_logps(ctx: RunContext) -> dict:
             "model": model_identity(spec)["sha256"],
             "dtype": ctx.cfg.model.dtype,
             "pairs": sha256_json([[p.input_ids, p.response_start] for p in flat]),
+            # Only a 4-bit reference changes the key, so full-precision entries stay shared.
+            **({"quantize_4bit": True} if quantized else {}),
         })[:24]
         cache = JsonCache(ctx.home, "reference_logps")
         logps = cache.get(key)
@@ -366,7 +382,10 @@ def stage_train(ctx: RunContext) -> dict:
     from harness.training import train_method
 
     out = ctx.run_dir.stage_dir("train")
-    model, tokenizer = ctx.load_policy(ctx.assets.policy)
+    use_lora = lora.enabled(ctx.cfg.train)
+    model, tokenizer = ctx.load_policy(ctx.assets.policy, quantized=use_lora and ctx.cfg.train.lora.quantize_4bit)
+    if use_lora:
+        model = lora.wrap(model, ctx.cfg.train.lora, gradient_checkpointing=ctx.cfg.train.gradient_checkpointing)
     rows = _encode_examples(ctx, tokenizer)
     if ctx.method.reference_roles:
         reference = json.loads((ctx.run_dir.root / "reference_logps" / "reference_logps.json").read_text())
@@ -382,11 +401,16 @@ def stage_train(ctx: RunContext) -> dict:
         sample_refresher=refresher,
     )
     trainer = result.pop("trainer")
-    trainer.save_model(str(out / "policy"))  # collective under ZeRO-3; only rank 0 writes
+    # Collective under ZeRO-3; only rank 0 writes. With LoRA the Trainer saves the adapter alone.
+    trainer.save_model(str(out / ("adapter" if use_lora else "policy")))
+    summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
     if ctx.run_dir.writer:
+        if use_lora:
+            lora.save_merged(out / "adapter", ctx.assets.policy, out / "policy", dtype=ctx.cfg.model.dtype,
+                             gguf_file=ctx.cfg.model.gguf_file)
+            summary["lora"] = lora.record(ctx.cfg.train.lora, out / "adapter", trainer.model)
         tokenizer.save_pretrained(out / "policy")
         _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
-    summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
     if refresher is not None:
         summary["sample_refreshes"] = refresher.refreshes
     return summary
@@ -400,7 +424,12 @@ def _online_refresher(ctx: RunContext, tokenizer, rows: list[dict]):
 
     if ctx.cfg.train.deepspeed and "zero3" in ctx.cfg.train.deepspeed:
         raise BadInput("online self-sample refresh cannot snapshot a ZeRO-3 partitioned policy; use zero0-2")
-    reference_model, _ = ctx.load_policy(ctx.assets.references["samples"])
+    spec = ctx.assets.references["samples"]
+    if lora.enabled(ctx.cfg.train) and spec == ctx.assets.policy:
+        # π_r− is the frozen base under the adapters: the policy with them disabled (None).
+        reference_model = None
+    else:
+        reference_model, _ = ctx.load_policy(spec)
     return OnlineSampleRefresher(
         reference_model=reference_model,
         tokenizer=tokenizer,
