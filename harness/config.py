@@ -155,6 +155,11 @@ GRADIENT_CACHE_DEFAULT = True
 SHARED_PROMPT_PACKING_DEFAULT = True
 
 
+# Experiment trackers `train.report_to` may name (transformers' integrations), and the package
+# each needs, so a missing one is refused before any stage instead of failing in the Trainer.
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+
+
 @dataclass
 class LoraConfig:
     """Low-rank adapters through peft (`train.lora`): the base weights stay frozen and only the
@@ -224,6 +229,10 @@ class TrainConfig:
     shared_prompt_packing: bool = SHARED_PROMPT_PACKING_DEFAULT
     # LoRA instead of full training (off unless `train.lora.rank` > 0); see LoraConfig.
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Experiment trackers the Trainer reports to, from TRACKERS (e.g. [tensorboard]); [] or
+    # [none]: none, and nothing is contacted. Their logs go to the run directory's `tracking/`,
+    # and the score stage's metrics and instrument checks join them at the end.
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -342,10 +351,12 @@ class RunConfig:
 # uninterrupted one): left out of the config hash and of the check that a test run matches its
 # study's trials.
 # Gradient caching and shared-prompt packing change the memory and time a step takes, not its
-# gradients (tests hold them to one row per sequence's), so they are operational too.
+# gradients (tests hold them to one row per sequence's), so they are operational too; so is
+# where the training logs are reported.
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
-    ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("sampling", "base_url"),
+    ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("train", "report_to"),
+    ("sampling", "base_url"),
     ("sampling", "api_key_env"), ("sampling", "concurrency"),
 )
 
@@ -627,6 +638,7 @@ def validate_config(cfg: RunConfig) -> None:
         if not ok:
             raise BadInput(message)
     _validate_lora(cfg.train.lora)
+    _validate_report_to(cfg.train.report_to)
 
 
 def _installed(module: str) -> bool:
@@ -660,3 +672,15 @@ def _validate_lora(lora: LoraConfig) -> None:
         if not _installed("bitsandbytes"):
             raise BadInput("train.lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
 
+
+def _validate_report_to(report_to: list[str]) -> None:
+    for name in report_to:
+        if name == "none":
+            continue
+        if name not in TRACKERS:
+            raise BadInput(f"train.report_to: {name!r} is not one of none, {', '.join(TRACKERS)}")
+        if not _installed(TRACKERS[name]):
+            hint = "pip install -e '.[tracking]'" if name == "tensorboard" else f"pip install {TRACKERS[name]}"
+            raise BadInput(f"train.report_to: {name} is not installed: {hint}")
+    if "none" in report_to and len(report_to) > 1:
+        raise BadInput("train.report_to: none stands alone, not beside trackers")

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import distributed, lora
+from harness import distributed, lora, tracking
 from harness.config import RunConfig
 from harness.data import pairs as pair_data
 from harness.data.adapters import adapter_for, needs_chosen, with_chosen
@@ -398,7 +398,7 @@ def stage_train(ctx: RunContext) -> dict:
         method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
         # Kept until the stage is marked complete: a run killed even after training resumes.
         train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.checkpoint_dir("train"), seed=ctx.cfg.seed,
-        sample_refresher=refresher,
+        sample_refresher=refresher, run_root=ctx.run_dir.root, run_name=ctx.run_dir.run_id,
     )
     trainer = result.pop("trainer")
     # Collective under ZeRO-3; only rank 0 writes. With LoRA the Trainer saves the adapter alone.
@@ -583,6 +583,12 @@ def stage_score(ctx: RunContext) -> dict:
                           **({"instruments": instrument_section} if instrument_section else {})},
     }
     write_json_atomic(out / "metrics.json", result)
+    names = tracking.trackers(ctx.cfg.train)
+    if names and ctx.method.trains:
+        # The numbers the run is judged by join the training logs in the same trackers.
+        train = ctx.run_dir.summary("train")
+        tracking.log_scores(ctx.run_dir.root, names, result, step=int(train.get("steps") or 0),
+                            runs=train.get("tracker_runs"), run_name=ctx.run_dir.run_id)
     return {"metrics": metrics, "base_metrics": base_result["metrics"]}
 
 

@@ -110,6 +110,9 @@ CASES = [
      [*RUN, "--set", "train.lora.rank=4", "--set", "train.lora.target_modules=[q_proj,qkv_proj]"],
      "qkv_proj names no module"),
     ("qlora-without-lora", _nothing, [*RUN, "--set", "train.lora.quantize_4bit=true"], "train.lora.rank > 0"),
+    ("report-to-unknown-tracker", _nothing, [*RUN, "--set", "train.report_to=[slack]"], "train.report_to"),
+    ("report-to-none-beside-a-tracker", _nothing, [*RUN, "--set", "train.report_to=[none,tensorboard]"],
+     "train.report_to"),
     # --- judge URLs
     ("judge-url-no-scheme", _nothing, [*RUN, "--judge-model", "j", "--judge-base-url", "localhost:8000/v1"],
      "eval.judge_base_url must be an http(s) URL"),

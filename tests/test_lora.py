@@ -145,10 +145,13 @@ def test_qlora_is_refused_on_the_cpu_in_one_line_before_anything_is_written(tmp_
 
 def test_lora_off_by_default_keeps_every_config_hash():
     default = resolve_config()
-    assert default.train.lora.rank == 0
-    assert "lora" not in json.dumps(_hashed(default))
+    assert default.train.lora.rank == 0 and default.train.report_to == []
+    assert "lora" not in json.dumps(_hashed(default)) and "report_to" not in json.dumps(_hashed(default))
     on = resolve_config(overrides=parse_set_options(["train.lora.rank=8"]))
     assert on.hash() != default.hash()
+    # Where the logs go changes nothing the run computes.
+    tracked = resolve_config(overrides=parse_set_options(["train.report_to=[none]"]))
+    assert tracked.hash() == default.hash()
 
 
 def _hashed(cfg) -> dict:
@@ -212,6 +215,7 @@ def test_a_lora_run_end_to_end_on_the_tiny_world(bench_home, tmp_path, capsys, m
     run_root = Path(entry["provenance"]["run_dir"])
     _check_lora_run(run_root, entry, _weights(Path(entry["provenance"]["base_model"]["id"])))
     assert entry["provenance"]["config"]["train"]["lora"]["rank"] == 4
+    assert not (run_root / "tracking").exists()  # nothing tracked unless train.report_to says so
 
 
 @pytest.mark.slow
@@ -280,3 +284,4 @@ def test_a_lora_run_end_to_end_on_smollm2_with_the_fixture_data(bench_home, tmp_
     entry = next(e for e in json.loads((out / "leaderboard.json").read_text())["entries"] if e["method"] == method)
     run_root = Path(entry["provenance"]["run_dir"])
     _check_lora_run(run_root, entry, _weights(Path(entry["provenance"]["base_model"]["id"])))
+    assert not (run_root / "tracking").exists()  # nothing tracked unless train.report_to says so
