@@ -32,16 +32,29 @@ def tracking_dir(run_root: Path) -> Path:
     return Path(run_root) / TRACKING_DIR
 
 
+# The variables prepare() set itself: a later run in the same process (tuning trials) moves them
+# to its own directory, while a value the user set is never touched.
+_SET_HERE: dict[str, str] = {}
+
+
+def _default_env(name: str, value: str) -> None:
+    current = os.environ.get(name)
+    if current is None or _SET_HERE.get(name) == current:
+        os.environ[name] = _SET_HERE[name] = value
+
+
 def prepare(run_root: Path, names: list[str]) -> None:
     """Point the trackers' local stores into the run directory, unless the user set them."""
-    folder = tracking_dir(run_root)
+    folder = tracking_dir(run_root).absolute()
     if "mlflow" in names:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (folder / "mlruns").absolute().as_uri())
+        # A SQLite store (MLflow 3 refuses its old file store by default).
+        folder.mkdir(parents=True, exist_ok=True)
+        _default_env("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
     if "wandb" in names:
         folder.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("WANDB_DIR", str(folder.absolute()))
+        _default_env("WANDB_DIR", str(folder))
     if "trackio" in names:
-        os.environ.setdefault("TRACKIO_DIR", str((folder / "trackio").absolute()))
+        _default_env("TRACKIO_DIR", str(folder / "trackio"))
 
 
 def attach(trainer, run_root: Path) -> None:
@@ -106,9 +119,9 @@ def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs
         import mlflow
 
         with mlflow.start_run(run_id=runs.get("mlflow"), run_name=None if runs.get("mlflow") else run_name):
+            # The validation's numbers are among the metrics; no artifact, whose default store
+            # would be a folder in the working directory rather than the run's.
             mlflow.log_metrics({_mlflow_key(k): v for k, v in scalars.items()}, step=step)
-            if validation:
-                mlflow.log_dict(validation, "instruments_validation.json")
     if "wandb" in names:
         import wandb
 

@@ -38,7 +38,6 @@ from harness.logprobs import (
     shared_prompt_sequence_logps,
 )
 from harness.registry import Method, SequenceLogps
-from harness.tracking import trackers
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +315,7 @@ def training_arguments(train_cfg, output_dir: Path, seed: int, run_name: Optiona
         save_steps=train_cfg.save_steps if checkpoints else 500,
         save_total_limit=train_cfg.save_total_limit,
         # train.report_to's trackers (none by default: nothing is reported or contacted).
-        report_to=trackers(train_cfg),
+        report_to=tracking.trackers(train_cfg),
         run_name=run_name,
         seed=seed,
         data_seed=seed,
@@ -362,7 +361,7 @@ def train_method(
     train.report_to's trackers keep their local logs (`tracking/`)."""
     if len(dataset) == 0:
         raise BadInput("no training examples left after filtering the dataset")
-    names = trackers(train_cfg)
+    names = tracking.trackers(train_cfg)
     if names:
         if run_root is None:
             raise BadInput("train.report_to needs a run directory for its logs")

@@ -76,6 +76,47 @@ def test_the_trainers_logs_go_to_tensorboard_in_the_run_directory(tmp_path, monk
     assert not _files_contain(tmp_path / "run", SECRET)
 
 
+def _train_tiny(tmp_path: Path, run: str, report_to: str) -> dict:
+    from datasets import Dataset
+
+    from harness.registry import get_method
+    from harness.training import train_method
+    from test_lora import _Tokenizer, _rows, _tiny_llama
+
+    cfg = resolve_config(method="dpo", overrides=parse_set_options([
+        f"train.report_to=[{report_to}]", "train.max_steps=3", "train.per_device_batch_size=4", "train.warmup_ratio=0"]))
+    method = get_method("dpo")(cfg.method)
+    model = _tiny_llama()
+    return train_method(method=method, model=model, tokenizer=_Tokenizer(), dataset=Dataset.from_list(_rows(method, model)),
+                        train_cfg=cfg.train, output_dir=tmp_path / f"{run}-checkpoints", seed=0,
+                        run_root=tmp_path / run, run_name=run)
+
+
+SCORE = {
+    "metrics": {"harmful_rate": {"value": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 8}},
+    "base_metrics": {"harmful_rate": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 8}},
+    "sections": {"instruments": {"suite": "real-safety", "validation": {"refusal-rules": {"accuracy": 0.8, "n": 105}}}},
+}
+
+
+def test_mlflow_gets_the_trainers_logs_and_the_scores_in_one_run_per_run_directory(tmp_path, monkeypatch):
+    """Needs mlflow (not pinned: CI skips this); run by hand with mlflow-skinny installed."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset-by-the-test")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # restored (to unset) after the test
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    for run in ("first", "second"):
+        result = _train_tiny(tmp_path, run, "mlflow")
+        run_id = result["tracker_runs"]["mlflow"]
+        tracking.log_scores(tmp_path / run, ["mlflow"], SCORE, step=3, runs=result["tracker_runs"], run_name=run)
+        # Each run's store is in its own run directory, even when one process runs several.
+        client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / run / 'tracking' / 'mlflow.db').absolute()}")
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "score/harmful_rate/value")] == [(3, 0.25)]
+        assert client.get_metric_history(run_id, "instruments/refusal-rules/accuracy")[0].value == pytest.approx(0.8)
+    assert not _files_contain(tmp_path, SECRET)
+
+
 def test_score_metrics_and_instrument_checks_join_the_same_event_files(tmp_path):
     score = {
         "metrics": {"harmful_rate": {"value": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 8}},
