@@ -97,7 +97,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_merged(adapter_dir: Path, base_spec: str, out_dir: Path, *, dtype: str, gguf_file=None) -> None:
+@contextlib.contextmanager
+def _outside_zero3(training_args):
+    """While a ZeRO-3 Trainer's arguments are alive, transformers partitions every model it
+    loads (an empty shard on each rank); the merge needs whole weights, so it loads without."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    config = getattr(training_args, "hf_deepspeed_config", None)
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            set_hf_deepspeed_config(config)
+
+
+def save_merged(adapter_dir: Path, base_spec: str, out_dir: Path, *, dtype: str, gguf_file=None,
+                training_args=None) -> None:
     """Load the base policy afresh (full precision even after QLoRA), apply the saved adapter,
     merge it into the weights and save an ordinary checkpoint: what later stages load. Reloading
     from the saved adapter also means the policy scored is exactly the adapter recorded."""
@@ -105,8 +121,9 @@ def save_merged(adapter_dir: Path, base_spec: str, out_dir: Path, *, dtype: str,
 
     from harness.models.loading import load_policy
 
-    base, _ = load_policy(base_spec, dtype=dtype, gguf_file=gguf_file, device=torch.device("cpu"))
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with _outside_zero3(training_args):
+        base, _ = load_policy(base_spec, dtype=dtype, gguf_file=gguf_file, device=torch.device("cpu"))
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out_dir))
 
 
@@ -114,8 +131,10 @@ def record(lora_cfg, adapter_dir: Path, model) -> dict:
     """The adapter's settings, size and sha256 for the run's entry."""
     from harness.logprobs import unwrap
 
-    trainable = sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
-    total = sum(p.numel() for p in unwrap(model).parameters())
+    # Under ZeRO-3 a parameter holds only its shard; ds_numel is its whole size.
+    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in unwrap(model).parameters()]
+    trainable = sum(n for n, grad in sizes if grad)
+    total = sum(n for n, _ in sizes)
     return {
         "rank": lora_cfg.rank,
         "alpha": lora_cfg.alpha,

@@ -407,7 +407,7 @@ def stage_train(ctx: RunContext) -> dict:
     if ctx.run_dir.writer:
         if use_lora:
             lora.save_merged(out / "adapter", ctx.assets.policy, out / "policy", dtype=ctx.cfg.model.dtype,
-                             gguf_file=ctx.cfg.model.gguf_file)
+                             gguf_file=ctx.cfg.model.gguf_file, training_args=trainer.args)
             summary["lora"] = lora.record(ctx.cfg.train.lora, out / "adapter", trainer.model)
         tokenizer.save_pretrained(out / "policy")
         _write_jsonl(out / "trajectory.jsonl", result["diagnostics"])
