@@ -16,6 +16,9 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
 - the harness DPO step under glibc malloc, glibc with transparent huge pages for its mmapped
   chunks, and jemalloc with page release off (the allocator's share: glibc mmaps every buffer
   over 32 MB afresh and page-faults it in 4 kB pages every step);
+- D²O at K = 11 with the run config's defaults (packing, gradient caching in 512-token chunks),
+  full training against LoRA (`train.lora`: rank 8, alpha 16, every linear layer but the head;
+  the reference log-probs are the base's in both);
 - the model-FLOP rate (6 × parameters × the non-padding tokens of the timed steps, over their
   summed time) against the rate of a 4096² fp32 matmul measured in the same process just
   before, and how far each run's rate strays from the series' median (the issue's ±10%).
@@ -212,6 +215,12 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
             flat = [EncodedPair(e[f"{role}_ids"], e[f"{role}_start"]) for e in examples]
             for example, value in zip(examples, score_pairs(model, flat, tokenizer.pad_token_id, 32, "reference")):
                 example[f"ref_{role}"] = value
+    if spec.get("lora"):
+        # As the train stage does: the reference above is the base, the adapters train on it.
+        from harness.config import LoraConfig
+        from harness.lora import wrap
+
+        model = wrap(model, LoraConfig(**spec["lora"]), gradient_checkpointing=False)
     watch = _StepTimes(spec["device"])
     trainer = MethodTrainer(
         model=model, args=TrainingArguments(**_common_args(out, spec)), train_dataset=Dataset.from_list(examples),
@@ -310,6 +319,10 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
             configs[f"d2o-k{k}-b4-cached-{chunk}t"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": k,
                                                         "chunk_tokens": chunk}
             configs[f"d2o-k{k}-b4-cached-{chunk}t-packed"] = {**configs[f"d2o-k{k}-b4-cached-{chunk}t"], "pack": True}
+    # LoRA against full training, both with the run config's defaults (packing, 512-token chunks).
+    configs["d2o-k11-b4-defaults"] = {**per_prompt, "trainer": "harness", "method": "d2o", "k": 11, "pack": True,
+                                      "chunk_tokens": 512}
+    configs["d2o-k11-b4-defaults-lora"] = {**configs["d2o-k11-b4-defaults"], "lora": {"rank": 8, "alpha": 16.0}}
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
@@ -418,6 +431,10 @@ def main() -> int:
                           (name, dpo, "peak_memory_mb", f"D2O K={k} / DPO peak memory, caching on, {chunk}-token chunks{how} (target ≤ 1.3)")]
         pairs += [(f"d2o-k{k}-b4-cached-{args.chunks[0]}t", f"d2o-k{k}-b4-cached-{args.chunks[0]}t-packed", "median_step_s",
                    f"D2O K={k} caching on, one row per sequence / packed step time")]
+    pairs += [("d2o-k11-b4-defaults-lora", "d2o-k11-b4-defaults", "peak_memory_mb",
+               "D2O K=11 LoRA r=8 / full training peak memory, run defaults (target ≤ 0.6)"),
+              ("d2o-k11-b4-defaults-lora", "d2o-k11-b4-defaults", "median_step_s",
+               "D2O K=11 LoRA r=8 / full training step time, run defaults")]
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")

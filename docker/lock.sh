@@ -33,10 +33,12 @@ pypi="https://pypi.org/simple"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Dev/CI pins become constraints. The CUDA image gets the same torch release as the CPU
-# build CI tests, but PyPI's default Linux wheel (the CUDA one).
-grep -v -E '^\s*(#|$)' requirements/dev-cpu.txt > "$work/constraints-cpu.txt"
-sed -E 's/^torch==([^+]+)\+cpu$/torch==\1/' "$work/constraints-cpu.txt" > "$work/constraints-cuda.txt"
+# Dev/CI pins become constraints. The CUDA image gets PyPI's default Linux wheel of the torch
+# release CI tests (the CUDA one), the CPU image that release's CPU build.
+# requirements/ pins plain PyPI versions (no local label, so PyPI resolves them); the CPU image
+# asks for the same release's +cpu build explicitly.
+grep -v -E '^\s*(#|$)' requirements/dev-cpu.txt > "$work/constraints-cuda.txt"
+sed -E 's/^torch==([^+]+)$/torch==\1+cpu/' "$work/constraints-cuda.txt" > "$work/constraints-cpu.txt"
 torch_cpu_pin="$(grep -E '^torch==' "$work/constraints-cpu.txt")"
 
 # setuptools builds DeepSpeed (sdist only) and the harness itself with --no-build-isolation,

@@ -178,6 +178,29 @@ GRADIENT_CACHE_DEFAULT = True
 SHARED_PROMPT_PACKING_DEFAULT = True
 
 
+# Experiment trackers `train.report_to` may name (transformers' integrations), and the package
+# each needs, so a missing one is refused before any stage instead of failing in the Trainer.
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters through peft (`train.lora`): the base weights stay frozen and only the
+    adapters train; the reference is the same base, so no second model is needed."""
+
+    rank: int = setting(0, help="Adapter rank r. 0: off, every weight of the policy trains (the default and "
+                        "every published run's setting).")
+    alpha: float = setting(16.0, help="Scale of the adapter's update: it is multiplied by alpha / rank.")
+    dropout: float = setting(0.0, help="Dropout on the adapter's input during training (the base path has none).")
+    target_modules: list[str] = setting(default_factory=lambda: ["all-linear"], help="Modules that get adapters: "
+                                        "names matched against the end of each module's dotted path (`q_proj` "
+                                        "matches `model.layers.0.self_attn.q_proj`), or [all-linear]: every linear "
+                                        "layer but the output head.")
+    quantize_4bit: bool = setting(False, help="QLoRA: the frozen base loaded in 4-bit NF4 through bitsandbytes, "
+                                  "the adapters in `model.dtype`. Needs a CUDA GPU that bitsandbytes supports; "
+                                  "refused on the CPU.")
+
+
 @dataclass
 class TrainConfig:
     learning_rate: float = setting(5e-4, help="Peak learning rate (AdamW).")
@@ -233,6 +256,12 @@ class TrainConfig:
                                        "of each loss term a method names (D²O: anchors and negative) and its "
                                        "share join the per-step diagnostics; costs one extra backward per term "
                                        "on those steps and changes no update. 0: off.")
+    lora: LoraConfig = setting(default_factory=LoraConfig, help="LoRA instead of full training (off unless "
+                               "`train.lora.rank` > 0); see `train.lora.*`.")
+    report_to: list[str] = setting(default_factory=list, help="Experiment trackers the Trainer reports to (e.g. "
+                                   "[tensorboard]); [] or [none]: none, and nothing is contacted. Their logs go to "
+                                   "the run directory's `tracking/`, and the score stage's metrics and instrument "
+                                   "checks join them at the end.")
 
 
 @dataclass
@@ -366,11 +395,12 @@ class RunConfig:
 # uninterrupted one): left out of the config hash and of the check that a test run matches its
 # study's trials.
 # Gradient caching and shared-prompt packing change the memory and time a step takes, not its
-# gradients (tests hold them to one row per sequence's), so they are operational too.
+# gradients (tests hold them to one row per sequence's), so they are operational too; so is
+# where the training logs are reported.
 OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
-    ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("sampling", "base_url"),
-    ("sampling", "api_key_env"), ("sampling", "concurrency"), ("train", "term_gradient_every"),
+    ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("train", "report_to"),
+    ("sampling", "base_url"), ("sampling", "api_key_env"), ("sampling", "concurrency"), ("train", "term_gradient_every"),
 )
 
 
@@ -389,6 +419,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
     ("tune", "include_reported_point"),
     ("data", "eval_dataset"), ("data", "held_out_share"),
+    ("train", "lora"),
 )
 
 
@@ -760,3 +791,50 @@ def validate_config(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise BadInput(message)
+    _validate_lora(cfg.train.lora)
+    _validate_report_to(cfg.train.report_to)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _validate_lora(lora: LoraConfig) -> None:
+    checks = [
+        (lora.rank >= 0, f"train.lora.rank must be >= 0 (0: off), got {lora.rank}"),
+        (lora.alpha > 0, f"train.lora.alpha must be > 0, got {lora.alpha}"),
+        (0 <= lora.dropout < 1, f"train.lora.dropout must be in [0, 1), got {lora.dropout}"),
+        (bool(lora.target_modules) and all(name.strip() for name in lora.target_modules),
+         f"train.lora.target_modules must name at least one module, got {lora.target_modules}"),
+        (lora.target_modules == ["all-linear"] or "all-linear" not in lora.target_modules,
+         "train.lora.target_modules: all-linear stands alone, not beside module names"),
+        (not lora.quantize_4bit or lora.rank > 0, "train.lora.quantize_4bit needs train.lora.rank > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BadInput(message)
+    if lora.rank > 0 and not _installed("peft"):
+        raise BadInput("train.lora needs peft: pip install -e '.[lora]'")
+    if lora.quantize_4bit:
+        import torch
+
+        # bitsandbytes' 4-bit kernels are CUDA's; on the CPU a 4-bit base cannot train.
+        if not torch.cuda.is_available():
+            raise BadInput("train.lora.quantize_4bit (QLoRA) needs a CUDA GPU for bitsandbytes; this machine has none")
+        if not _installed("bitsandbytes"):
+            raise BadInput("train.lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+
+
+def _validate_report_to(report_to: list[str]) -> None:
+    for name in report_to:
+        if name == "none":
+            continue
+        if name not in TRACKERS:
+            raise BadInput(f"train.report_to: {name!r} is not one of none, {', '.join(TRACKERS)}")
+        if not _installed(TRACKERS[name]):
+            hint = "pip install -e '.[tracking]'" if name == "tensorboard" else f"pip install {TRACKERS[name]}"
+            raise BadInput(f"train.report_to: {name} is not installed: {hint}")
+    if "none" in report_to and len(report_to) > 1:
+        raise BadInput("train.report_to: none stands alone, not beside trackers")

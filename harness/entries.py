@@ -124,6 +124,8 @@ def build_entries(ctx) -> list[dict]:
                     "grad_norm_curve": train.get("grad_norm_curve", []),
                     # The method's per-step diagnostics (D²O: log-ratios, σ(−u), term shares).
                     "diagnostics": _trajectory(run_dir.root),
+                    # Present only for a LoRA run: the adapter's settings, size and sha256.
+                    **({"lora": train["lora"]} if train.get("lora") else {}),
                 },
                 # How the self-samples were drawn when the method steered or filtered them.
                 **({"anchors": stages["self_samples"]["anchors"]}

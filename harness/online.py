@@ -2,7 +2,8 @@
 
 Every `refresh_every` steps the policy is snapshotted; each batch's K samples are then drawn from
 that snapshot (at most N−1 steps stale) and scored by the fixed π_r−, which therefore stays in
-memory during training. Offline mode (the default) needs none of this. A checkpoint carries the
+memory during training (under LoRA, π_r− that is the base is the policy with its adapters
+disabled, so no second model). Offline mode (the default) needs none of this. A checkpoint carries the
 refresher's state (`state_dict`), so a resumed run draws the samples an uninterrupted one would.
 """
 
@@ -14,12 +15,14 @@ import torch
 
 from harness.generation import generate_completions
 from harness.logprobs import encode_pair, score_pairs
+from harness.lora import adapters_disabled
 
 
 class OnlineSampleRefresher:
     def __init__(self, *, reference_model, tokenizer, prompt_texts, k, sampling, refresh_every, max_length, seed,
                  sampling_texts=None):
-        self.reference_model = reference_model.eval()
+        # None: the policy under LoRA with its adapters disabled (no second model in memory).
+        self.reference_model = reference_model.eval() if reference_model is not None else None
         self.tokenizer = tokenizer
         # Scored under `prompt_texts`; sampled from `sampling_texts` (the prompt with the anchor
         # instruction, harness/anchors.py), which default to the same texts.
@@ -72,6 +75,11 @@ class OnlineSampleRefresher:
         pairs = [[encode_pair(self.tokenizer, text, c.text, self.max_length, ended=c.ended) for c in group]
                  for text, group in zip(texts, groups)]
         flat = [p for group in pairs for p in group]
-        logps = score_pairs(self.reference_model, flat, self.tokenizer.pad_token_id, s.batch_size, "online reference")
+        if self.reference_model is None:
+            with adapters_disabled(model) as base:
+                logps = score_pairs(base, flat, self.tokenizer.pad_token_id, s.batch_size, "online reference")
+        else:
+            logps = score_pairs(self.reference_model, flat, self.tokenizer.pad_token_id, s.batch_size,
+                                "online reference")
         reference = torch.tensor(logps, dtype=torch.float32).view(len(pairs), self.k)
         return pairs, reference

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import distributed
+from harness import distributed, lora, tracking
 from harness.config import RunConfig
 from harness.data import pairs as pair_data
 from harness.data.adapters import adapter_for, needs_chosen, with_chosen
@@ -123,8 +123,21 @@ class RunContext:
     def prompt_text(self, prompt: str, tokenizer) -> str:
         return format_prompt(prompt, self.cfg.model.prompt_format, tokenizer)
 
-    def load_policy(self, spec: str):
-        return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file)
+    def load_policy(self, spec: str, *, quantized: bool = False):
+        """`quantized`: QLoRA's 4-bit base (train.lora.quantize_4bit) instead of `model.dtype`."""
+        quantization = None
+        if quantized:
+            from harness.lora import quantization_config
+            from harness.models.loading import DTYPES
+
+            quantization = quantization_config(DTYPES[self.cfg.model.dtype])
+        return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file,
+                           quantization_config=quantization)
+
+    def quantized_reference(self, spec: str) -> bool:
+        """Under QLoRA the policy trains on a 4-bit base; a reference that is that base is
+        scored in 4-bit too, so the adapters start from a zero implicit reward."""
+        return self.cfg.train.lora.quantize_4bit and spec == self.assets.policy
 
 
 def _sample_count(ctx: RunContext) -> int:
@@ -411,9 +424,10 @@ def stage_reference_logps(ctx: RunContext) -> dict:
     loaded: dict[str, tuple] = {}
     for role in ctx.method.reference_roles:
         spec = _reference_spec(ctx, role)
+        quantized = ctx.quantized_reference(spec)
         if spec not in loaded:
             loaded.clear()  # at most one reference model in memory at a time
-            loaded[spec] = ctx.load_policy(spec)
+            loaded[spec] = ctx.load_policy(spec, quantized=quantized)
         model, tokenizer = loaded[spec]
         rows = _encode_examples(ctx, tokenizer)
         if role == "samples":
@@ -425,6 +439,8 @@ def stage_reference_logps(ctx: RunContext) -> dict:
             "model": model_identity(spec)["sha256"],
             "dtype": ctx.cfg.model.dtype,
             "pairs": sha256_json([[p.input_ids, p.response_start] for p in flat]),
+            # Only a 4-bit reference changes the key, so full-precision entries stay shared.
+            **({"quantize_4bit": True} if quantized else {}),
         })[:24]
         cache = JsonCache(ctx.home, "reference_logps")
         logps = cache.get(key)
@@ -449,7 +465,10 @@ def stage_train(ctx: RunContext) -> dict:
     from harness.training import train_method
 
     layout = ctx.run_dir.layout
-    model, tokenizer = ctx.load_policy(ctx.assets.policy)
+    use_lora = lora.enabled(ctx.cfg.train)
+    model, tokenizer = ctx.load_policy(ctx.assets.policy, quantized=use_lora and ctx.cfg.train.lora.quantize_4bit)
+    if use_lora:
+        model = lora.wrap(model, ctx.cfg.train.lora, gradient_checkpointing=ctx.cfg.train.gradient_checkpointing)
     rows = _encode_examples(ctx, tokenizer)
     if ctx.method.reference_roles:
         reference = layout.reference_logps.read()
@@ -462,14 +481,21 @@ def stage_train(ctx: RunContext) -> dict:
         method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
         # Kept until the stage is marked complete: a run killed even after training resumes.
         train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.checkpoint_dir("train"), seed=ctx.cfg.seed,
-        sample_refresher=refresher,
+        sample_refresher=refresher, run_root=ctx.run_dir.root, run_name=ctx.run_dir.run_id,
     )
     trainer = result.pop("trainer")
-    trainer.save_model(str(layout.policy))  # collective under ZeRO-3; only rank 0 writes
+    # Collective under ZeRO-3; only rank 0 writes. With LoRA the Trainer saves the adapter alone,
+    # merged into the base as the policy below.
+    adapter = layout.stage_dir("train") / "adapter"
+    trainer.save_model(str(adapter if use_lora else layout.policy))
+    summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
     if ctx.run_dir.writer:
+        if use_lora:
+            lora.save_merged(adapter, ctx.assets.policy, layout.policy, dtype=ctx.cfg.model.dtype,
+                             gguf_file=ctx.cfg.model.gguf_file, training_args=trainer.args)
+            summary["lora"] = lora.record(ctx.cfg.train.lora, adapter, trainer.model)
         tokenizer.save_pretrained(layout.policy)
         layout.trajectory.write(result["diagnostics"])
-    summary = {k: v for k, v in result.items() if k != "diagnostics"} | {"examples": len(rows)}
     if refresher is not None:
         summary["sample_refreshes"] = refresher.refreshes
     return summary
@@ -486,7 +512,12 @@ def _online_refresher(ctx: RunContext, tokenizer, rows: list[dict]):
     from harness.anchors import sampling_prompt_text
 
     anchors = ctx.method.anchor_settings()  # the method refuses a filter with online refreshes
-    reference_model, _ = ctx.load_policy(ctx.assets.references["samples"])
+    spec = ctx.assets.references["samples"]
+    if lora.enabled(ctx.cfg.train) and spec == ctx.assets.policy:
+        # π_r− is the frozen base under the adapters: the policy with them disabled (None).
+        reference_model = None
+    else:
+        reference_model, _ = ctx.load_policy(spec)
     return OnlineSampleRefresher(
         reference_model=reference_model,
         tokenizer=tokenizer,
@@ -644,6 +675,12 @@ def stage_score(ctx: RunContext) -> dict:
         **({"instruments": instrument_section} if instrument_section else {})}, checks)
     result = {"metrics": metrics, "base_metrics": base_metrics, "sections": sections, "base_sections": base_sections}
     layout.metrics.write(result)
+    names = tracking.trackers(ctx.cfg.train)
+    if names and ctx.method.trains:
+        # The numbers the run is judged by join the training logs in the same trackers.
+        train = ctx.run_dir.summary("train")
+        tracking.log_scores(ctx.run_dir.root, names, result, step=int(train.get("steps") or 0),
+                            runs=train.get("tracker_runs"), run_name=ctx.run_dir.run_id)
     return {"metrics": metrics, "base_metrics": base_metrics}
 
 

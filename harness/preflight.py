@@ -100,6 +100,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
         anchors.validate(cfg.model.prompt_format)
         if anchors.anchor_filter == "cost-model" and (cfg.model.cost_model or "").strip().lower() in ("none", ""):
             raise BadInput("method.anchor_filter=cost-model needs a cost model (model.cost_model is none)")
+    if method.trains:
+        _check_lora_targets(cfg)
     if cfg.sampling.backend == "openai" and method.trains and method.draws_self_samples():
         check_sources(lambda: _check_sampling_server(cfg.sampling))
     if cfg.eval.judge_model:
@@ -160,6 +162,36 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = 
     if _offline():
         raise BadInput(f"{field} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
     _resolve_on_hub(field, spec, "model")
+
+
+def _check_lora_targets(cfg) -> None:
+    """`train.lora.target_modules` that name no module of the policy, found on an empty (meta
+    device) copy of its architecture before anything is built or trained."""
+    lora = cfg.train.lora
+    if lora.rank <= 0 or lora.target_modules == ["all-linear"]:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    from harness.lora import unmatched_targets
+
+    spec = cfg.model.policy
+    if spec in EMBEDDED_MODELS:
+        # The tiny world's policy and SmolLM2 are both Llama models: the module names are the
+        # architecture's, whatever its sizes.
+        config = LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                             num_attention_heads=1, num_key_value_heads=1)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(spec, local_files_only=True,
+                                                **({"gguf_file": cfg.model.gguf_file} if cfg.model.gguf_file else {}))
+        except Exception:  # not local yet: peft's own check refuses it when training starts
+            return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    missing = unmatched_targets(model, lora.target_modules)
+    if missing:
+        raise BadInput(f"train.lora.target_modules: {', '.join(missing)} names no module of {spec}")
 
 
 def _check_local_splits(data_cfg, method_name: str) -> None:

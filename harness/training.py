@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from harness import tracking
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput, RunFailure
 from harness.faults import kill_point
@@ -350,7 +351,7 @@ _CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointi
                            else "gradient_checkpointing")
 
 
-def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArguments:
+def training_arguments(train_cfg, output_dir: Path, seed: int, run_name: Optional[str] = None) -> TrainingArguments:
     if train_cfg.deepspeed is not None:
         describe_single_process_group()
     if train_cfg.save_steps < 0 or train_cfg.save_total_limit < 1:
@@ -376,7 +377,9 @@ def training_arguments(train_cfg, output_dir: Path, seed: int) -> TrainingArgume
         save_strategy="steps" if checkpoints else "no",
         save_steps=train_cfg.save_steps if checkpoints else 500,
         save_total_limit=train_cfg.save_total_limit,
-        report_to=[],
+        # train.report_to's trackers (none by default: nothing is reported or contacted).
+        report_to=tracking.trackers(train_cfg),
+        run_name=run_name,
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
@@ -411,14 +414,22 @@ def train_method(
     output_dir: Path,
     seed: int,
     sample_refresher: Optional[Callable] = None,
+    run_root: Optional[Path] = None,
+    run_name: Optional[str] = None,
 ) -> dict:
     """Train `model` in place with `method`; returns throughput, memory and the trajectory.
 
     `output_dir` holds the checkpoints (train.save_steps): training resumes from the newest
-    complete one there; the caller removes them once its stage is complete."""
+    complete one there; the caller removes them once its stage is complete. `run_root` is where
+    train.report_to's trackers keep their local logs (`tracking/`)."""
     if len(dataset) == 0:
         raise BadInput("no training examples left after filtering the dataset")
-    args = training_arguments(train_cfg, output_dir, seed)
+    names = tracking.trackers(train_cfg)
+    if names:
+        if run_root is None:
+            raise BadInput("train.report_to needs a run directory for its logs")
+        tracking.prepare(run_root, names)
+    args = training_arguments(train_cfg, output_dir, seed, run_name=run_name)
     watch = StepWatch()
     trainer = MethodTrainer(
         model=model,
@@ -434,6 +445,8 @@ def train_method(
         term_gradient_every=train_cfg.term_gradient_every,
     )
     remove_unsealed_checkpoints(Path(output_dir))  # a killed run's partial write
+    if names:
+        tracking.attach(trainer, run_root)
     resume_from = newest_complete_checkpoint(Path(output_dir)) if train_cfg.save_steps > 0 else None
     if resume_from is not None and sample_refresher is not None and (resume_from / _REFRESH_STATE).is_file():
         sample_refresher.load_state_dict(torch.load(resume_from / _REFRESH_STATE, weights_only=False))
@@ -463,5 +476,6 @@ def train_method(
         **curves,
         "resumed_from_step": int(resume_from.name.rsplit("-", 1)[-1]) if resume_from is not None else None,
         "first_step_trained": watch.first_step,
+        **({"tracker_runs": tracking.tracker_runs(names)} if names else {}),
         "trainer": trainer,
     }

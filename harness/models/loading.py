@@ -43,14 +43,21 @@ def load_tokenizer(spec: str, *, gguf_file: Optional[str] = None):
     return tokenizer
 
 
-def load_policy(spec: str, *, dtype: str = "float32", gguf_file: Optional[str] = None, device=None):
-    """A causal LM and its tokenizer (pad token set, left padding for generation)."""
+def load_policy(spec: str, *, dtype: str = "float32", gguf_file: Optional[str] = None, device=None,
+                quantization_config=None):
+    """A causal LM and its tokenizer (pad token set, left padding for generation).
+
+    `quantization_config` (QLoRA's 4-bit base) places the weights while loading them: a
+    quantised model cannot be moved afterwards."""
     kwargs = {"dtype": DTYPES[dtype]}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map={"": device or _device()})
     tokenizer = load_tokenizer(spec, gguf_file=gguf_file)
     model = _load(AutoModelForCausalLM.from_pretrained, spec, **kwargs)
-    model.to(device or _device())
+    if quantization_config is None:
+        model.to(device or _device())
     return model, tokenizer
 
 

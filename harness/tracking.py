@@ -1,0 +1,148 @@
+"""Experiment tracking (`train.report_to`): the Trainer reports its logs to transformers' own
+integrations (TensorBoard, MLflow, W&B, trackio), and at the end the score stage's metrics and
+the instruments' validation go to the same trackers.
+
+Nothing is reported, written or contacted unless `train.report_to` names a tracker. Local stores
+live in the run directory's `tracking/` (beside the stage directories, so a resumed train stage
+adds to them rather than wiping them) unless the user points a tracker elsewhere through its own
+environment variable (MLFLOW_TRACKING_URI, WANDB_DIR, TRACKIO_DIR), which is then respected.
+What goes to a tracker is the Trainer's logs, its arguments (whose tokens the Trainer redacts),
+the model's config and the run's metrics: never the environment, so no API key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+TRACKING_DIR = "tracking"
+
+
+def trackers(train_cfg) -> list[str]:
+    """The trackers the run reports to ([] and [none]: none)."""
+    return [name for name in train_cfg.report_to if name != "none"]
+
+
+def tracking_dir(run_root: Path) -> Path:
+    return Path(run_root) / TRACKING_DIR
+
+
+# The variables prepare() set itself: a later run in the same process (tuning trials) moves them
+# to its own directory, while a value the user set is never touched.
+_SET_HERE: dict[str, str] = {}
+
+
+def _default_env(name: str, value: str) -> None:
+    current = os.environ.get(name)
+    if current is None or _SET_HERE.get(name) == current:
+        os.environ[name] = _SET_HERE[name] = value
+
+
+def prepare(run_root: Path, names: list[str]) -> None:
+    """Point the trackers' local stores into the run directory, unless the user set them."""
+    folder = tracking_dir(run_root).absolute()
+    if "mlflow" in names:
+        # A SQLite store (MLflow 3 refuses its old file store by default).
+        folder.mkdir(parents=True, exist_ok=True)
+        _default_env("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    if "wandb" in names:
+        folder.mkdir(parents=True, exist_ok=True)
+        _default_env("WANDB_DIR", str(folder))
+    if "trackio" in names:
+        _default_env("TRACKIO_DIR", str(folder / "trackio"))
+
+
+def attach(trainer, run_root: Path) -> None:
+    """TensorBoard's callback would write under the Trainer's output_dir, which here is the
+    checkpoint folder deleted after training: send its event files to `tracking/tensorboard`."""
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback":
+            callback.logging_dir = str(tensorboard_dir(run_root))
+
+
+def tensorboard_dir(run_root: Path) -> Path:
+    return tracking_dir(run_root) / "tensorboard"
+
+
+def tracker_runs(names: list[str]) -> dict:
+    """The trackers' own run ids after training, so the final metrics join the same runs."""
+    runs: dict = {}
+    if "mlflow" in names:
+        import mlflow
+
+        last = mlflow.last_active_run()
+        runs["mlflow"] = last.info.run_id if last is not None else None
+    if "wandb" in names:
+        import wandb
+
+        runs["wandb"] = {"id": wandb.run.id, "project": wandb.run.project} if wandb.run is not None else None
+    return runs
+
+
+def flatten(value, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as {"a/b/c": number} (booleans and None left out)."""
+    flat: dict[str, float] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}/{key}" if prefix else str(key)))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        flat[prefix] = float(value)
+    return flat
+
+
+def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs: Optional[dict] = None,
+               run_name: str = "") -> None:
+    """The score stage's metrics (the method's and the base's) and the instruments' validation,
+    sent to each tracker at the training's last step."""
+    scalars = {**flatten(score.get("metrics", {}), "score"), **flatten(score.get("base_metrics", {}), "base")}
+    instruments = (score.get("sections") or {}).get("instruments") or {}
+    validation = instruments.get("validation") or {}
+    scalars.update(flatten(validation, "instruments"))
+    runs = runs or {}
+    if "tensorboard" in names:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(tensorboard_dir(run_root)))
+        try:
+            for key, number in scalars.items():
+                writer.add_scalar(key, number, step)
+            if validation:
+                writer.add_text("instruments/validation", "```\n" + json.dumps(validation, indent=1) + "\n```", step)
+        finally:
+            writer.close()
+    if "mlflow" in names:
+        import mlflow
+
+        with mlflow.start_run(run_id=runs.get("mlflow"), run_name=None if runs.get("mlflow") else run_name):
+            # The validation's numbers are among the metrics; no artifact, whose default store
+            # would be a folder in the working directory rather than the run's.
+            mlflow.log_metrics({_mlflow_key(k): v for k, v in scalars.items()}, step=step)
+    if "wandb" in names:
+        import wandb
+
+        previous = runs.get("wandb") or {}
+        run = wandb.init(id=previous.get("id"), project=previous.get("project"), resume="allow", name=run_name)
+        try:
+            run.log(scalars, step=step)
+            if validation:
+                run.summary["instruments/validation"] = validation
+        finally:
+            run.finish()
+    if "trackio" in names:
+        import trackio
+
+        trackio.init(project="d2o-bench", name=run_name, resume="allow")
+        try:
+            trackio.log(scalars, step=step)
+        finally:
+            trackio.finish()
+
+
+def _mlflow_key(key: str) -> str:
+    # MLflow allows letters, digits, _ - . / and spaces in metric names.
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
