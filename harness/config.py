@@ -92,6 +92,10 @@ class ColumnsConfig:
 @dataclass
 class DataConfig:
     dataset: str = "tiny-world"
+    # The user's training rows (a local file or folder, or a hub id), read through `format` and
+    # `columns`, in place of the suite's own: evaluation prompts, instruments and capability tasks
+    # stay the suite's (harness/suites/__init__.py). None: the suite's own training rows.
+    train_dataset: Optional[str] = None
     # Row layout (harness/data/adapters.py): pku-saferlhf (two rated responses per prompt),
     # hh-rlhf (chosen/rejected dialogues), negatives (prompt + harmful response: all D²O needs),
     # prompts (evaluation prompts with a kind).
@@ -340,6 +344,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("suite",), ("real",), ("data", "format"), ("data", "columns"), ("data", "min_harm_score"),
     ("data", "prompt_kind"), ("data", "chosen_when_missing"), ("eval", "judge_max_tokens"),
     ("tune", "capability_on_trials"), ("sampling", "backend"), ("sampling", "server_model"),
+    ("data", "train_dataset"),
 )
 
 

@@ -66,10 +66,18 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
             _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None)
 
     def local_rows() -> None:
+        train = cfg.data.train_dataset
+        if train is not None and Path(train).expanduser().exists():
+            _check_training_rows(cfg.data, train, cfg.method_name)
         if Path(cfg.data.dataset).expanduser().exists():
             _check_local_splits(cfg.data, cfg.method_name)
 
-    check_sources(models, lambda: _check_dataset(cfg.data.dataset))
+    # What data.train_dataset may name is a matter of the configuration, not of what is reachable:
+    # refused even in a dry run.
+    _check_train_dataset_setting(cfg.data)
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset),
+                  lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
+                  if cfg.data.train_dataset is not None else None)
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
     # in a dry run, and before the rows are read: the plan itself would be wrong.
     get_suite(cfg.suite).check(cfg)
@@ -131,28 +139,56 @@ def _check_local_splits(data_cfg, method_name: str) -> None:
     """A local dataset's train and evaluated splits load, every row is well formed (a malformed
     row found by the data stage would leave a run directory behind), and the method has what it
     trains on (a preferred response, where it needs one)."""
-    from harness.data.adapters import adapter_for, needs_chosen, with_chosen
+    from harness.data.adapters import adapter_for
     from harness.data.pairs import load_rows
-    from harness.registry import get_method
 
     adapter = adapter_for(data_cfg)
-    if data_cfg.format != "prompts":
-        name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
-        examples = adapter.examples(load_rows(data_cfg.dataset, data_cfg.train_split), name, all_pairs=True)
-        method = get_method(method_name)
-        with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
+    # With data.train_dataset the run trains on those rows (checked on their own), not these.
+    if data_cfg.format != "prompts" and data_cfg.train_dataset is None:
+        _check_training_rows(data_cfg, data_cfg.dataset, method_name)
     name = f"{data_cfg.dataset}[{data_cfg.eval_split}]"
     adapter.prompts(load_rows(data_cfg.dataset, data_cfg.eval_split), name, None, data_cfg.group_column)
 
 
-def _check_dataset(spec: str) -> None:
+def _check_training_rows(data_cfg, spec: str, method_name: str) -> None:
+    """The training split of local rows loads through the layout's adapter, and the method has
+    what it trains on (a preferred response, where it needs one)."""
+    from harness.data.adapters import adapter_for, needs_chosen, with_chosen
+    from harness.data.pairs import load_rows
+    from harness.registry import get_method
+
+    name = f"{spec}[{data_cfg.train_split}]"
+    rows = load_rows(spec, data_cfg.train_split)
+    adapter = adapter_for(data_cfg)
+    examples = adapter.examples(rows, name, all_pairs=True)
+    adapter.labels(rows, name)  # the judgements the score stage checks the cost model on
+    method = get_method(method_name)
+    with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
+
+
+def _check_train_dataset_setting(data_cfg) -> None:
+    spec = data_cfg.train_dataset
+    if spec is None:
+        return
+    if not spec.strip():
+        raise BadInput("data.train_dataset is empty: name a file, folder or hub dataset id, or leave it unset "
+                       "for the suite's own training rows")
+    if spec in EMBEDDED_DATASETS:
+        raise BadInput(f"data.train_dataset={spec} is a suite's own data, not a user's rows: leave "
+                       f"data.train_dataset unset to train on the suite's own rows")
+    if data_cfg.format == "prompts":
+        raise BadInput("data.train_dataset is read through data.format, and data.format=prompts has no "
+                       "responses to train on: set data.format to pku-saferlhf, hh-rlhf or negatives")
+
+
+def _check_dataset(spec: str, field: str = "data.dataset") -> None:
     if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
         return
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise BadInput(f"data.dataset {spec}: no such file or directory")
+        raise BadInput(f"{field} {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
-    _resolve_on_hub("data.dataset", spec, "dataset")
+    _resolve_on_hub(field, spec, "dataset")
 
 
 def _resolve_on_hub(field: str, spec: str, kind: str) -> None:

@@ -39,7 +39,7 @@ class CustomSuite(Suite):
 
             tiny = ensure_tiny_world(home, cfg.world)  # the world's policy as a starting model only
         policy = resolve_policy(cfg.model.policy, home, tiny)
-        data = DataSource(cfg.data.dataset, cfg.data.format)
+        data = DataSource(cfg.data.dataset, cfg.data.format, user_rows=True)
         return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=data,
                       cost=_score_spec(cfg.model.cost_model), reward=_score_spec(cfg.model.reward_model))
 
