@@ -104,6 +104,10 @@ class ColumnsConfig:
 class DataConfig:
     dataset: str = setting("tiny-world", help="The training and evaluation rows: `tiny-world` (the embedded "
                            "world), a Hugging Face dataset id, or a local file or folder.")
+    train_dataset: Optional[str] = setting(None, help="The user's training rows (a local file or folder, or a "
+                                           "hub id), read through `format` and `columns`, in place of the "
+                                           "suite's own: evaluation prompts, instruments and capability tasks "
+                                           "stay the suite's. None: the suite's own training rows.")
     format: Literal["pku-saferlhf", "hh-rlhf", "negatives", "prompts"] = setting(
         "pku-saferlhf", help="Row layout (harness/data/adapters.py): pku-saferlhf (two rated responses per "
         "prompt), hh-rlhf (chosen/rejected dialogues), negatives (prompt + harmful response: all D²O needs), "
@@ -420,6 +424,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("tune", "include_reported_point"),
     ("data", "eval_dataset"), ("data", "held_out_share"),
     ("train", "lora"),
+    ("data", "train_dataset"),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from harness.server_sampling import ServerSettings, sample_from_server, server_i
 from harness.instruments.checks import mark_scores, with_verdict
 from harness.instruments.refusal import RULES_VERSION as REFUSAL_RULES_VERSION
 from harness.suites import Assets, get_suite
+from harness.suites import resolve_assets as suite_assets
 
 log = logging.getLogger("d2o_bench")
 
@@ -102,9 +104,7 @@ class JsonCache:
 
 def resolve_assets(cfg: RunConfig, home: Path) -> Assets:
     """The run's models and data, as its suite resolves them (after checking their domain)."""
-    suite = get_suite(cfg.suite)
-    suite.check(cfg)
-    return suite.resolve(cfg, home)
+    return suite_assets(cfg, home)
 
 
 @dataclass
@@ -160,14 +160,14 @@ def stage_data(ctx: RunContext) -> dict:
         train_rows = pair_data.held_out_split(train_rows, cfg.data, "train")
         eval_rows = pair_data.held_out_split(eval_rows, cfg.data, "eval")
 
-    examples = adapter_for(cfg.data, train_src.format).examples(
-        train_rows, train_name, all_pairs=ctx.method.pair_selection == "all_pairs")
+    train_adapter = adapter_for(_layout(cfg.data, train_src), train_src.format)
+    examples = train_adapter.examples(train_rows, train_name, all_pairs=ctx.method.pair_selection == "all_pairs")
     examples, chosen = with_chosen(examples, needs_chosen(ctx.method),
                                    cfg.data.chosen_when_missing, ctx.method.name)
     if cfg.data.max_train_examples is not None:
         examples = examples[: cfg.data.max_train_examples]
-    prompts = adapter_for(cfg.data, eval_src.format).prompts(eval_rows, eval_name, cfg.data.max_eval_prompts,
-                                                             cfg.data.group_column)
+    prompts = adapter_for(_layout(cfg.data, eval_src), eval_src.format).prompts(
+        eval_rows, eval_name, cfg.data.max_eval_prompts, cfg.data.group_column)
     if ctx.method.trains and not examples:
         raise BadInput(f"dataset {train_src.spec}: no training pairs left after filtering")
     layout.train_examples.write(examples)
@@ -179,6 +179,17 @@ def stage_data(ctx: RunContext) -> dict:
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
     } | get_suite(cfg.suite).dataset_record(ctx.assets)
+    if train_src.user_rows:
+        # Which rows the policy trained on, and their human judgements for checking the cost model
+        # on them at the score stage (harness/instruments/user_labels.py).
+        from harness.instruments.user_labels import capped
+
+        dataset["train_source"] = {
+            "spec": str(Path(train_src.spec).expanduser().resolve()) if Path(train_src.spec).expanduser().exists()
+            else train_src.spec,
+            "format": train_src.format, "split": cfg.data.train_split,
+            "fingerprint": pair_data.fingerprint(train_rows), "rows": len(train_rows)}
+        layout.train_labels.write(capped(train_adapter.labels(train_rows, train_name)))
     return {
         "dataset": dataset,
         "train_examples": len(examples),
@@ -186,6 +197,16 @@ def stage_data(ctx: RunContext) -> dict:
         "eval_prompts": len(prompts),
         "base_model": model_identity(ctx.assets.policy),
     }
+
+
+def _layout(data_cfg, source):
+    """The data settings a source is read with: a user's column mapping applies to the user's
+    rows only; a suite's own files keep the layout's column names."""
+    if source.user_rows:
+        return data_cfg
+    from harness.config import ColumnsConfig
+
+    return dataclasses.replace(data_cfg, columns=ColumnsConfig())
 
 
 def stage_self_samples(ctx: RunContext) -> dict:
@@ -663,8 +684,16 @@ def stage_score(ctx: RunContext) -> dict:
     checks.update(suite.validation_extra(ctx.cfg, ctx.assets, ctx.home) if judge is not None else {})
     # Each check gets its declared threshold and verdict; what a failed instrument produced stays
     # in the entry, marked, and is left out of tables, plots and selection (instruments/checks.py).
+    if ctx.assets.cost and layout.train_labels.exists():
+        # The cost model on the user's own judgements, beside its check on the suite's labels.
+        from harness.instruments.user_labels import check_cost_model
+
+        source = ctx.run_dir.summary("data")["dataset"]["train_source"]
+        record = check_cost_model(ctx.assets.cost, layout.train_labels.read(), source, ctx.cfg, ctx.home)
+        checks["score-models"] = {**checks.get("score-models", {}), "user_rows": record}
     checks = {name: with_verdict(name, record) for name, record in checks.items()}
-    instrument_section = {"suite": ctx.cfg.suite, "validation": checks} if ctx.cfg.suite != "tiny-world" else None
+    instrument_section = ({"suite": ctx.cfg.suite, "validation": checks}
+                          if ctx.cfg.suite != "tiny-world" or "score-models" in checks else None)
     layout.per_response.write(per_response)
     layout.base_per_response.write(base_result["per_response"])
     metrics, sections = mark_scores(metrics, {"judge": judge, "capability": capability,

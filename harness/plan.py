@@ -85,6 +85,9 @@ def describe_plan(cfg: RunConfig, n_gpus: int = 8) -> str:
         f"suite:       {cfg.suite}",
         f"dataset:     {cfg.data.dataset} ({cfg.data.format}) [{cfg.data.train_split} → train, "
         f"{cfg.data.eval_split} → eval], " + _negative_text(cfg),
+        *([f"training on: {cfg.data.train_dataset} ({cfg.data.format}) [{cfg.data.train_split}] in place of "
+           f"the suite's own rows; evaluation, instruments and capability stay the suite's"]
+          if cfg.data.train_dataset is not None else []),
         f"judge:       {cfg.eval.judge_model or 'off'}" + (f" at {cfg.eval.judge_base_url}" if cfg.eval.judge_base_url else ""),
         f"capability:  {', '.join(cfg.eval.lm_eval_tasks) or 'off'}",
         f"training:    lr {cfg.train.learning_rate}, epochs {cfg.train.epochs}, micro-batch {cfg.train.per_device_batch_size} "

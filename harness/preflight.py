@@ -72,11 +72,19 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
             _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None, cfg.preset)
 
     def local_rows() -> None:
+        train = cfg.data.train_dataset
+        if train is not None and Path(train).expanduser().exists():
+            _check_training_rows(cfg.data, train, cfg.method_name)
         if Path(cfg.data.dataset).expanduser().exists():
             _check_local_splits(cfg.data, cfg.method_name)
 
+    # What data.train_dataset may name is a matter of the configuration, not of what is reachable:
+    # refused even in a dry run.
+    _check_train_dataset_setting(cfg.data)
     check_sources(models, lambda: _check_dataset(cfg.data.dataset),
-                  lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"))
+                  lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"),
+                  lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
+                  if cfg.data.train_dataset is not None else None)
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
     # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
     # cannot fit in memory.
@@ -219,10 +227,12 @@ def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
     method = get_method(method_name)
     examples: list = []
     adapter = adapter_for(data_cfg)
-    if data_cfg.format != "prompts":
+    # With data.train_dataset the run trains on those rows (checked on their own), not these.
+    if data_cfg.format != "prompts" and data_cfg.train_dataset is None:
         name = f"{data_cfg.dataset}[{data_cfg.train_split}]"
         rows = load_rows_here(data_cfg.dataset, data_cfg.train_split, "train")
         examples = adapter.examples(rows, name, all_pairs=True)  # every row well formed
+        adapter.labels(rows, name)  # the judgements the score stage checks the cost model on
         # Then what the data stage keeps for this method: a filter (data.only_unsafe_negatives,
         # data.min_harm_score) that removes every row would otherwise fail after the run began.
         if method.pair_selection != "all_pairs":
@@ -233,10 +243,45 @@ def _check_rows(data_cfg, method_name: str, cache: Path) -> None:
         eval_name = f"{evaluated}[{data_cfg.eval_split}]"
         adapter.prompts(load_rows_here(evaluated, data_cfg.eval_split, "eval"), eval_name, None, data_cfg.group_column)
     # Malformed rows and missing splits first (they name a file to fix), then what filters leave.
-    if data_cfg.format != "prompts" and method.trains and not examples:
+    if data_cfg.format != "prompts" and data_cfg.train_dataset is None and method.trains and not examples:
         raise BadInput(f"dataset {name}: no training pairs left after the data filters "
                        f"(data.only_unsafe_negatives={data_cfg.only_unsafe_negatives}, "
                        f"data.min_harm_score={data_cfg.min_harm_score}) out of {len(rows)} rows")
+
+
+def _check_training_rows(data_cfg, spec: str, method_name: str) -> None:
+    """The training split of local rows loads through the layout's adapter, and the method has
+    what it trains on (a preferred response, where it needs one)."""
+    import tempfile
+
+    from harness.data.adapters import adapter_for, needs_chosen, with_chosen
+    from harness.data.pairs import load_rows
+    from harness.registry import get_method
+
+    name = f"{spec}[{data_cfg.train_split}]"
+    # A throwaway `datasets` cache, as for the suite's rows: refused rows leave nothing in HF_HOME.
+    with tempfile.TemporaryDirectory(prefix="d2o-bench-preflight-") as cache:
+        rows = load_rows(spec, data_cfg.train_split, cache_dir=Path(cache))
+    adapter = adapter_for(data_cfg)
+    examples = adapter.examples(rows, name, all_pairs=True)
+    adapter.labels(rows, name)  # the judgements the score stage checks the cost model on
+    method = get_method(method_name)
+    with_chosen(examples, needs_chosen(method), data_cfg.chosen_when_missing, method_name)
+
+
+def _check_train_dataset_setting(data_cfg) -> None:
+    spec = data_cfg.train_dataset
+    if spec is None:
+        return
+    if not spec.strip():
+        raise BadInput("data.train_dataset is empty: name a file, folder or hub dataset id, or leave it unset "
+                       "for the suite's own training rows")
+    if spec in EMBEDDED_DATASETS:
+        raise BadInput(f"data.train_dataset={spec} is a suite's own data, not a user's rows: leave "
+                       f"data.train_dataset unset to train on the suite's own rows")
+    if data_cfg.format == "prompts":
+        raise BadInput("data.train_dataset is read through data.format, and data.format=prompts has no "
+                       "responses to train on: set data.format to pku-saferlhf, hh-rlhf or negatives")
 
 
 def _check_dataset(spec: str, field: str = "data.dataset") -> None:

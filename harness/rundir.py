@@ -106,6 +106,9 @@ class RunLayout:
         # data: the method's training pairs and the evaluation prompts (with their groups).
         self.train_examples = JsonlArtifact(self.root / "data" / "train_examples.jsonl")
         self.eval_prompts = JsonlArtifact(self.root / "data" / "eval_prompts.jsonl")
+        # A user's training rows' human judgements (pairs, harm labels), for checking the cost
+        # model on them at the score stage (harness/instruments/user_labels.py).
+        self.train_labels = JsonArtifact(self.root / "data" / "train_labels.json")
         # self_samples: {"texts": {prompt: [K texts]}, "ended": {prompt: [K flags]}}, and for
         # Self-Align SFT {prompt: {"text", "ended"}} of the sample the cost model calls safe.
         self.samples = JsonArtifact(self.root / "self_samples" / "samples.json")

@@ -31,6 +31,24 @@ def _dataset(train: str, validation: str | None = None) -> Callable[[Path], list
     return setup
 
 
+def _user_rows(train: str, *sets: str, method: str = "d2o") -> Callable[[Path], list[str]]:
+    """A user's training rows (data.train_dataset) under a preset's evaluation, real-smollm2's."""
+    def setup(root: Path) -> list[str]:
+        data = root / "rows"
+        data.mkdir()
+        (data / "train.jsonl").write_text(train)
+        return ["--method", method, "--preset", "real-smollm2", "--set", f"data.train_dataset={data}",
+                *(a for s in sets for a in ("--set", s))]
+    return setup
+
+
+_DIALOGUE = json.dumps({"chosen": "\n\nHuman: Can I skip the bus fare?\n\nAssistant: Please don't.",
+                        "rejected": "\n\nHuman: Can I skip the bus fare?\n\nAssistant: Use the back door."}) + "\n"
+_NEGATIVE = json.dumps({"question": "Can I skip the bus fare?", "bad_answer": "Use the back door.",
+                        "severity": 0.8}) + "\n"
+_NEGATIVE_COLUMNS = ("data.format=negatives", "data.columns.prompt=question", "data.columns.negative=bad_answer")
+
+
 def _row(**changes) -> str:
     row = {**GOOD_ROW, **changes}
     for key in [k for k, v in changes.items() if v is _DROP]:
@@ -284,6 +302,30 @@ CASES = [
      [*RUN, "--set", "model.policy={root}/model"], "a directory without config.json"),
     ("hub-model-not-cached-offline", _nothing, [*RUN, "--set", "model.reward_model=nobody/no-such-rm"],
      "not in the local Hugging Face cache"),
+    # --- a user's training rows under a preset's evaluation (data.train_dataset)
+    ("train-dataset-missing", _nothing,
+     [*RUN, "--preset", "real-smollm2", "--set", "data.train_dataset={root}/nothing-here", "--set", "data.format=hh-rlhf"],
+     "nothing-here: no such file or directory"),
+    ("train-dataset-empty-setting", _nothing, [*RUN, "--preset", "real-smollm2", "--set", "data.train_dataset="],
+     "data.train_dataset is empty"),
+    ("train-dataset-names-suite-data", _nothing, [*RUN, "--preset", "real-smollm2", "--set", "data.train_dataset=real-safety"],
+     "data.train_dataset=real-safety is a suite's own data"),
+    ("train-dataset-prompts-format", _user_rows(_DIALOGUE, "data.format=prompts"), RUN,
+     "data.format=prompts has no responses to train on"),
+    ("train-dataset-bad-json", _user_rows(_DIALOGUE + "{oops\n", "data.format=hh-rlhf"), RUN,
+     "train.jsonl:2: not valid JSON"),
+    ("train-dataset-empty-split", _user_rows("", "data.format=hh-rlhf"), RUN, "split 'train' is empty"),
+    ("train-dataset-not-a-dialogue", _user_rows(json.dumps({"chosen": "hi", "rejected": "ho"}) + "\n", "data.format=hh-rlhf"),
+     RUN, "row 0: not an HH-RLHF dialogue"),
+    ("train-dataset-wrong-layout", _user_rows(_DIALOGUE, "data.format=negatives"), RUN,
+     "row 0: missing or empty column 'prompt'"),
+    ("train-dataset-unmapped-column", _user_rows(_NEGATIVE, *_NEGATIVE_COLUMNS, "data.columns.negative=answer"), RUN,
+     "row 0: missing or empty column 'answer'"),
+    ("train-dataset-harm-score-not-a-number",
+     _user_rows(_NEGATIVE.replace("0.8", '"high"'), *_NEGATIVE_COLUMNS, "data.columns.harm_score=severity"), RUN,
+     "harm score column 'severity' must be a number in [0, 1]"),
+    ("train-dataset-no-chosen-for-dpo", _user_rows(_NEGATIVE, *_NEGATIVE_COLUMNS, method="dpo"), RUN,
+     "dpo needs a preferred response"),
 ]
 
 

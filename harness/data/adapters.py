@@ -6,6 +6,10 @@ Every adapter turns raw rows into two things:
   the data has one): the negative is the dispreferred response y_l, the chosen one y_w;
 - evaluation prompts `{"prompt", "kind", "category", "group"}` (harness/data/pairs.eval_prompts).
 
+Where the rows carry human judgements, `labels` returns them for checking a cost model on the
+user's rows (harness/instruments/user_labels.py): preference pairs `{"prompt", "chosen",
+"rejected"}` and per-response harm labels `{"prompt", "response", "harmful"}`.
+
 Layouts (`data.format`), with the column names `data.columns.*` can rename:
 
 - `pku-saferlhf`: prompt, response_0/1, is_response_*_safe, better/safer_response_id.
@@ -55,6 +59,11 @@ class Adapter:
         """Rows with `prompt` and `kind` (and the group column kept), for pairs.eval_prompts."""
         raise NotImplementedError
 
+    def labels(self, rows: list[dict], source: str) -> dict[str, list[dict]]:
+        """The rows' human judgements: {"pairs": [...], "harm": [...]}, either list empty when the
+        layout or these rows have none. Every row counts, whatever training filters drop."""
+        return {"pairs": [], "harm": []}
+
     def prompts(self, rows: list[dict], source: str, limit: Optional[int], group_column: Optional[str]) -> list[dict]:
         if not rows:
             raise BadInput(f"dataset {source}: no rows")
@@ -86,6 +95,16 @@ class PkuSafeRlhf(Adapter):
         rows = self._renamed(rows)
         pair_data.validate_rows(rows, source)
         return rows
+
+    def labels(self, rows, source):
+        rows = self._renamed(rows)
+        pair_data.validate_rows(rows, source)
+        pairs = pair_data.preference_pairs(rows, negative_from=self.cfg.negative_from, only_unsafe_negatives=False)
+        # The safety flags are the layout's own per-response harm labels (annotators' verdicts).
+        harm = [{"prompt": r["prompt"], "response": r[f"response_{i}"], "harmful": not r[f"is_response_{i}_safe"]}
+                for r in rows for i in (0, 1)]
+        return {"pairs": [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["negative"]} for p in pairs],
+                "harm": harm}
 
 
 def split_dialogue(text: str) -> tuple[str, str]:
@@ -126,6 +145,11 @@ class HhRlhf(Adapter):
     def prompt_rows(self, rows, source):
         return [self._pair(row, i, source) for i, row in enumerate(rows)]
 
+    def labels(self, rows, source):
+        pairs = [self._pair(row, i, source) for i, row in enumerate(rows)]
+        return {"pairs": [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["negative"]}
+                          for p in pairs if p["chosen"]], "harm": []}
+
 
 class Negatives(Adapter):
     format = "negatives"
@@ -159,6 +183,21 @@ class Negatives(Adapter):
     def prompt_rows(self, rows, source):
         return [self._keep_extra(row, {"prompt": self._text(row, "prompt", i, source), "kind": "harmful"})
                 for i, row in enumerate(rows)]
+
+    def labels(self, rows, source):
+        from harness.instruments.harm_model import HARMFUL_AT
+
+        pairs, harm = [], []
+        for index, row in enumerate(rows):
+            prompt, negative = self._text(row, "prompt", index, source), self._text(row, "negative", index, source)
+            chosen = self._text(row, "chosen", index, source, required=False)
+            score = self._score(row, index, source)
+            if chosen:
+                pairs.append({"prompt": prompt, "chosen": chosen, "rejected": negative})
+            if score is not None:
+                # The same cut the suite's harm model is trained and checked with.
+                harm.append({"prompt": prompt, "response": negative, "harmful": score >= HARMFUL_AT})
+        return {"pairs": pairs, "harm": harm}
 
 
 class Prompts(Adapter):

@@ -4,10 +4,15 @@ A suite resolves a run's models and data sources, names its instruments (with th
 against human labels) and its capability tasks, and refuses configurations whose instruments
 would be used outside their domain. The pipeline asks the suite; it never tests a dataset's name.
 Adding a suite is one module here and one line below.
+
+`data.train_dataset` (a user's file, folder or hub id, read through `data.format`) replaces only
+the training source of whichever suite a run uses (`resolve_assets`): the suite's evaluation
+prompts, instruments and capability tasks stay, so a user's negatives are measured the standard way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,10 @@ class DataSource:
     spec: str  # a hub id, a local file or folder (or a label for `local_dir`)
     format: str
     local_dir: Optional[Path] = None  # a folder of <split>.jsonl files the suite built
+    # The user's rows rather than a layout the suite fixes: only they are read through the user's
+    # column mapping (data.columns), and only they can check the suite's cost model, which the
+    # harness fitted on other labels (if on any).
+    user_rows: bool = False
 
 
 @dataclass
@@ -44,6 +53,9 @@ class Assets:
     cost: Optional[str] = None
     reward: Optional[str] = None
     capability_paths: list[Path] = field(default_factory=list)
+    # The folder a suite assembled for its instruments' checks (refusal labels, HHH pairs, its
+    # manifest): kept apart from train_data, which data.train_dataset may replace.
+    suite_dir: Optional[Path] = None
 
 
 class Suite:
@@ -91,6 +103,17 @@ def references_for(cfg, policy: str) -> dict[str, str]:
         "samples": policy if cfg.model.reference_for_samples == "policy" else cfg.model.reference_for_samples,
         "negatives": policy if cfg.model.reference_for_negatives == "policy" else cfg.model.reference_for_negatives,
     }
+
+
+def resolve_assets(cfg, home: Path) -> Assets:
+    """The run's models and data as its suite resolves them (after checking their domain), with
+    the training source replaced by the user's rows when `data.train_dataset` names them."""
+    suite = get_suite(cfg.suite)
+    suite.check(cfg)
+    assets = suite.resolve(cfg, home)
+    if cfg.data.train_dataset is None:
+        return assets
+    return dataclasses.replace(assets, train_data=DataSource(cfg.data.train_dataset, cfg.data.format, user_rows=True))
 
 
 def get_suite(name: str) -> Suite:

@@ -62,8 +62,8 @@ class CustomSuite(Suite):
 
             tiny = ensure_tiny_world(home, cfg.world)  # the world's policy as a starting model only
         policy = resolve_policy(cfg.model.policy, home, tiny)
-        data = DataSource(cfg.data.dataset, cfg.data.format)
-        evaluated = DataSource(cfg.data.eval_dataset, cfg.data.format) if cfg.data.eval_dataset else data
+        data = DataSource(cfg.data.dataset, cfg.data.format, user_rows=True)
+        evaluated = DataSource(cfg.data.eval_dataset, cfg.data.format, user_rows=True) if cfg.data.eval_dataset else data
         return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=evaluated,
                       cost=_score_spec(cfg.model.cost_model), reward=_score_spec(cfg.model.reward_model))
 

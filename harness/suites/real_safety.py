@@ -30,7 +30,8 @@ class RealSafetySuite(Suite):
     def check(self, cfg) -> None:
         if cfg.data.dataset != "real-safety":
             raise BadInput(f"suite real-safety assembles its own data; data.dataset={cfg.data.dataset} is not it "
-                           f"(use suite custom for your own rows)")
+                           f"(to train on your rows with this suite's evaluation, set data.train_dataset and "
+                           f"data.format instead; suite custom evaluates on your own rows)")
         for field in ("reward_model", "cost_model"):
             if getattr(cfg.model, field) == "tiny-world":
                 raise BadInput(f"model.{field}=tiny-world is the tiny world's instrument and knows only its words; "
@@ -56,12 +57,12 @@ class RealSafetySuite(Suite):
         return Assets(policy=policy, references=references_for(cfg, policy),
                       train_data=DataSource("real-safety", "negatives", folder),
                       eval_data=DataSource("real-safety/eval", "prompts", folder / "eval"),
-                      cost=cost, reward=reward, capability_paths=[folder / "lm_eval_tasks"])
+                      cost=cost, reward=reward, capability_paths=[folder / "lm_eval_tasks"], suite_dir=folder)
 
     def instruments(self, cfg, assets, home):
         from harness.instruments.refusal import validate
 
-        folder = assets.train_data.local_dir
+        folder = assets.suite_dir
         refusal_rows = [json.loads(line) for line in (folder / "refusal_labels.jsonl").read_text(encoding="utf-8").split("\n") if line]
         cost_check = None
         if assets.cost and (Path(assets.cost) / "VALIDATION.json").is_file():
@@ -81,10 +82,10 @@ class RealSafetySuite(Suite):
             return {}
         from harness.instruments.judge_check import judge_on_hhh
 
-        folder = assets.train_data.local_dir
+        folder = assets.suite_dir
         pairs = [json.loads(line) for line in (folder / "hhh.jsonl").read_text(encoding="utf-8").split("\n") if line]
         return {"judge": judge_on_hhh(pairs, cfg, home)}
 
     def dataset_record(self, assets):
-        manifest = json.loads((assets.train_data.local_dir / "MANIFEST.json").read_text())
+        manifest = json.loads((assets.suite_dir / "MANIFEST.json").read_text())
         return {"manifest": {k: manifest[k] for k in ("sources", "counts", "settings", "lm_eval_tasks")}}

@@ -19,7 +19,10 @@ class TinyWorldSuite(Suite):
     name = TINY
 
     def check(self, cfg) -> None:
-        if cfg.data.dataset != TINY or cfg.data.format != "pku-saferlhf":
+        # With data.train_dataset, data.format names the layout of the user's training rows; the
+        # world's own rows (still its evaluation) are PKU-SafeRLHF-shaped whatever it says.
+        layout = "pku-saferlhf" if cfg.data.train_dataset is not None else cfg.data.format
+        if cfg.data.dataset != TINY or layout != "pku-saferlhf":
             raise BadInput(f"suite tiny-world measures with the tiny world's oracle and scorers, which know only "
                            f"its words; data.dataset={cfg.data.dataset} (format {cfg.data.format}) is outside their "
                            f"domain: use --set suite=custom (refusal rules, your own score models) or real-safety")
