@@ -342,13 +342,14 @@ def _refusal_check(low: float) -> dict:
 
 
 def test_a_metric_of_an_instrument_that_failed_its_check_cannot_select(tmp_path, monkeypatch, capsys):
-    """real-smollm2 selects on refusal-rule rates: refused as objectives, in one line naming the
-    instrument and its figure, when the rules failed their check; no study file is written."""
+    """Selecting on refusal-rule rates (real-smollm2's help objective; its harm objective set to
+    one too): refused as objectives, in one line naming the instrument and its figure, when the
+    rules failed their check; no study file is written."""
     import harness.sweep
 
     objectives = ("harmful_compliance_rate", "benign_answer_rate")
     argv = ["tune", "--methods", "npo", "--preset", "real-smollm2", "--trials", "2", "--executor", "docker",
-            "--skip-test"]
+            "--skip-test", "--set", "tune.harm_metric=harmful_compliance_rate"]
     monkeypatch.setattr(harness.sweep, "_run_external", FakeExecutor(objectives=objectives,
                                                                      validation=_refusal_check(0.712)))
     assert main([*argv, "--out", str(tmp_path / "passed")]) == 0, capsys.readouterr().err
