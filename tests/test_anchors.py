@@ -81,16 +81,16 @@ def _run_until(method: str, sets: list[str], out: Path, stage: str) -> None:
     pipeline.run_pipeline(cfg, out, stop_after=stage, progress=lambda message: None)
 
 
-def _record_sampling(monkeypatch) -> list[str]:
-    """The prompt texts every self-sample generation was asked for."""
+def _record_sampling(monkeypatch, module=pipeline) -> list[str]:
+    """The prompt texts every self-sample generation `module` asks for was asked for."""
     seen: list[str] = []
-    original = pipeline.generate_completions
+    original = module.generate_completions
 
     def recording(model, tokenizer, texts, **kwargs):
         seen.extend(texts)
         return original(model, tokenizer, texts, **kwargs)
 
-    monkeypatch.setattr(pipeline, "generate_completions", recording)
+    monkeypatch.setattr(module, "generate_completions", recording)
     return seen
 
 
@@ -172,14 +172,7 @@ def test_a_refusal_rules_filter_keeps_only_refusals(bench_home, tmp_path):
 def test_online_refreshes_sample_with_the_instruction(bench_home, tmp_path, monkeypatch):
     import harness.online as online
 
-    seen: list[str] = []
-    original = online.generate_completions
-
-    def recording(model, tokenizer, texts, **kwargs):
-        seen.extend(texts)
-        return original(model, tokenizer, texts, **kwargs)
-
-    monkeypatch.setattr(online, "generate_completions", recording)
+    seen = _record_sampling(monkeypatch, online)
     out = tmp_path / "out"
     sets = [*SMALL, "method.refresh_every=1", "method.anchor_instruction=Be harmless:"]
     _run_until("d2o-online", sets, out, "train")
