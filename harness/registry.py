@@ -168,7 +168,12 @@ class Method(ABC):
         return {}
 
     def hyperparameters(self) -> dict:
-        return dataclasses.asdict(self.config)
+        from harness.anchors import ANCHOR_FIELD_DEFAULTS
+
+        # Anchor options left at their unsteered defaults say nothing (and entries written before
+        # they existed do not have them), as in the config hash.
+        return {name: value for name, value in dataclasses.asdict(self.config).items()
+                if not (name in ANCHOR_FIELD_DEFAULTS and value == ANCHOR_FIELD_DEFAULTS[name])}
 
 
 # Lazy, like the suites: a method's module loads only when the method is used or the methods are
