@@ -88,7 +88,7 @@ def summarise(labels: dict[str, list[dict]], pair_costs: list[tuple[float, float
 
 def check_cost_model(cost_spec: str, labels: dict[str, list[dict]], source: dict, cfg, home: Path) -> dict:
     """The record for these judgements, computed once per cost model, judgements and template."""
-    from harness.models.hashing import sha256_json
+    from harness.hashing import sha256_json
     from harness.models.loading import load_score_model, model_identity
     from harness.pipeline import JsonCache
     from harness.scoring.score_models import score_responses
