@@ -94,9 +94,9 @@ def _head_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        raise BadInput("recluster: cannot read the git commit; run it from a checkout") from None
+        raise BadInput("cannot read the git commit; run it from a checkout") from None
     if dirty:
-        raise BadInput("recluster: the tree has uncommitted changes; commit first so the entries name a real commit")
+        raise BadInput("the tree has uncommitted changes; commit first so the entries name a real commit")
     return commit
 
 
