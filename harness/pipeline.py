@@ -795,6 +795,20 @@ def run_pipeline(cfg: RunConfig, out_dir: Path, *, progress: Callable[[str], Non
     return ctx
 
 
+_PEAK_RESETTABLE = True
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's peak-resident-memory counter afresh (Linux's clear_refs "5" resets the
+    high-water mark that ru_maxrss reports), so each stage's summary holds its own peak."""
+    global _PEAK_RESETTABLE
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        _PEAK_RESETTABLE = False
+
+
 def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     """Run one stage: on every rank if it is collective, else on rank 0 while the others wait."""
     run_dir = ctx.run_dir
@@ -802,6 +816,7 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     run_dir.reset_stage(name)
     distributed.barrier()
     started = time.perf_counter()
+    _reset_peak_rss()
     run_dir.mark(name, "running")
     kill_point(f"stage:{name}:start")
     error = None
@@ -833,8 +848,9 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     if main_process:
         summary["duration_s"] = time.perf_counter() - started
         summary["finished_at"] = _now()
-        # The process's peak resident memory so far: the first stage at which it jumps is the one
-        # that holds it (the figure never falls, so each stage's own peak is read as a step up).
+        # This stage's own peak resident memory where the kernel lets the peak be reset (Linux),
+        # else the process's peak so far (which never falls: a stage's own peak is then a step up).
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        summary["peak_rss_scope"] = "stage" if _PEAK_RESETTABLE else "process"
         run_dir.mark(name, "complete", summary)
     distributed.barrier()
