@@ -673,11 +673,17 @@ def save_state(out: Path, state_dir: Path) -> None:
             target.close()
         tmp.replace(state_dir / STUDIES_DB)
     paths = [p for pattern in STATE_FILES for p in sorted(out.glob(pattern))]
-    paths += [p for _, files in _run_state_files(out) for p in files]
+    run_files = _run_state_files(out)
+    paths += [p for _, files in run_files for p in files]
     for path in paths:
         target = state_dir / path.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(target, json.loads(path.read_text()))
+    from harness.study_costs import save_costs
+
+    save_costs(out, state_dir, [run_dir for run_dir, _ in run_files])
+
+
 
 
 def restore_state(state_dir: Path, out: Path) -> int:

@@ -691,6 +691,9 @@ def test_a_study_goes_on_from_its_saved_state_on_a_fresh_machine(tmp_path, monke
     assert len(trial_runs) == 3 and all((state / "trials" / r / "score" / "metrics.json").is_file() for r in trial_runs)
     # Nothing but the state travels: weights, samples and logs stay behind.
     assert not list(state.rglob("*.safetensors")) and not (state / "trials" / "logs").exists()
+    # Each complete run's stage costs are kept beside the state (test_the_cost_ledger_...).
+    costs = json.loads((state / "costs.json").read_text())
+    assert sorted(costs) == [f"trials/{r}" for r in trial_runs]
 
     fake.batches.clear()
     assert main([*argv, "--out", str(tmp_path / "second")]) == 0, capsys.readouterr().err
@@ -698,3 +701,19 @@ def test_a_study_goes_on_from_its_saved_state_on_a_fresh_machine(tmp_path, monke
     second = _study(tmp_path / "second", "npo")
     assert second["selected_trial"] == first["selected_trial"]
     assert [t["params"] for t in second["trials"]] == [t["params"] for t in first["trials"]]
+
+
+def test_the_cost_ledger_sums_stage_times_and_keeps_the_largest_peak(tmp_path):
+    from harness.rundir import RunLayout
+    from harness.study_costs import cost_report, save_costs
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    for run_id, seconds, peak in (("a", 60.0, 1024.0), ("b", 120.0, 3072.0)):
+        layout = RunLayout(out / "trials" / run_id)
+        layout.status.write({"method": "d2o", "stages": {"train": "complete"}, "complete": True})
+        layout.complete_marker("train").write({"duration_s": seconds, "peak_rss_mb": peak})
+    save_costs(out, state, [out / "trials" / "a"])
+    save_costs(out, state, [out / "trials" / "b"])  # a later session: "a" stays in the ledger
+    report = cost_report(state)
+    assert "| trials: d2o (2) | train | 3.0 | 3.00 |" in report, report
+    assert "2 runs, 0.05 h" in report
