@@ -133,3 +133,35 @@ def test_builtin_names_are_looked_up_in_their_own_folder_only():
     manager = capability._task_manager([capability.LOCAL_TASKS_DIR, *capability._candidate_dirs("mmlu")])
     assert "mmlu" in manager.all_tasks and TASK in manager.all_tasks
     assert len(manager.all_tasks) < 1000
+
+
+@pytest.mark.parametrize("lengths,max_batch,budget,expected", [
+    ([10, 10, 10, 10], 8, 25, [2, 2, 2, 2]),          # 2 x 10 tokens fit in 25
+    ([30, 10, 10, 5, 5], 8, 25, [1, 2, 2, 2, 2]),     # a request longer than the budget goes alone
+    ([4, 4, 4, 4, 4], 3, 100, [3, 3, 3, 2, 2]),      # never more than max_batch; the tail is short
+    ([None, None, None], 2, 1, [2, 2, 1]),             # unknown lengths (generation): max_batch
+])
+def test_batch_plan_keeps_every_batch_within_the_token_budget(lengths, max_batch, budget, expected):
+    assert capability.batch_plan(lengths, max_batch=max_batch, budget_tokens=budget) == expected
+
+
+def test_logits_budget_cuts_batches_without_changing_results(tiny_lm, monkeypatch):
+    model, tokenizer = tiny_lm
+    seen = []
+    original_forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        ids = args[0] if args else kwargs["input_ids"]
+        seen.append(tuple(ids.shape))
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    wide = capability.run_capability(model, tokenizer, [TASK], limit=12, batch_size=16)
+    wide_shapes, seen[:] = list(seen), []
+    # A budget of a few tokens' logits: every request is scored alone.
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(capability, "LOGITS_BUDGET_BYTES", 2 * vocabulary * 4 * 3)
+    narrow = capability.run_capability(model, tokenizer, [TASK], limit=12, batch_size=16)
+    assert max(batch for batch, _ in wide_shapes) > 1
+    assert seen and all(batch == 1 for batch, _ in seen)
+    assert narrow["tasks"][TASK]["metrics"]["acc"]["value"] == wide["tasks"][TASK]["metrics"]["acc"]["value"]

@@ -37,6 +37,12 @@ LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 # resamples keep the run short and the estimate usable.
 BOOTSTRAP_ITERS = 1000
 FEWSHOT_SEED = 1234
+# lm-eval scores a batch by materialising its logits over the whole vocabulary for every token,
+# then a log-softmax copy of them: 2 x batch x length x vocabulary floats. At real-smollm2's
+# eval.batch_size of 32, MMLU's longest contexts made that 7.7 GB of a run's peak (measured:
+# benchmarks/RESULTS.md, "Where a real run's memory goes"). Batches are therefore cut so each
+# copy stays within this budget (at least one item per batch); results do not depend on it.
+LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
 def _builtin_tasks_dir() -> Path:
@@ -235,6 +241,61 @@ def _summarise(results: dict, loaded: dict, names: list[str]) -> dict:
     return out
 
 
+def _tokens_of(request, max_length: int) -> Optional[int]:
+    """The padded length lm-eval gives a loglikelihood request, (args, context, continuation);
+    None for a request that is not tokenised yet (a generation request)."""
+    if isinstance(request, tuple) and len(request) == 3 and isinstance(request[1], list):
+        _, context, continuation = request
+        return max(1, len((context + continuation)[-(max_length + 1):][:-1]))
+    return None
+
+
+def batch_plan(lengths: list[Optional[int]], *, max_batch: int, budget_tokens: int) -> list[int]:
+    """For requests sorted longest first (as lm-eval orders them), the size of the batch each
+    one falls in: a batch starts at its longest request and holds as many as keep
+    batch x that length within `budget_tokens`, at least 1 and at most `max_batch`. A request of
+    unknown length (None) is budgeted at `max_batch`."""
+    sizes, start = [0] * len(lengths), 0
+    while start < len(lengths):
+        length = lengths[start]
+        fits = max_batch if length is None else max(1, min(max_batch, budget_tokens // length))
+        size = min(fits, len(lengths) - start)
+        sizes[start:start + size] = [size] * size
+        start += size
+    return sizes
+
+
+def _budgeted_lm(model, tokenizer, max_batch: int):
+    """lm-eval's HFLM with batches cut to a logits memory budget (LOGITS_BUDGET_BYTES).
+
+    Uses lm-eval's adaptive-batch hooks (`batch_size="auto"`): `_batch_scheduler` is asked the
+    size of the batch at each position of the length-sorted requests, `_detect_batch_size` the
+    one size for generation and rolling windows. lm-eval's own versions probe by running
+    forward passes until CUDA reports out-of-memory, which never happens on a CPU."""
+    from lm_eval.models.huggingface import HFLM
+
+    vocabulary = int(model.get_output_embeddings().weight.shape[0])
+    element = max(next(model.parameters()).element_size(), 4)  # log-softmax may upcast
+    budget_tokens = max(1, LOGITS_BUDGET_BYTES // (2 * vocabulary * element))
+
+    class BudgetedHFLM(HFLM):
+        _planned_for = None
+        _plan: list[int] = []
+
+        def _batch_scheduler(self, pos, requests):
+            if self._planned_for is not requests:  # the same tuple for one pass over requests
+                self._planned_for = requests
+                self._plan = batch_plan([_tokens_of(r, self.max_length) for r in requests],
+                                        max_batch=max_batch, budget_tokens=budget_tokens)
+            return self._plan[pos]
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            length = _tokens_of(requests[pos], self.max_length) if requests else self.max_length
+            return batch_plan([length], max_batch=max_batch, budget_tokens=budget_tokens)[0]
+
+    return BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=max_batch)
+
+
 def run_capability(
     model,
     tokenizer,
@@ -262,7 +323,6 @@ def run_capability(
         raise BadInput(f"capability: num_fewshot must be a non-negative integer, got {num_fewshot!r}")
 
     from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
 
     loaded = _load_tasks(names, include_paths)
     for task in loaded["tasks"].values():
@@ -277,7 +337,7 @@ def run_capability(
     was_training = model.training
     model.eval()
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = _budgeted_lm(model, tokenizer, max_batch=batch_size)
         results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS,
                            log_samples=True)  # per-item results: task-clustered intervals
     except BadInput:
