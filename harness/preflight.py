@@ -92,6 +92,14 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
     # cannot fit in memory.
     get_suite(cfg.suite).check(cfg)
+    # A user's copy of a safety set (real.extra_eval_sets NAME=PATH) is read now: a malformed one
+    # would otherwise be found while the suite's data are assembled, inside the run.
+    for entry in cfg.real.extra_eval_sets:
+        name, _, path = entry.partition("=")
+        if path:
+            from harness.suites.real_data import read_user_eval_set
+
+            read_user_eval_set(name.strip(), path.strip())
     check_memory(cfg)
     if cfg.eval.lm_eval_tasks:
         from harness.scoring.capability import check_task_names
