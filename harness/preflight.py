@@ -84,7 +84,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # What data.train_dataset may name is a matter of the configuration, not of what is reachable:
     # refused even in a dry run.
     _check_train_dataset_setting(cfg.data)
-    check_sources(models, lambda: _check_dataset(cfg.data.dataset, revision=cfg.data.revision),
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset, revision=cfg.data.revision,
+                                                  data_dir=cfg.data.data_dir),
                   lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"),
                   lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
                   if cfg.data.train_dataset is not None else None)
@@ -296,17 +297,21 @@ def _check_train_dataset_setting(data_cfg) -> None:
                        "responses to train on: set data.format to pku-saferlhf, hh-rlhf or negatives")
 
 
-def _check_dataset(spec: str, field: str = "data.dataset", *, revision: Optional[str] = None) -> None:
+def _check_dataset(spec: str, field: str = "data.dataset", *, revision: Optional[str] = None,
+                   data_dir: Optional[str] = None) -> None:
     if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
         return
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
         raise BadInput(f"{field} {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
-    _resolve_on_hub(field, spec, "dataset", revision)
+    info = _resolve_on_hub(field, spec, "dataset", revision)
+    files = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    if data_dir and files and not any(name.startswith(data_dir.rstrip("/") + "/") for name in files):
+        raise BadInput(f"data.data_dir {data_dir}: no such folder in {spec} at revision {revision or 'default'}")
 
 
-def _resolve_on_hub(field: str, spec: str, kind: str, revision: Optional[str] = None) -> None:
+def _resolve_on_hub(field: str, spec: str, kind: str, revision: Optional[str] = None):
     """One cheap Hub call (the repository's info, at the pinned revision) for a model or dataset
     id that is not local: a revision the repository lacks is refused here, not mid-run."""
     from huggingface_hub import HfApi
@@ -314,7 +319,7 @@ def _resolve_on_hub(field: str, spec: str, kind: str, revision: Optional[str] = 
 
     info = HfApi().model_info if kind == "model" else HfApi().dataset_info
     try:
-        info(spec, revision=revision, timeout=10)
+        return info(spec, revision=revision, timeout=10)
     except RevisionNotFoundError:
         raise BadInput(f"{field} {spec}: the Hub repository has no revision {revision}") from None
     except RepositoryNotFoundError:

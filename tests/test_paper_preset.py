@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -189,16 +190,21 @@ def test_preflight_asks_the_hub_for_the_pinned_revision_and_refuses_one_it_lacks
 
         def dataset_info(self, repo_id, revision=None, timeout=None):
             asked.append(("dataset", repo_id, revision))
+            return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in (
+                "README.md", "data/Alpaca-7B/train.jsonl", "data/Alpaca-7B/test.jsonl")])
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = resolve_config(preset="paper")
     preflight._check_model("model.policy", cfg.model.policy, None, revision=cfg.model.policy_revision)
-    preflight._check_dataset(cfg.data.dataset, revision=cfg.data.revision)
+    preflight._check_dataset(cfg.data.dataset, revision=cfg.data.revision, data_dir=cfg.data.data_dir)
     assert ("model", cfg.model.policy, cfg.model.policy_revision) in asked
     assert ("dataset", cfg.data.dataset, cfg.data.revision) in asked
     with pytest.raises(BadInput, match="has no revision gone$"):
         preflight._check_model("model.policy", cfg.model.policy, None, revision="gone")
+    # A folder the pinned commit lacks is refused before the run, not when the data stage reads it.
+    with pytest.raises(BadInput, match="^data.data_dir data/Alpaca-13B: no such folder in PKU-Alignment/PKU-SafeRLHF"):
+        preflight._check_dataset(cfg.data.dataset, revision=cfg.data.revision, data_dir="data/Alpaca-13B")
 
 
 def test_the_preset_and_docs_say_what_differs_from_the_paper():
