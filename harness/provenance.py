@@ -31,8 +31,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_provenance(preset: str) -> Optional[dict[str, dict]]:
-    """The preset's declared provenance rows, or None when it declares none."""
+def _provenance_file(preset: str) -> Optional[dict]:
     node = resources.files("harness.presets").joinpath("provenance", f"{preset}.yaml")
     if not node.is_file():
         return None
@@ -40,7 +39,23 @@ def load_provenance(preset: str) -> Optional[dict[str, dict]]:
         data = yaml.safe_load(node.read_text()) or {}
     except yaml.YAMLError as exc:
         raise BadInput(f"provenance of preset {preset}: not valid YAML: {' '.join(str(exc).split())}") from None
-    rows = data.get("settings") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise BadInput(f"provenance of preset {preset}: top level must be a mapping")
+    return data
+
+
+def recommended_method(preset: str) -> Optional[dict]:
+    """{"name", "why"}: the method variant the docs recommend with this preset, if any."""
+    data = _provenance_file(preset)
+    return (data or {}).get("recommended_method")
+
+
+def load_provenance(preset: str) -> Optional[dict[str, dict]]:
+    """The preset's declared provenance rows, or None when it declares none."""
+    data = _provenance_file(preset)
+    if data is None:
+        return None
+    rows = data.get("settings")
     if not isinstance(rows, dict):
         raise BadInput(f"provenance of preset {preset}: needs a `settings` mapping")
     for key, row in rows.items():
@@ -96,4 +111,12 @@ def provenance_table(cfg) -> list[str]:
         lines.append(f"  {key:<{widths[0]}}  {value:<{widths[1]}}  {source:<{widths[2]}}  {note}")
     counts = {label: sum(1 for r in rows if r[2] == label) for label in (*LABELS, YOURS)}
     lines.append("  " + ", ".join(f"{n} {label}" for label, n in counts.items()))
+    recommended = recommended_method(cfg.preset)
+    if recommended:
+        from harness.registry import get_method
+
+        wanted, running = get_method(recommended["name"]), get_method(cfg.method_name)
+        if running.family == wanted.family and running.name != wanted.name:
+            lines.append(f"anchors:     the docs recommend --method {wanted.name} with preset {cfg.preset}: "
+                         f"{recommended['why']}")
     return lines

@@ -57,6 +57,14 @@ def test_dry_run_prints_each_setting_with_its_source_and_marks_a_changed_one_you
     assert f"PKU-Alignment/PKU-SafeRLHF@{cfg.data.revision}, folder data/Alpaca-7B" in plan
 
 
+def test_the_plan_names_the_recommended_anchors_to_a_run_of_another_d2o_variant():
+    from harness.plan import describe_plan
+
+    assert "the docs recommend --method d2o-guided" in describe_plan(resolve_config(method="d2o", preset="paper"))
+    assert "the docs recommend" not in describe_plan(resolve_config(method="d2o-guided", preset="paper"))
+    assert "the docs recommend" not in describe_plan(resolve_config(method="dpo", preset="paper"))
+
+
 def test_a_preset_without_a_provenance_file_prints_no_table():
     from harness.plan import describe_plan
 
