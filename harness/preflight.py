@@ -68,8 +68,11 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
             warn(str(problem))
 
     def models() -> None:
+        from harness.hub_pins import model_revision
+
         for field, spec in _model_fields(cfg):
-            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None, cfg.preset)
+            _check_model(field, spec, cfg.model.gguf_file if field == "model.policy" else None, cfg.preset,
+                         revision=model_revision(cfg, field))
 
     def local_rows() -> None:
         train = cfg.data.train_dataset
@@ -81,7 +84,8 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # What data.train_dataset may name is a matter of the configuration, not of what is reachable:
     # refused even in a dry run.
     _check_train_dataset_setting(cfg.data)
-    check_sources(models, lambda: _check_dataset(cfg.data.dataset),
+    check_sources(models, lambda: _check_dataset(cfg.data.dataset, revision=cfg.data.revision,
+                                                  data_dir=cfg.data.data_dir),
                   lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"),
                   lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
                   if cfg.data.train_dataset is not None else None)
@@ -89,6 +93,14 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
     # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
     # cannot fit in memory.
     get_suite(cfg.suite).check(cfg)
+    # A user's copy of a safety set (real.extra_eval_sets NAME=PATH) is read now: a malformed one
+    # would otherwise be found while the suite's data are assembled, inside the run.
+    for entry in cfg.real.extra_eval_sets:
+        name, _, path = entry.partition("=")
+        if path:
+            from harness.suites.real_data import read_user_eval_set
+
+            read_user_eval_set(name.strip(), path.strip())
     check_memory(cfg)
     if cfg.eval.lm_eval_tasks:
         from harness.scoring.capability import check_task_names
@@ -142,7 +154,8 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
 
 
-def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = "") -> None:
+def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = "", *,
+                 revision: Optional[str] = None) -> None:
     if spec == "smollm2":
         # Converted from a wheel on first use: without the wheel, the run used to fetch the
         # real-safety suite's packages (hundreds of MB) and leave a locked run directory first.
@@ -165,11 +178,11 @@ def _check_model(field: str, spec: str, gguf_file: Optional[str], preset: str = 
         raise BadInput(f"{field} {spec}: no such file or directory")
     from huggingface_hub import try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(spec, gguf_file or "config.json"), str):
+    if isinstance(try_to_load_from_cache(spec, gguf_file or "config.json", revision=revision), str):
         return
     if _offline():
         raise BadInput(f"{field} {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
-    _resolve_on_hub(field, spec, "model")
+    _resolve_on_hub(field, spec, "model", revision)
 
 
 def _check_lora_targets(cfg) -> None:
@@ -284,24 +297,31 @@ def _check_train_dataset_setting(data_cfg) -> None:
                        "responses to train on: set data.format to pku-saferlhf, hh-rlhf or negatives")
 
 
-def _check_dataset(spec: str, field: str = "data.dataset") -> None:
+def _check_dataset(spec: str, field: str = "data.dataset", *, revision: Optional[str] = None,
+                   data_dir: Optional[str] = None) -> None:
     if spec in EMBEDDED_DATASETS or Path(spec).expanduser().exists():
         return
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
         raise BadInput(f"{field} {spec}: no such file or directory")
     if _offline():
         return  # a hub dataset may sit in the datasets cache; loading it says so if it does not
-    _resolve_on_hub(field, spec, "dataset")
+    info = _resolve_on_hub(field, spec, "dataset", revision)
+    files = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    if data_dir and files and not any(name.startswith(data_dir.rstrip("/") + "/") for name in files):
+        raise BadInput(f"data.data_dir {data_dir}: no such folder in {spec} at revision {revision or 'default'}")
 
 
-def _resolve_on_hub(field: str, spec: str, kind: str) -> None:
-    """One cheap Hub call (the repository's info) for a model or dataset id that is not local."""
+def _resolve_on_hub(field: str, spec: str, kind: str, revision: Optional[str] = None):
+    """One cheap Hub call (the repository's info, at the pinned revision) for a model or dataset
+    id that is not local: a revision the repository lacks is refused here, not mid-run."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     info = HfApi().model_info if kind == "model" else HfApi().dataset_info
     try:
-        info(spec, timeout=10)
+        return info(spec, revision=revision, timeout=10)
+    except RevisionNotFoundError:
+        raise BadInput(f"{field} {spec}: the Hub repository has no revision {revision}") from None
     except RepositoryNotFoundError:
         raise BadInput(f"{field} {spec}: no such {kind} on the Hugging Face Hub (or it is private)") from None
     except Exception as exc:  # network errors arrive as many types

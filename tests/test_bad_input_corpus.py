@@ -326,6 +326,26 @@ CASES = [
      "harm score column 'severity' must be a number in [0, 1]"),
     ("train-dataset-no-chosen-for-dpo", _user_rows(_NEGATIVE, *_NEGATIVE_COLUMNS, method="dpo"), RUN,
      "dpo needs a preferred response"),
+    # --- Hub revisions and dataset folders (harness/hub_pins.py)
+    ("policy-revision-on-embedded-model", _nothing, [*RUN, "--set", "model.policy_revision=abc123"],
+     "model.policy=tiny-world is not a Hub id"),
+    ("reward-revision-not-a-revision", _nothing, [*RUN, "--preset", "paper", "--set", "model.reward_model_revision=a b"],
+     "'a b' is not a revision"),
+    ("cost-revision-on-embedded-model", _nothing, [*RUN, "--set", "model.cost_model_revision=main"],
+     "model.cost_model=tiny-world is not a Hub id"),
+    ("one-repository-two-revisions", _nothing,
+     [*RUN, "--preset", "paper", "--set", "model.cost_model=PKU-Alignment/beaver-7b-v1.0-reward",
+      "--set", "model.cost_model_revision=main"], "pinned at two revisions"),
+    ("data-revision-on-embedded-dataset", _nothing, [*RUN, "--set", "data.revision=main"],
+     "data.dataset=tiny-world is not a Hub id"),
+    ("data-revision-with-dots", _nothing, [*RUN, "--preset", "paper", "--set", "data.revision=v0..main"],
+     "is not a revision"),
+    ("data-dir-escapes-the-repository", _nothing, [*RUN, "--preset", "paper", "--set", "data.data_dir=../x"],
+     "must be a relative folder"),
+    ("data-dir-absolute", _nothing, [*RUN, "--preset", "paper", "--set", "data.data_dir=/etc"],
+     "must be a relative folder"),
+    ("data-dir-on-a-local-dataset", _dataset(_GOOD, _GOOD), [*RUN, "--set", "data.data_dir=sub"],
+     "data.data_dir selects a folder of a Hub dataset"),
 ]
 
 

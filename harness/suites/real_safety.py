@@ -88,4 +88,6 @@ class RealSafetySuite(Suite):
 
     def dataset_record(self, assets):
         manifest = json.loads((assets.suite_dir / "MANIFEST.json").read_text())
-        return {"manifest": {k: manifest[k] for k in ("sources", "counts", "settings", "lm_eval_tasks")}}
+        # Extra safety sets (real.extra_eval_sets) appear only in entries of runs that asked for them.
+        keys = ("sources", "counts", "settings", "lm_eval_tasks", *(("extra_eval_sets",) if "extra_eval_sets" in manifest else ()))
+        return {"manifest": {k: manifest[k] for k in keys}}
