@@ -131,11 +131,23 @@ def test_best_follows_higher_is_better_not_the_largest_number(tmp_path):
     assert dpo_line.split("|")[3].strip().startswith("**0.010")
 
 
-def test_html_is_self_contained(published):
+def test_html_fetches_nothing_from_elsewhere_and_its_style_and_script_are_files_written_once(published):
     page = published["html"].read_text()
+    folder = published["html"].parent
     assert re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.IGNORECASE) is None
-    assert re.search(r"<link|@import|<iframe", page, re.IGNORECASE) is None
-    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
+    assert re.search(r"@import|<iframe", page, re.IGNORECASE) is None
+    # Every file the page loads lies beside it: its plots, its style and its two scripts.
+    loaded = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sorted(loaded) == sorted([p.name for n, p in published.items() if n.startswith("plot_")]
+                                    + ["leaderboard.css", "errors.js", "leaderboard.js"])
+    assert all((folder / name).is_file() and "/" not in name for name in loaded)
+    # Style and script are static files of the package, copied, not inlined per page.
+    assert "<style" not in page and re.search(r"<script>[^<]", page) is None and "data:" not in page
+    from importlib import resources
+    for name in ("leaderboard.css", "errors.js", "leaderboard.js"):
+        assert (folder / name).read_bytes() == resources.files("harness.publish").joinpath("static", name).read_bytes()
+    assert len(page) < 60_000  # no plot or script inlined
+    assert "default-src 'none'" in page  # and the page's policy allows nothing but its own folder
     assert page.count("<details>") == 4  # provenance on demand, one per row
     assert "d2o0000000000002" in page  # a config hash from the provenance
 
@@ -147,7 +159,8 @@ def test_html_and_markdown_escape_hostile_names(tmp_path):
         assert raw not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
-    assert page.count("<script>") == 2  # the page's own two scripts, nothing injected
+    scripts = re.findall(r"<script\b[^>]*>", page)  # the page's own two scripts, nothing injected
+    assert scripts == ['<script src="errors.js">', '<script src="leaderboard.js">']
     markdown = written["markdown"].read_text()
     assert HOSTILE_METHOD not in markdown and "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
     # The plots survive a name with mathtext characters.
@@ -257,7 +270,7 @@ def test_page_renders_sorts_and_keeps_hostile_names_as_text_in_chromium(tmp_path
     assert "<script>alert" not in dom
     assert re.search(r"<[a-z]+\b[^>]*\sonerror\s*=", dom, re.IGNORECASE) is None  # no element has a handler
     images = re.findall(r"<img\b[^>]*>", dom)
-    assert len(images) == 2 and all('src="data:image/png;base64,' in img for img in images)
+    assert len(images) == 2 and all(re.search(r'src="[a-z]+-tiny\.png"', img) for img in images)
     assert len(re.findall(r"<script\b", dom)) == 2
 
     shot = tmp_path / "page.png"
@@ -415,7 +428,7 @@ def test_frontier_plot_and_table_from_studies(tmp_path):
     assert "## Helpfulness at matched harm (tuning studies)" in markdown
     assert "| tiny | d2o | d2o-study | max\\_helpful\\_under\\_harm\\_cap | 1 | 3 | 0.450 | 0.930 |" in markdown
     page = written["html"].read_text()
-    assert 'id="frontier"' in page and page.count('src="data:image/png;base64,') == 3  # tradeoff, loss, frontier
+    assert 'id="frontier"' in page and len(re.findall(r"<img\b", page)) == 3  # tradeoff, loss, frontier
 
 
 def test_publish_main_takes_studies(tmp_path, capsys):
@@ -574,9 +587,9 @@ def test_an_instrument_that_fails_its_check_is_absent_from_tables_plots_and_name
     assert named > table_end and "judge failed its check and is not a result" in page
     assert "must exceed 0.25" in markdown
     # The instruments that passed stay, and the refusal rules' bias is stated under every table that
-    # shows their metrics: the main table and the pairing with the base.
+    # shows their metrics: the main table, the pairing with the base and the pairing with d2o.
     assert "cost" in header and "harmful_compliance_rate_mean" in header
-    assert markdown.count("refusal-rules bias: recall 0.70") == 2 and page.count("refusal-rules bias: recall 0.70") == 2
+    assert markdown.count("refusal-rules bias: recall 0.70") == 3 and page.count("refusal-rules bias: recall 0.70") == 3
     assert "plot_tradeoff_real-smollm2" in written  # cost against reward
 
     # The cost model fails (its AUROC's lower bound 0.600 is under the refusal-rule baseline's
@@ -616,8 +629,8 @@ def test_refusal_rule_rates_without_a_check_of_their_own_carry_the_real_suites_b
     note = ("refusal-rules bias: recall 0.70: the rules miss 30% of human-labelled refusals, so harmful\\_compliance\\_rate "
             "and benign\\_answer\\_rate are biased upward and over\\_refusal\\_rate downward (on pyrit's 105 human refusal "
             "labels, measured by suite real-safety, not on these entries' data).")
-    assert markdown.count(note) == 2  # under the main table and under the pairing with the base
-    assert page.count("not on these entries&#x27; data") == 2
+    assert markdown.count(note) == 3  # under the main table and under the pairings with the base and with d2o
+    assert page.count("not on these entries&#x27; data") == 3
     for entry in document["entries"]:
         entry["metrics"] = {k: v for k, v in entry["metrics"].items() if k in ("cost", "safe_rate")}
     path.write_text(json.dumps(document))
