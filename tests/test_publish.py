@@ -660,3 +660,103 @@ def test_every_interval_of_a_bounded_metric_lies_within_its_bounds():
     assert accuracy["high"] == 1.0 and 0.0 <= accuracy["low"] < accuracy["mean"] < 1.0
     unbounded = summarise(seeds, "reward")  # a score model's number has no bound to cut at
     assert unbounded["high"] > 1.0 and unbounded["low"] == pytest.approx(accuracy["low"])
+
+
+# --------------------------------------------------------------------------- --against and findings
+
+
+def test_against_pairs_every_method_with_the_reference_on_the_same_prompts(clustered_published):
+    document, written = clustered_published
+    with written["differences_csv"].open(newline="") as handle:
+        rows = {(r["method"], r["metric"]): r for r in csv.DictReader(handle)}
+    assert {r["against"] for r in rows.values()} == {"d2o"} and not any(m == "d2o" for m, _ in rows)
+    for method in ("dpo", "base"):
+        for metric, higher in (("harmful_rate", False), ("helpful_rate", True), ("cost", False)):
+            kind = "rate" if metric.endswith("_rate") else "mean"
+            expected = stats.paired_difference_runs(_per_cluster(document, method, metric),
+                                                    _per_cluster(document, "d2o", metric), kind=kind,
+                                                    higher_is_better=higher)
+            row = rows[(method, metric)]
+            assert (float(row["delta"]), float(row["ci_low"]), float(row["ci_high"])) == pytest.approx(
+                (expected.delta, expected.low, expected.high))
+            assert float(row["half_width"]) == pytest.approx((expected.high - expected.low) / 2)
+            assert row["resolved"] == str(expected.low > 0 or expected.high < 0)
+    markdown = written["markdown"].read_text()
+    section = markdown.split("### against d2o (preset tiny)")[1]
+    base = rows[("base", "harmful_rate")]
+    line = next(x for x in section.splitlines() if x.startswith("| base | harmful\\_rate"))
+    assert f"{float(base['delta']):+.3f} [{float(base['ci_low']):+.3f}, {float(base['ci_high']):+.3f}] " \
+           f"±{float(base['half_width']):.3f}" in line
+    assert "smallest difference from d2o this board could detect" in markdown
+    assert 'class="vs-against"' in written["html"].read_text()
+
+
+def test_against_names_the_reference_and_refuses_an_unknown_method(tmp_path, capsys):
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps(clustered_tiny()))
+    written = publish([path], tmp_path / "out", against="dpo")
+    assert "### against dpo (preset tiny)" in written["markdown"].read_text()
+    assert "| d2o | harmful\\_rate" in written["markdown"].read_text().split("### against dpo")[1]
+    assert publish_main([str(path), "--to", str(tmp_path / "bad"), "--against", "nope"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--against nope: no row of that method" in error
+    assert not (tmp_path / "bad").exists()
+    # A legacy board (no per-task data) has nothing to pair: no section, no differences.csv.
+    legacy = publish([FIXTURES / "tiny.json"], tmp_path / "legacy")
+    assert "differences_csv" not in legacy and "### against" not in legacy["markdown"].read_text()
+
+
+FINDINGS = """D2O's harm is {{ d2o.harmful_rate }} (upper bound {{ d2o.harmful_rate.high }}, {{ d2o.n_seeds }} seeds).
+Against DPO: {{diff d2o dpo harmful_rate}}, detectable {{ detectable d2o dpo harmful_rate }};
+against the base it is {{ verdict d2o base harmful_rate }}, on helpfulness {{ verdict d2o base helpful_rate }}.
+"""
+
+
+def test_findings_take_every_number_from_the_board(tmp_path):
+    from harness.publish import aggregate
+    from harness.publish.pooling import format_summary, paired_difference
+
+    document = clustered_tiny()
+    path = tmp_path / "leaderboard.json"
+    path.write_text(json.dumps(document))
+    (tmp_path / "FINDINGS.md.in").write_text(FINDINGS)
+    written = publish([path], tmp_path / "published", readme=tmp_path / "README.md")
+    readme = written["readme"].read_text()
+    rows = {r["method"]: r for r in aggregate(document["entries"])["rows"]}
+    harm = rows["d2o"]["metrics"]["harmful_rate"]
+    d = paired_difference(rows["d2o"], rows["dpo"], "harmful_rate")
+    vs_base = paired_difference(rows["d2o"], rows["base"], "harmful_rate")
+    assert vs_base.high < 0  # the fixture's d2o is clearly less harmful than its base
+    helpful = paired_difference(rows["d2o"], rows["base"], "helpful_rate")
+    helpful_verdict = "not resolved" if helpful.low <= 0 <= helpful.high else ("higher" if helpful.delta > 0 else "lower")
+    expected = (f"D2O's harm is {format_summary(harm)} (upper bound {harm['high']:.3f}, 3 seeds).\n"
+                f"Against DPO: {d.delta:+.3f} [{d.low:+.3f}, {d.high:+.3f}], detectable {(d.high - d.low) / 2:.3f};\n"
+                f"against the base it is lower, on helpfulness {helpful_verdict}.\n")
+    assert "## Findings\n\n" + expected.strip() + "\n" in readme
+    assert readme.startswith("<!-- Generated by `d2o-bench publish --readme`")
+    assert "![plot_frontier" not in readme and "](published/tradeoff-tiny.png)" in readme
+    assert "## Provenance" in readme and "leaderboard.json" in readme
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("{{ d2o.no_such_metric }}", "d2o has no value of 'no_such_metric'"),
+    ("{{ nope.harmful_rate }}", "method 'nope' has no row on this board"),
+    ("{{ diff d2o dpo }}", "cannot read the reference"),
+    ("{{ d2o.harmful_rate.median }}", "unknown field 'median'"),
+    ("{{ d2o.harmful_rate", "unbalanced"),
+])
+def test_a_reference_that_does_not_resolve_names_its_line_and_nothing_is_written(tmp_path, capsys, reference, message):
+    path = tmp_path / "leaderboard.json"
+    path.write_text(json.dumps(clustered_tiny()))
+    (tmp_path / "FINDINGS.md.in").write_text(f"# Findings\n\nfine: {{{{ d2o.harmful_rate }}}}\n{reference}\n")
+    assert publish_main([str(path), "--to", str(tmp_path / "published"), "--readme", str(tmp_path / "README.md")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"FINDINGS.md.in:4: " in error and message in error
+    assert not (tmp_path / "README.md").exists() and not (tmp_path / "published").exists()
+
+
+def test_a_difference_without_per_task_data_cannot_be_quoted(tmp_path):
+    shutil.copy(FIXTURES / "tiny.json", tmp_path / "leaderboard.json")
+    (tmp_path / "FINDINGS.md.in").write_text("{{ diff d2o dpo harmful_rate }}\n")
+    with pytest.raises(BadInput, match="cannot be paired"):
+        publish([tmp_path / "leaderboard.json"], tmp_path / "published", readme=tmp_path / "README.md")

@@ -44,29 +44,46 @@ def _value_cell(summary: Optional[dict], best: bool) -> str:
     return f'<td{css} data-sort="{summary["mean"]!r}" title="{_e(text)}"><span class="v">{_e(value)}</span>{ci}</td>'
 
 
+def _flat(value, prefix: str = "") -> dict:
+    """A nested config as {"section.field": value}, to name what differs between runs."""
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    flat = {}
+    for key, item in value.items():
+        flat.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
 def _provenance_html(row: dict) -> str:
-    parts = [f"<details><summary>{len(row['runs'])} run(s)</summary>"]
-    for run in row["runs"]:
+    """The row's runs: what they share once (models, data, harness, environment, config), then one
+    line per run. A page lists every run of a board, so repeating each run's full config would
+    make it megabytes; the fields in which the runs' configs differ are named instead."""
+    runs = row["runs"]
+    first = runs[0]["provenance"]
+    git = first.get("git") or {}
+    shared = [
+        ("base model", f"{first['base_model'].get('id')} sha256={first['base_model'].get('sha256')}"),
+        ("dataset", f"{first['dataset'].get('id')} fingerprint={first['dataset'].get('fingerprint')}"),
+        ("harness", f"{first.get('harness_version')} git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"),
+        ("image", first.get("container_image_digest")),
+        ("environment", ", ".join(f"{k} {v}" for k, v in (first.get("environment") or {}).items())),
+        ("hyperparameters", canonical(runs[0]["hyperparameters"])),
+    ]
+    configs = [_flat(run["provenance"].get("config") or {}) for run in runs]
+    differing = sorted({key for config in configs for key in config
+                        if any(other.get(key, None) != config.get(key, None) for other in configs)})
+    per_run = []
+    for run in runs:
         p = run["provenance"]
-        env = p.get("environment") or {}
-        git = p.get("git") or {}
-        facts = [
-            ("run_id", run["run_id"]), ("seed", run["seed"]), ("status", run["status"]),
-            ("config_hash", p.get("config_hash")),
-            ("base model", f"{p['base_model'].get('id')} sha256={p['base_model'].get('sha256')}"),
-            ("dataset", f"{p['dataset'].get('id')} fingerprint={p['dataset'].get('fingerprint')}"),
-            ("harness", f"{p.get('harness_version')} git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"),
-            ("image", p.get("container_image_digest")),
-            ("environment", ", ".join(f"{k} {v}" for k, v in env.items())),
-            ("time", f"{p.get('started_at')} → {p.get('finished_at')} ({p.get('wall_time_s')} s)"),
-            ("hyperparameters", canonical(run["hyperparameters"])),
-        ]
-        parts.append(f"<pre class=\"run\">{''.join(f'{_e(k)}: {_e(v)}' + chr(10) for k, v in facts)}"
-                     f"config: {_e(json.dumps(p.get('config'), indent=1, sort_keys=True))}</pre>")
-    parts.append("</details>")
-    return "".join(parts)
-
-
+        run_git = (p.get("git") or {}).get("commit")
+        per_run.append(f"{run['run_id']}  seed {run['seed']}  {run['status']}  config_hash {p.get('config_hash')}"
+                       + (f"  git {run_git}" if run_git != git.get("commit") else "")
+                       + f"  {p.get('started_at')} → {p.get('finished_at')} ({p.get('wall_time_s')} s)")
+    facts = "".join(f"{_e(k)}: {_e(v)}\n" for k, v in shared)
+    return (f"<details><summary>{len(runs)} run(s)</summary><pre class=\"run\">{facts}"
+            f"runs:\n{_e(chr(10).join(per_run))}\n"
+            f"config of the first run{' (the runs differ in ' + _e(', '.join(differing)) + ')' if differing else ''}:\n"
+            f"{_e(json.dumps(first.get('config'), sort_keys=True, separators=(',', ':')))}</pre></details>")
 
 
 def _table(attributes: str, header: list[str], rows: list[list[str]]) -> str:
@@ -171,8 +188,9 @@ def render_html(table: dict, plots: dict[str, str], studies: Optional[list[dict]
     header = ['<th data-col="preset" data-type="text">preset</th>',
               '<th data-col="method" data-type="text">method</th>',
               '<th data-col="n_seeds" data-type="number">n seeds</th>']
-    header += [f'<th data-col="{_e(n)}" data-type="number">{_e(n)} {arrow(table["directions"][n])}</th>'
-               for n in names]
+    # A break opportunity after each underscore: long metric names wrap instead of widening the table.
+    header += [f'<th data-col="{_e(n)}" data-type="number">{_e(n).replace("_", "_<wbr>")} '
+               f'{arrow(table["directions"][n])}</th>' for n in names]
     header.append('<th data-col="provenance" data-type="text">provenance</th>')
     body = []
     for row in table["rows"]:

@@ -1,7 +1,7 @@
 """The plots of a published leaderboard, readable at their published size with every method of a
-preset: legends sit outside the axes (never over a point or curve), and the tuning frontier is
-drawn as small multiples, one panel per method on shared axes, so a dozen methods' trials, fronts
-and test results do not pile onto one another.
+preset, so nothing is drawn over anything else: the harm/help plot is a forest plot (one line per
+method, labelled on the axis, no legend), the loss curves and the tuning frontier are small
+multiples (one panel per method; the frontier on shared axes with one legend under the panels).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from harness.publish.pooling import HARMFULNESS_METRICS, HELPFULNESS_METRICS, ar
 # the column, so a figure this wide is read unscaled on a laptop screen.
 WIDTH = 9.6
 DPI = 100
-# Colours repeat after ten methods; colour × marker keeps every method distinguishable.
-MARKERS = "osD^v<>ph*"
 
 
 def _pyplot():
@@ -43,12 +41,6 @@ def error_bar(summary: dict) -> list[list[float]]:
     return [[max(summary["mean"] - summary["low"], 0.0)], [max(summary["high"] - summary["mean"], 0.0)]]
 
 
-def _legend_outside(axes, **kwargs) -> None:
-    """Right of the axes, top-aligned: it never covers data, however many methods there are."""
-    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                frameon=False, **kwargs)
-
-
 def save_figure(figure, path: Path) -> None:
     buffer = io.BytesIO()
     # bbox_inches="tight" keeps a legend outside the axes inside the image.
@@ -63,25 +55,32 @@ def _metric_present(rows: list[dict], names: tuple[str, ...]) -> Optional[str]:
 
 
 def plot_tradeoff(rows: list[dict], path: Path) -> bool:
-    """Harmfulness against helpfulness, one point per method with 95% interval bars; False if nothing to plot."""
+    """Harmfulness beside helpfulness, one line per method (a forest plot: the value and its 95%
+    interval), methods ordered by harm, the base policy's value as a dashed line: intervals that
+    overlap stay readable where a scatter of crosses would pile up. False if nothing to plot."""
     harm, helpful = _metric_present(rows, HARMFULNESS_METRICS), _metric_present(rows, HELPFULNESS_METRICS)
     points = [r for r in rows if harm and helpful and r["metrics"].get(harm) and r["metrics"].get(helpful)
               and r.get("headline", True)]
     if not points:
         return False
+    points.sort(key=lambda r: (r["metrics"][harm]["mean"], r["label"]))
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(WIDTH * 0.75, 4.8), dpi=DPI)
+    figure, panels = plt.subplots(1, 2, sharey=True, figsize=(WIDTH * 0.8, 1.4 + 0.3 * len(points)), dpi=DPI)
     try:
-        for index, row in enumerate(points):
-            x, y = row["metrics"][helpful], row["metrics"][harm]
-            axes.errorbar(x["mean"], y["mean"], xerr=error_bar(x), yerr=error_bar(y),
-                          fmt=MARKERS[(index // 10 + index) % len(MARKERS)], color=f"C{index % 10}",
-                          capsize=3, markersize=7, label=plot_label(row["label"]))
-        axes.set_xlabel(f"{helpful} ({arrow(True)} better)")
-        axes.set_ylabel(f"{harm} ({arrow(False)} better)")
-        axes.set_title(plot_label(f"harmfulness vs helpfulness (95% intervals) — preset {points[0]['preset']}"))
-        axes.grid(alpha=0.3)
-        _legend_outside(axes)
+        for axes, metric, higher in ((panels[0], harm, False), (panels[1], helpful, True)):
+            for index, row in enumerate(points):
+                summary = row["metrics"][metric]
+                base = row["method"] == "base"
+                axes.errorbar(summary["mean"], index, xerr=error_bar(summary), fmt="s" if base else "o",
+                              color="grey" if base else "C0", capsize=3, markersize=5)
+                if base:
+                    axes.axvline(summary["mean"], color="grey", linestyle="--", linewidth=1, zorder=0)
+            axes.set_xlabel(f"{metric} ({arrow(higher)} better)")
+            axes.grid(axis="x", alpha=0.3)
+        panels[0].set_yticks(range(len(points)), [plot_label(r["label"]) for r in points])
+        panels[0].invert_yaxis()
+        figure.suptitle(plot_label(f"harmfulness and helpfulness, 95% intervals — preset {points[0]['preset']}"))
+        figure.tight_layout()
         save_figure(figure, path)
     finally:
         plt.close(figure)
@@ -93,41 +92,56 @@ DIAGNOSTIC_PANELS = (("diag/sigmoid_neg_margin", "σ(−u)"), ("diag/grad_share_
 
 
 def plot_loss_curves(rows: list[dict], path: Path) -> bool:
-    """Training loss per method (every seed, one colour per method), and under it each per-step
-    diagnostic some run recorded (D²O's σ(−u) and its anchor term's gradient share); False if no
-    run recorded a curve."""
+    """Training loss per method as small multiples, each method on its own scale (methods optimise
+    different losses, so one shared axis flattens most of them), every run (seed) a line; under
+    each method's loss, each per-step diagnostic some run recorded (D²O's σ(−u) and its anchor
+    term's gradient share). False if no run recorded a curve."""
     runs = [(row, run["provenance"]["train"]) for row in rows for run in row["runs"]
             if run["status"] == "complete" and (run["provenance"].get("train") or {}).get("loss_curve")]
     if not runs:
         return False
     plt = _pyplot()
+    labels = list(dict.fromkeys(row["label"] for row, _ in runs))
     panels = [(key, label) for key, label in DIAGNOSTIC_PANELS
               if any(key in step for _, train in runs for step in train.get("diagnostics") or [])]
-    figure, all_axes = plt.subplots(1 + len(panels), 1, figsize=(WIDTH * 0.75, 4.4 + 2.2 * len(panels)), dpi=DPI,
-                                    sharex=True, squeeze=False)
-    axes = all_axes[0][0]
+    quantities = [(None, "training loss")] + panels
+    columns = min(len(labels), 4)
+    blocks = math.ceil(len(labels) / columns)
+    width = WIDTH / 4 if columns == 4 else min(WIDTH / columns, 4.0)
+    figure, grid = plt.subplots(blocks * len(quantities), columns, dpi=DPI, squeeze=False,
+                                figsize=(width * columns, 2.0 * blocks * len(quantities) + 0.6))
     try:
-        colours = {}
-        for row, train in runs:
-            points = [(step, loss) for step, loss in train["loss_curve"] if loss is not None]
-            first = row["label"] not in colours
-            colour = colours.setdefault(row["label"], f"C{len(colours) % 10}")
-            style = "-" if len(colours) <= 10 else "--"  # the eleventh method on is dashed
-            axes.plot([p[0] for p in points], [p[1] for p in points], style, color=colour, alpha=0.8, linewidth=1.2,
-                      label=plot_label(row["label"]) if first else None)
-            for (key, _), panel in zip(panels, all_axes[1:]):
-                steps = [(d["step"], d[key]) for d in train.get("diagnostics") or [] if key in d]
-                if steps:
-                    panel[0].plot([p[0] for p in steps], [p[1] for p in steps], style, color=colour, alpha=0.8,
-                                  linewidth=1.2, marker="." if len(steps) < 20 else None)
-        for (_, label), panel in zip(panels, all_axes[1:]):
-            panel[0].set_ylabel(label)
-            panel[0].grid(alpha=0.3)
-        all_axes[-1][0].set_xlabel("step")
-        axes.set_ylabel("training loss")
-        axes.set_title(plot_label(f"training loss — preset {rows[0]['preset']}"))
-        axes.grid(alpha=0.3)
-        _legend_outside(axes)
+        for index, label in enumerate(labels):
+            block, column = divmod(index, columns)
+            colour = f"C{index % 10}"
+            for offset, (key, ylabel) in enumerate(quantities):
+                axes = grid[block * len(quantities) + offset][column]
+                drawn = False
+                for row, train in (pair for pair in runs if pair[0]["label"] == label):
+                    if key is None:
+                        points = [(step, loss) for step, loss in train["loss_curve"] if loss is not None]
+                    else:
+                        points = [(d["step"], d[key]) for d in train.get("diagnostics") or [] if key in d]
+                    if points:
+                        axes.plot([p[0] for p in points], [p[1] for p in points], color=colour, alpha=0.8,
+                                  linewidth=1.2, marker="." if len(points) < 20 else None)
+                        drawn = True
+                if key is None:
+                    axes.set_title(plot_label(label), fontsize="medium")
+                elif not drawn:
+                    axes.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axes.transAxes,
+                              color="grey", fontsize="small")
+                axes.set_ylabel(ylabel, fontsize="small")
+                axes.tick_params(labelsize="small")
+                axes.grid(alpha=0.3)
+                if offset == len(quantities) - 1:
+                    axes.set_xlabel("step", fontsize="small")
+        for index in range(len(labels), blocks * columns):
+            block, column = divmod(index, columns)
+            for offset in range(len(quantities)):
+                grid[block * len(quantities) + offset][column].set_visible(False)
+        figure.suptitle(plot_label(f"training loss per method (one line per run) — preset {rows[0]['preset']}"))
+        figure.tight_layout()
         save_figure(figure, path)
     finally:
         plt.close(figure)
@@ -179,8 +193,12 @@ def plot_frontier(studies: list[dict], rows: list[dict], path: Path) -> bool:
             axes.grid(alpha=0.3)
         for index in range(len(methods), lines * columns):
             grid[index // columns][index % columns].set_visible(False)
-        for axes in grid[-1]:
-            axes.set_xlabel(f"{harm_name} ({arrow(False)})", fontsize="small")
+        for column in range(columns):
+            # The lowest panel of each column carries the x axis (with shared axes matplotlib
+            # labels only the last row, which is empty under a short last row).
+            lowest = grid[(len(methods) - 1 - column) // columns][column]
+            lowest.tick_params(labelbottom=True)
+            lowest.set_xlabel(f"{harm_name} ({arrow(False)})", fontsize="small")
         for axes in (line[0] for line in grid):
             axes.set_ylabel(f"{help_name} ({arrow(True)})", fontsize="small")
         # One legend for what the marks mean, the colour being the panel's method.

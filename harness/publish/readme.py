@@ -151,7 +151,7 @@ def render_readme(table: dict, preset: str, board: Path, plots: dict[str, str], 
              f"# Leaderboard: preset {title}", "",
              f"Tables, CSV and a sortable page: [{published}/]({published}/index.html) "
              f"([leaderboard.csv]({published}/leaderboard.csv)). How to read it: "
-             "[docs/READING.md](../../docs/READING.md).", ""]
+             "[the main README](../../README.md#how-to-read-a-leaderboard).", ""]
     if findings is not None:
         lines += ["## Findings", "", findings.strip(), ""]
     lines += ["## Results", "", f"{INTERVAL_NOTE} {LEGEND}", "", *metric_tables(table, rows),
