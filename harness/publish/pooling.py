@@ -59,7 +59,7 @@ BASE_METHOD = "base"
 LEVEL = 0.95
 # The metrics a paired difference between two methods is shown for (`publish --against`): the
 # harm and helpfulness of every suite, the order deciding the columns.
-DIFFERENCE_METRICS = ("harmful_rate", "helpful_rate", "safe_rate", "cost", "reward", "harmful_unsafe_rate",
+DIFFERENCE_METRICS = ("harmful_rate", "helpful_rate", "safe_rate", "cost", "reward", "benign_answer_rate", "harmful_unsafe_rate",
                       "harmful_compliance_rate", "over_refusal_rate")
 # The reference `--against` defaults to where a preset has it.
 DEFAULT_AGAINST = "d2o"

@@ -14,7 +14,7 @@ it describes:
     {{ verdict d2o dpo harmful_rate }}  "lower" / "higher" when the interval excludes 0, else
                                         "not resolved"
 
-A reference that does not resolve (unknown method, metric, or a pairing without per-task data) is
+HTML comments in the template are notes to its authors, left out. A reference that does not resolve (unknown method, metric, or a pairing without per-task data) is
 an error naming the template's line: nothing is written.
 """
 
@@ -100,6 +100,9 @@ def render_findings(template: Path, rows: list[dict]) -> str:
         text = Path(template).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{template}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    # Comments are notes to the template's authors: dropped (keeping their line breaks, so the
+    # line numbers of errors stay those of the template) and never resolved.
+    text = re.sub(r"<!--.*?-->", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
     out = []
     for number, line in enumerate(text.splitlines(keepends=True), start=1):
         where = f"{template}:{number}"
