@@ -760,3 +760,14 @@ def test_a_difference_without_per_task_data_cannot_be_quoted(tmp_path):
     (tmp_path / "FINDINGS.md.in").write_text("{{ diff d2o dpo harmful_rate }}\n")
     with pytest.raises(BadInput, match="cannot be paired"):
         publish([tmp_path / "leaderboard.json"], tmp_path / "published", readme=tmp_path / "README.md")
+
+
+def test_readme_is_one_presets_page_from_one_board(tmp_path, capsys):
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"schema_version": "1.0.0", "entries": [
+        {**copy.deepcopy(tiny()["entries"][0]), "run_id": "other-run", "preset": "other"}]}))
+    assert publish_main([str(FIXTURES / "tiny.json"), str(second), "--to", str(tmp_path / "out"),
+                         "--readme", str(tmp_path / "README.md")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--readme writes one preset's page from one leaderboard" in error
+    assert not (tmp_path / "README.md").exists() and not (tmp_path / "out").exists()
