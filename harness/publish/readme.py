@@ -132,10 +132,12 @@ def _provenance_lines(rows: list[dict], board: Path, studies: Optional[list[dict
              + (f" ({dirty} entries from a dirty tree)" if dirty else " (all from clean trees)") + "."]
     if clustered:
         below = sum(1 for n, c in clustered if c is not None and n is not None and c < n)
+        grouped = ("prompts clustered by task, so correlated prompts do not narrow the interval" if below
+                   else "each prompt its own cluster: this board's prompts are not grouped into tasks")
         lines.append(f"- Intervals: {below} of {len(clustered)} metric records with per-task data have fewer "
-                     "clusters than prompts (prompts clustered by task, so correlated prompts do not narrow the "
-                     "interval)" + (f"; re-clustered after the runs by rule {', '.join(reclustered)} "
-                                    "(`harness/recluster.py`, values unchanged)" if reclustered else "") + ".")
+                     f"clusters than prompts ({grouped})"
+                     + (f"; re-clustered after the runs by rule {', '.join(reclustered)} "
+                        "(`harness/recluster.py`, values unchanged)" if reclustered else "") + ".")
     if studies is not None:
         lines.append(f"- Tuning studies: {len(studies)} (`studies/*/study.json`).")
     return lines
