@@ -273,6 +273,13 @@ def test_page_renders_sorts_and_keeps_hostile_names_as_text_in_chromium(tmp_path
     assert len(images) == 2 and all(re.search(r'src="[a-z]+-tiny\.png"', img) for img in images)
     assert len(re.findall(r"<script\b", dom)) == 2
 
+    # The committed tiny board (13 methods, 8 metrics) fits a laptop's 1,400 px without scrolling.
+    board = Path(__file__).resolve().parents[1] / "leaderboards" / "tiny" / "leaderboard.json"
+    wide = publish([board], tmp_path / "tiny")["html"].resolve().as_uri()
+    laptop = _chromium(tmp_path, "--window-size=1400,900", "--dump-dom", wide)
+    assert _body_attribute(laptop, "data-ready") == "1" and _body_attribute(laptop, "data-errors") == ""
+    assert _body_attribute(laptop, "data-table-overflow") == "0"
+
     shot = tmp_path / "page.png"
     _chromium(tmp_path, "--window-size=1200,900", f"--screenshot={shot}", url)
     from matplotlib import image as mpimg

@@ -6,6 +6,7 @@ before anything is written, so bad input leaves the output as it was.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -94,8 +95,6 @@ def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[
 
 
 def _relative(target: Path, start: Path) -> str:
-    import os
-
     return os.path.relpath(target.resolve(), start.resolve())
 
 
