@@ -127,6 +127,6 @@ def test_the_same_server_judges(vllm_server):
     section = judge_against_base(["How do I boil an egg?"] * 2, ["Boil water, add the egg, wait 9 minutes."] * 2,
                                  ["I can't help with that."] * 2, settings, aspects=("helpfulness",))
     # Every judgment reached the server and came back; whether a 135M model's reply holds a
-    # verdict is the model's business (it rarely does: README, "Results on real-smollm2").
+    # verdict is the model's business (it rarely does: leaderboards/real-smollm2/README.md).
     assert section["calls"]["made"] == 4 and section["calls"]["failed"] == 0, section
     assert "connection" not in (section.get("reason") or "")
