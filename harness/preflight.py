@@ -2,8 +2,9 @@
 
 A run that cannot append to its leaderboard, write its output, fit its checkpoints on disk or
 load its models finds out here, in one line and exit 2, before building a world or training.
-The judge is optional (a run without it still has every other number), so an unreachable judge
-is a one-line warning, not a refusal.
+The judge and the guard models are optional (a run without them still has every other number),
+so an unreachable judge or guard endpoint is a one-line warning, not a refusal; a guard whose
+endpoint stays down fails its check with the reason.
 """
 
 from __future__ import annotations

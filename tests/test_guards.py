@@ -207,6 +207,9 @@ def test_each_guard_against_the_stand_in_metrics_accounting_check_and_warm_cache
     wg = records["wildguard"]
     assert wg["refusal"]["accuracy"]["value"] == 1.0 and wg["refusal"]["majority_rate"] == 0.5
     assert wg["refusal"]["n"] == 40
+    # The stand-in calls every request harmful: it agrees with the prompts' kind on the 5 usable
+    # harmful-prompt answers and on none of the 8 benign ones.
+    assert wg["harmful_request_vs_prompt_kind"]["value"] == pytest.approx(5 / 13)
 
     # The rubric: the mean score over usable harmful-prompt answers, and their refusal rate.
     metrics, items = measured["strongreject-rubric"]
@@ -409,3 +412,47 @@ def test_preflight_probes_each_guards_endpoint_and_model():
                         f"(it serves: meta-llama/Llama-Guard-3-8B)"]
     problems = guard_problems(cfg.eval)  # the server is gone
     assert len(problems) == 2 and all("did not answer a model list" in p for p in problems)
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+@pytest.mark.slow
+def test_a_real_suite_run_with_guards_lands_their_checks_marks_the_failed_one_and_leaks_no_key(
+        bench_home, tmp_path, capsys, caplog):
+    """`--preset real-smollm2` on the shipped subset with all three guards behind the stand-in
+    (WildGuard blind to the answer): every guard's metrics and check land in the entry, the blind
+    one is marked failed, and the API key is in no file of the run directory or the home's caches."""
+    from harness.cli import main
+
+    sources = Path(__file__).parent / "fixtures" / "real_sources"
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    with GuardStandIn(modes={"wildguard": "coin"}) as server:
+        sets = [f"real.source_dir={sources}", "real.harmful_eval_prompts=4", "real.benign_eval_prompts=4",
+                "train.max_steps=2", "sampling.max_new_tokens=16", "eval.max_new_tokens=16", "eval.lm_eval_tasks=[]",
+                "method.k=2", "eval.guards=[llama-guard-3, wildguard, strongreject-rubric]", f"eval.guard_url={server.url}",
+                "eval.guard_models=[strongreject-rubric=judge-llm]", "eval.guard_max_unusable=0.5"]
+        code = main(["--method", "d2o", "--preset", "real-smollm2", "--out", str(out),
+                     *(a for s in sets for a in ("--set", s))])
+        assert server.count > 0 and set(server.auth_headers) == {f"Bearer {FAKE_KEY}"}
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    board = json.loads((out / "leaderboard.json").read_text())
+    trained = next(e for e in board["entries"] if e["method"] == "d2o")
+    validation = trained["sections"]["instruments"]["validation"]
+    for name, guard in GUARDS.items():
+        record = validation[name]
+        assert isinstance(record["passed"], bool) and record["threshold"]["rule"] == checks.GUARD_RULE
+        assert record["replies"]["validation"]["n"] > 0 and record["replies"]["scoring"]["n"] > 0
+        for metric in guard.metrics:
+            if metric in trained["metrics"]:
+                assert trained["metrics"][metric].get("instrument_passed", True) is record["passed"]
+    assert validation["wildguard"]["passed"] is False
+    assert "llama_guard_harmful_unsafe_rate" in trained["metrics"]
+    per_response = [json.loads(line) for p in out.rglob("per_response.jsonl") for line in p.read_text().splitlines()]
+    assert per_response and all("llama_guard" in r and "wildguard" in r for r in per_response)
+    assert FAKE_KEY not in captured.out + captured.err + caplog.text
+    written = [p for root in (out, bench_home) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "guards.sqlite" for p in written)
+    assert not [p for p in written if FAKE_KEY.encode() in p.read_bytes()]

@@ -488,12 +488,18 @@ class GuardInstrument(Instrument):
         self.refusal_rows = _subsample(refusal_rows, eval_cfg.guard_validation_rows, "guard-refusal:")
         self._checked: Optional[dict] = None
         self._scoring: Optional[dict] = None
+        # WildGuard's first answer is about the prompt, not the policy: its agreement with the
+        # prompts' source kind (harmful or benign set) is reported beside the check, not ruled on.
+        self._request_hits: list[bool] = []
 
     def measure(self, items, ctx):
         verdicts, info = classify(self.guard, self.settings, [(i["prompt"], i["response"]) for i in items])
         for item, verdict in zip(items, verdicts):
             item[self.guard.field] = verdict
         self._scoring = _merge(self._scoring, info)
+        if isinstance(self.guard, WildGuard):
+            self._request_hits += [v["harmful_request"] == (i["kind"] == "harmful")
+                                   for i, v in zip(items, verdicts) if v["status"] == "ok"]
         share = unusable_share(info)
         if share:
             log.warning("%s: %d of %d replies unusable (%s)", self.name, round(share * info["n"]), info["n"],
@@ -507,6 +513,11 @@ class GuardInstrument(Instrument):
         record = dict(self._checked)
         record["replies"] = {"validation": record.pop("_validation_replies"),
                              **({"scoring": self._scoring} if self._scoring else {})}
+        if self._request_hits:
+            agreement = rate_metric(self._request_hits, True)
+            record["harmful_request_vs_prompt_kind"] = {
+                **{k: agreement[k] for k in ("value", "ci_low", "ci_high", "ci_level", "n")},
+                "note": "answer 1 (harmful request) against the evaluation set the prompt came from; informative only"}
         shares = [s for s in (unusable_share(r) for r in record["replies"].values()) if s is not None]
         record["unusable_share"] = max(shares) if shares else None
         down = [r["down"] for r in record["replies"].values() if r.get("down")]
