@@ -251,6 +251,12 @@ def test_a_guard_that_ignores_the_answer_fails_its_check_and_is_left_out_of_the_
     marked, _ = checks.mark_scores(metrics, {}, validation)
     assert all(marked[m]["instrument_passed"] is False for m in WildGuard.metrics if m in marked)
     assert all("instrument_passed" not in marked[m] for m in LlamaGuard3.metrics)
+    # Selection refuses the failed guard's metrics as objectives, and takes the passing guard's.
+    from harness.selection import invalid_objectives
+
+    refused = invalid_objectives({"harm": "wildguard_harmful_compliance_rate", "help": "benign_answer_rate"}, validation)
+    assert len(refused) == 1 and "wildguard" in refused[0]
+    assert invalid_objectives({"harm": "llama_guard_harmful_unsafe_rate", "help": "benign_answer_rate"}, validation) == []
 
     # In a published leaderboard: the failed guard's metrics are in the entries and in no table.
     board = Path(__file__).resolve().parents[1] / "leaderboards" / "real-smollm2" / "leaderboard.json"
