@@ -445,8 +445,8 @@ def _merge(a: Optional[dict], b: dict) -> dict:
     merged = {"counts": {k: a["counts"].get(k, 0) + b["counts"].get(k, 0) for k in b["counts"]},
               "n": a["n"] + b["n"], "calls": {k: a["calls"].get(k, 0) + v for k, v in b["calls"].items()},
               "down": a["down"] or b["down"],
-              "examples": {k: (a["examples"].get(k, []) + v)[:EXAMPLES_KEPT] for k, v in
-                           {**a["examples"], **b["examples"]}.items()}}
+              "examples": {k: (a["examples"].get(k, []) + b["examples"].get(k, []))[:EXAMPLES_KEPT]
+                           for k in {**a["examples"], **b["examples"]}}}
     for key in ("unsafe_without_categories",):
         if key in b:
             merged[key] = a.get(key, 0) + b[key]
