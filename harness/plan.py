@@ -106,16 +106,27 @@ KNOWN_ARCHITECTURES = {
 GIB = 2**30
 
 
-def _architecture(spec: str):
+def _from_shape(c: dict) -> dict:
+    h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    inter = c.get("intermediate_size", 4 * h)
+    params = layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
+    return {"params": float(params), "hidden": h, "layers": layers, "vocab": vocab}
+
+
+def _architecture(spec: str, cfg: Optional[RunConfig] = None):
     if spec in KNOWN_ARCHITECTURES:
         return KNOWN_ARCHITECTURES[spec]
     config = Path(spec) / "config.json"
     if config.is_file():
-        c = json.loads(config.read_text())
-        h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
-        inter = c.get("intermediate_size", 4 * h)
-        params = layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
-        return {"params": float(params), "hidden": h, "layers": layers, "vocab": vocab}
+        return _from_shape(json.loads(config.read_text()))
+    if cfg is not None:
+        # The shapes of the models the harness builds itself (tiny world, SmolLM2), or a config
+        # already in the local Hugging Face cache: known before anything is built.
+        from harness.preflight import policy_shape
+
+        shape = policy_shape(cfg)
+        if shape is not None:
+            return _from_shape(shape)
     return None
 
 
@@ -140,6 +151,10 @@ def training_memory_gib(arch: dict, cfg: RunConfig, n_gpus: int, sequences_per_m
     activations = tokens * arch["hidden"] * arch["layers"] * 2
     logits = tokens * arch["vocab"] * 4
     return (weights + grads + optim + activations + logits) / GIB
+
+
+def _gib(value: float) -> str:
+    return f"{value:.1f} GiB" if value >= 0.1 else f"{value * 1024:.0f} MiB"
 
 
 def _negative_text(cfg: RunConfig) -> str:
@@ -204,16 +219,18 @@ def describe_plan(plan: RunPlan, out_dir: Path, home: Path, n_gpus: int = 8) -> 
         *stage_states(plan, layout),
     ]
     policy = next((a for a in assets if a.role == "policy"), None)
-    arch = _architecture(str(policy.path) if policy is not None and policy.present else cfg.model.policy)
+    arch = _architecture(str(policy.path) if policy is not None and policy.present else cfg.model.policy, cfg)
     if arch:
         micro = cfg.train.per_device_batch_size * plan.sequences_per_example
         train_gib = training_memory_gib(arch, cfg, n_gpus, micro)
         gen_gib = (2 * arch["params"] + 2 * 2 * arch["layers"] * arch["hidden"] * cfg.sampling.batch_size
                    * (cfg.train.max_length + cfg.sampling.max_new_tokens)) / GIB
+        params = arch["params"]
+        size = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
         lines.append(
-            f"GPU memory:  training ≈ {train_gib:.1f} GiB per GPU on {n_gpus} GPUs "
-            f"({micro} sequences per micro-batch); sampling/generation ≈ {gen_gib:.1f} GiB; "
-            f"policy {arch['params'] / 1e9:.2f}B parameters (estimates, see harness/plan.py)"
+            f"GPU memory:  training ≈ {_gib(train_gib)} per GPU on {n_gpus} GPUs "
+            f"({micro} sequences per micro-batch); sampling/generation ≈ {_gib(gen_gib)}; "
+            f"policy {size} parameters (estimates, see harness/plan.py)"
         )
     else:
         lines.append("GPU memory:  unknown (the policy's architecture is not known without downloading it)")

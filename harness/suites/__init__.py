@@ -149,6 +149,8 @@ def planned_data(role: str, source: "DataSource") -> PlannedAsset:
     from harness.hashing import file_sha256
 
     where = source.local_dir if source.local_dir is not None else Path(source.spec).expanduser()
+    if source.local_dir is not None and not where.exists():
+        return PlannedAsset(role, source.spec, where, None, f"layout {source.format}; built on first run")
     if where.is_file():
         return PlannedAsset(role, source.spec, where, file_sha256(where), f"layout {source.format}")
     if where.is_dir():
