@@ -105,21 +105,21 @@ def planned_model(role: str, spec: str, home: Path, tiny_parts: Optional[dict[st
         if tiny_parts is None:
             return PlannedAsset(role, spec, note="needs the tiny world (suite tiny-world, or a custom suite's build)")
         path = tiny_parts[part]
-        found = built_folder_digest(path) and weights_sha256(path)
+        found = built_folder_digest(path) and weights_sha256(path, remember=False)
         return PlannedAsset(role, spec, path, found or None, "" if found else "the tiny world is built on first run")
     if spec == "smollm2":
         from harness.models.smollm2 import smollm2_checkpoint_path
 
         try:
-            path = smollm2_checkpoint_path(home)
+            path = smollm2_checkpoint_path(home, remember=False)
         except BadInput as exc:
             return PlannedAsset(role, spec, note=str(exc))
-        found = built_folder_digest(path) and weights_sha256(path)
+        found = built_folder_digest(path) and weights_sha256(path, remember=False)
         return PlannedAsset(role, spec, path, found or None, "" if found else "converted from the GGUF on first run")
     path = Path(spec).expanduser()
     if path.is_dir():
         try:
-            return PlannedAsset(role, spec, path, weights_sha256(path))
+            return PlannedAsset(role, spec, path, weights_sha256(path, remember=False))
         except FileNotFoundError:
             return PlannedAsset(role, spec, path, note="no weight files in it")
     return PlannedAsset(role, spec, note="a hub id: hashed once it is downloaded")

@@ -90,8 +90,8 @@ class RealSafetySuite(Suite):
         from harness.instruments.harm_model import harm_model_path
         from harness.suites import built_folder_digest
 
-        path = harm_model_path(str(policy.path), folder / "labels", home, cfg.eval.scorer_template)
-        found = built_folder_digest(path) and weights_sha256(path)
+        path = harm_model_path(str(policy.path), folder / "labels", home, cfg.eval.scorer_template, remember=False)
+        found = built_folder_digest(path) and weights_sha256(path, remember=False)
         return PlannedAsset(role, spec, path, found or None,
                             "" if found else "trained on the suite's harm labels on first run")
 
