@@ -111,8 +111,9 @@ def cmd_run(args) -> int:
     from harness.plan import resolve_plan
     from harness.preflight import preflight
 
-    # Resolved once (method, suite checked, K, metrics, run id); everything below reads it.
-    plan = resolve_plan(cfg)
+    # Resolved once (method, suite, K, metrics, run id); everything below reads it. Preflight
+    # makes the suite's check after naming any missing model or dataset.
+    plan = resolve_plan(cfg, check=False)
     # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
     preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
               strict_sources=not args.dry_run)

@@ -72,6 +72,7 @@ def run_pipeline(plan: RunPlan, out_dir: Path, *, progress: Callable[[str], None
     """
     if not isinstance(plan, RunPlan):
         raise TypeError("run_pipeline takes a RunPlan: harness.plan.resolve_plan(cfg)")
+    plan.check()  # done already where preflight ran; a plan is never run unchecked
     stages = plan.stages
     if stop_after is not None and stop_after not in stages:
         raise BadInput(f"unknown stage {stop_after!r} (stages: {', '.join(stages)})")

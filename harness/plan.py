@@ -56,6 +56,15 @@ class RunPlan:
     # {metric: higher is better} for every metric the suite's instruments report.
     metric_directions: dict[str, bool]
     _assets: Optional[Assets] = field(default=None, repr=False)
+    _checked: bool = field(default=False, repr=False)
+
+    def check(self) -> None:
+        """The suite's one check of the configuration (its instruments' domain). Preflight makes
+        it after the models and data sources are checked, so a missing file is named first;
+        `resolve_plan(cfg)` makes it at once. Later calls do nothing."""
+        if not self._checked:
+            self.suite.check(self.cfg)
+            self._checked = True
 
     @property
     def draws_self_samples(self) -> bool:
@@ -86,15 +95,20 @@ class RunPlan:
         return found
 
 
-def resolve_plan(cfg: RunConfig) -> RunPlan:
-    """The plan of one run (BadInput, one line, when the method or suite refuses the config)."""
+def resolve_plan(cfg: RunConfig, *, check: bool = True) -> RunPlan:
+    """The plan of one run (BadInput, one line, when the method or suite refuses the config).
+
+    `check=False` leaves the suite's domain check to `RunPlan.check` (preflight's order)."""
     method = get_method(cfg.method_name)(cfg.method)
     suite = get_suite(cfg.suite)
-    suite.check_config(cfg)
+    suite.check_settings(cfg)
     k = method.sample_count(cfg.sampling.num_samples)
-    return RunPlan(cfg=cfg, method=method, suite=suite, run_id=run_id_for(cfg), stages=STAGES, k=k,
+    plan = RunPlan(cfg=cfg, method=method, suite=suite, run_id=run_id_for(cfg), stages=STAGES, k=k,
                    k_setting=method.sample_count_setting, sequences_per_example=method.sequences_per_example(k),
                    refresh_every=method.refresh_every(), metric_directions=suite.metric_directions(cfg))
+    if check:
+        plan.check()
+    return plan
 
 
 # Architectures of the paper preset's models (LLaMA-7B), so the plan needs no download.

@@ -87,8 +87,10 @@ def preflight(plan, out: Path, *, warn: Callable[[str], None] = log.warning, str
                   lambda: cfg.data.eval_dataset is None or _check_dataset(cfg.data.eval_dataset, "data.eval_dataset"),
                   lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
                   if cfg.data.train_dataset is not None else None)
-    # An instrument outside its domain (the tiny world's scorers on other data) was refused when
-    # the plan was resolved, even for a dry run. A K that cannot fit in memory is refused here.
+    # An instrument outside its domain (the tiny world's scorers on other data) is refused even
+    # in a dry run, and before the rows are read: the plan itself would be wrong (the suite's one
+    # check, RunPlan.check). So is a K that cannot fit in memory.
+    plan.check()
     check_memory(plan)
     if cfg.eval.lm_eval_tasks:
         from harness.scoring.capability import check_task_names

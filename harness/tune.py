@@ -266,7 +266,7 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     from harness.plan import resolve_plan
 
     # The trials' plan: the suite checked once, its metric table (the objectives must be in it).
-    _check_metrics(resolve_plan(cfg), tune_cfg)
+    _check_metrics(resolve_plan(cfg, check=False), tune_cfg)
     # Trials never call the judge: it takes no part in selection, and its calls are the dearest
     # part of a run. Test runs keep the judge settings (harness/selection.JUDGE_FIELDS).
     from harness.selection import JUDGE_FIELDS
@@ -310,7 +310,7 @@ def _run_for(plan: MethodPlan, preset: str, seed: int, sets: list[str]):
     from harness.sweep import SweepRun
 
     cfg = resolve_config(method=plan.method, preset=preset, seed=seed, overrides=parse_set_options(sets))
-    return SweepRun(plan.method, seed, sets, resolve_plan(cfg).run_id)
+    return SweepRun(plan.method, seed, sets, resolve_plan(cfg, check=False).run_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,7 +588,7 @@ def plan_test_runs(plans: list[MethodPlan], preset: str, out: Path) -> list:
             for seed in plan.tune.test_seeds:
                 sets = plan.test_sets + param_sets(params) + world
                 cfg = resolve_config(method=plan.method, preset=preset, seed=seed, overrides=parse_set_options(sets))
-                runs.append(selected_run(plan.method, seed, sets, resolve_plan(cfg).run_id, study=plan.study_json,
+                runs.append(selected_run(plan.method, seed, sets, resolve_plan(cfg, check=False).run_id, study=plan.study_json,
                                          host_out=test_out))
     return runs
 

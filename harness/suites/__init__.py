@@ -172,15 +172,14 @@ class Suite:
     # made on the run's own rows.
     reports_instrument_checks: bool = True
 
-    def check_config(self, cfg) -> None:
-        """The run plan's one check of a configuration against this suite (harness/plan.py)."""
+    def check_settings(self, cfg) -> None:
+        """Settings this suite cannot take, refused as soon as the run plan is resolved."""
         if cfg.data.eval_dataset is not None and not self.reads_user_evaluation_data:
             raise BadInput(f"data.eval_dataset applies to suite custom only; suite {self.name} assembles its own "
                            "evaluation data")
         if cfg.data.held_out_share is not None and not self.reads_user_evaluation_data:
             raise BadInput(f"data.held_out_share applies to suite custom only; suite {self.name} assembles its own "
                            "splits")
-        self.check(cfg)
 
     def check(self, cfg) -> None:
         """Raise BadInput when the configuration uses an instrument outside its domain."""
