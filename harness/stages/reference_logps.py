@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from harness.cache import JsonCache
+from harness.errors import RunFailure
 from harness.hashing import sha256_json
 from harness.logprobs import EncodedPair, score_pairs
 from harness.models.loading import model_identity
@@ -20,7 +21,6 @@ def run(ctx: RunContext) -> dict:
     if skip:
         return {"skipped": skip}
     layout = ctx.run_dir.layout
-    _, tokenizer = None, None
     keys = {}
     values: dict[str, list] = {}
     loaded: dict[str, tuple] = {}
@@ -50,7 +50,11 @@ def run(ctx: RunContext) -> dict:
             logps = score_pairs(model, flat, tokenizer.pad_token_id, ctx.cfg.sampling.batch_size, f"reference log-probs ({role})")
             cache.put(key, logps)
         if role == "samples":
-            k = len(rows[0]["samples_ids"])
+            # The run's K (the plan's, from the method): every prompt carries K samples.
+            k = ctx.plan.k
+            if len(logps) != k * len(rows):
+                raise RunFailure(f"reference log-probs: {len(logps)} sample scores for {len(rows)} prompts, "
+                                 f"not K={k} each")
             logps = [logps[i * k : (i + 1) * k] for i in range(len(rows))]
         values[role] = logps
         keys[role] = key
