@@ -22,14 +22,22 @@ def d2o_margin(
     *,
     alpha: float,
     beta: float,
+    k: int | None = None,
 ) -> torch.Tensor:
-    """The sigmoid's argument u of Eq. 3, shape [B]."""
+    """The sigmoid's argument u of Eq. 3, shape [B].
+
+    `k`: the run's K (the method's setting, passed down by the run plan). Given, a batch that
+    carries another number of samples per prompt is refused rather than averaged over its own
+    count; omitted (the loss alone, as in the unit tests), K is the tensors' last dimension."""
     if policy_sample_logps.dim() != 2 or policy_sample_logps.shape != ref_sample_logps.shape:
         raise ValueError(
             "sample log-probs must both be [B, K]; got "
             f"{tuple(policy_sample_logps.shape)} and {tuple(ref_sample_logps.shape)}"
         )
-    batch, k = policy_sample_logps.shape
+    batch, found = policy_sample_logps.shape
+    if k is not None and found != k:
+        raise ValueError(f"sample log-probs carry {found} samples per prompt; the run's K is {k}")
+    k = found
     if k < 1:
         raise ValueError("D²O needs K >= 1 self-samples per prompt")
     expected = (batch,)
@@ -51,6 +59,7 @@ def d2o_loss(
     *,
     alpha: float,
     beta: float,
+    k: int | None = None,
 ) -> torch.Tensor:
     """Per-example D²O losses, shape [B].
 
@@ -61,6 +70,7 @@ def d2o_loss(
         ref_negative_logps:    [B] log π_r+(y_l|x) of the negative.
         alpha: weight of the negative's log-ratio (α ≥ 0).
         beta:  weight of the averaged self-sample log-ratio (β > 0).
+        k:     the run's K, checked against the tensors' (see `d2o_margin`).
 
     Returns:
         −log σ((β/K) Σ_i log(π_θ(y_i|x)/π_r−(y_i|x)) − α log(π_θ(y_l|x)/π_r+(y_l|x))), per example.
@@ -74,5 +84,6 @@ def d2o_loss(
         ref_negative_logps,
         alpha=alpha,
         beta=beta,
+        k=k,
     )
     return -F.logsigmoid(margin)

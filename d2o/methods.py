@@ -61,9 +61,16 @@ class D2O(Method):
     # either way: at 0.01 the anchor barely counts (towards d2o-nosample), at 1.0 it dominates.
     # d2o-online inherits this space.
     search_space = {"beta": FloatDim(0.01, 1.0, log=True)}
+    sample_count_setting = "method.k"
 
     def validate(self) -> None:
         _validate_d2o(self.config, needs_samples=True)
+
+    def sample_count(self, sampling_default: int) -> int:
+        return int(self.config.k)  # the method's own K, whatever sampling.num_samples says
+
+    def refresh_every(self) -> int:
+        return int(self.config.refresh_every)
 
     def loss(self, policy: dict[str, SequenceLogps], reference: dict[str, torch.Tensor]):
         cfg = self.config
@@ -74,6 +81,7 @@ class D2O(Method):
             reference["negative"],
             alpha=cfg.alpha,
             beta=cfg.beta,
+            k=cfg.k,
         )
         sample_reward = (policy["samples"].total - reference["samples"]).mean(-1).detach()
         negative_reward = (policy["negative"].total - reference["negative"]).detach()
@@ -91,9 +99,9 @@ class D2O(Method):
         # ∇L = −σ(−u)·[(β/K) Σ_i ∇log π_θ(y_i|x) − α ∇log π_θ(y_l|x)]: the anchor and negative parts.
         cfg = self.config
         margin = d2o_margin(policy["samples"].total, reference["samples"], policy["negative"].total,
-                            reference["negative"], alpha=cfg.alpha, beta=cfg.beta)
+                            reference["negative"], alpha=cfg.alpha, beta=cfg.beta, k=cfg.k)
         weight = torch.sigmoid(-margin).detach()
-        anchor = (cfg.beta / policy["samples"].total.shape[-1]) * (policy["samples"].total - reference["samples"]).sum(-1)
+        anchor = (cfg.beta / cfg.k) * (policy["samples"].total - reference["samples"]).sum(-1)
         negative = cfg.alpha * (policy["negative"].total - reference["negative"])
         return {"anchor": -weight * anchor, "negative": weight * negative}
 

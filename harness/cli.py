@@ -108,19 +108,24 @@ def cmd_run(args) -> int:
         from harness.selection import selection_summary
 
         selection = selection_summary(Path(args.selection), cfg)
+    from harness.plan import resolve_plan
     from harness.preflight import preflight
 
+    # Resolved once (method, suite, K, metrics, run id); everything below reads it. Preflight
+    # makes the suite's check after naming any missing model or dataset.
+    plan = resolve_plan(cfg, check=False)
     # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
-    preflight(cfg, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
+    preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
               strict_sources=not args.dry_run)
     if args.dry_run:
+        from harness.cache import bench_home
         from harness.plan import describe_plan
 
-        print(describe_plan(cfg))
+        print(describe_plan(plan, Path(args.out), bench_home()))
         return 0
     from harness.pipeline import run_pipeline
 
-    ctx = run_pipeline(cfg, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
+    ctx = run_pipeline(plan, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
                        selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports

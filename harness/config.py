@@ -821,10 +821,7 @@ def validate_config(cfg: RunConfig) -> None:
          "real.harmful_eval_prompts and real.benign_eval_prompts must be >= 1"),
         (0 <= cfg.real.negative_min_score <= 1, "real.negative_min_score must be in [0, 1]"),
         (cfg.real.judge_validation_pairs >= 0, "real.judge_validation_pairs must be >= 0 (0: all)"),
-        (cfg.data.eval_dataset is None or cfg.suite == "custom",
-         f"data.eval_dataset applies to suite custom only; suite {cfg.suite} assembles its own evaluation data"),
-        (cfg.data.held_out_share is None or cfg.suite == "custom",
-         f"data.held_out_share applies to suite custom only; suite {cfg.suite} assembles its own splits"),
+        # Which suites read a user's evaluation rows is the suite's to say (Suite.check_config).
         (cfg.data.held_out_share is None or 0 < cfg.data.held_out_share < 1,
          f"data.held_out_share must be in (0, 1), got {cfg.data.held_out_share}"),
         (cfg.data.held_out_share is None or cfg.data.eval_dataset is None,

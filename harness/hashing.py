@@ -39,11 +39,12 @@ def unit_hash(text: str, salt: str = "") -> float:
     return int(digest[:12], 16) / float(1 << 48)
 
 
-def weights_sha256(model_dir: str | os.PathLike) -> str:
+def weights_sha256(model_dir: str | os.PathLike, *, remember: bool = True) -> str:
     """SHA-256 over the weight files of a local checkpoint directory (names and bytes).
 
     A 7B checkpoint takes tens of seconds to hash, so the digest is memoised next to the files
-    (keyed by their sizes and mtimes) where the directory is writable.
+    (keyed by their sizes and mtimes) where the directory is writable; `remember=False` (a dry
+    run, which writes nothing) reads a memo but leaves none.
     """
     root = Path(model_dir)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
@@ -64,6 +65,8 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     result = digest.hexdigest()
+    if not remember:
+        return result
     try:
         memo.write_text(json.dumps({"stamp": stamp, "sha256": result}))
     except OSError:

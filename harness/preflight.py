@@ -32,16 +32,18 @@ _CHECKPOINT_BYTES_PER_PARAM = 12
 _OFFLINE_VALUES = ("1", "true", "yes", "on")
 
 
-def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, strict_sources: bool = True) -> None:
+def preflight(plan, out: Path, *, warn: Callable[[str], None] = log.warning, strict_sources: bool = True) -> None:
     """Raise BadInput (one line) on the first problem; warn about the judge.
+
+    `plan`: the run's RunPlan (harness/plan.py), whose resolution already checked the
+    configuration against its suite and method.
 
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
     models) reports models and datasets that cannot be resolved as warnings instead; a local
     dataset's rows and the disk are checked as in a run."""
     from harness.leaderboard import read_leaderboard
-    from harness.registry import get_method
-    from harness.suites import get_suite
 
+    cfg = plan.cfg
     out = Path(out)
     try:
         existing = _nearest_existing(out)
@@ -91,9 +93,9 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
                   lambda: _check_dataset(cfg.data.train_dataset, "data.train_dataset")
                   if cfg.data.train_dataset is not None else None)
     # An instrument outside its domain (the tiny world's scorers on other data) is refused even
-    # in a dry run, and before the rows are read: the plan itself would be wrong. So is a K that
-    # cannot fit in memory.
-    get_suite(cfg.suite).check(cfg)
+    # in a dry run, and before the rows are read: the plan itself would be wrong (the suite's one
+    # check, RunPlan.check). So is a K that cannot fit in memory.
+    plan.check()
     # A user's copy of a safety set (real.extra_eval_sets NAME=PATH) is read now: a malformed one
     # would otherwise be found while the suite's data are assembled, inside the run.
     for entry in cfg.real.extra_eval_sets:
@@ -102,28 +104,28 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
             from harness.suites.real_data import read_user_eval_set
 
             read_user_eval_set(name.strip(), path.strip())
-    check_memory(cfg)
+    check_memory(plan)
     if cfg.eval.lm_eval_tasks:
         from harness.scoring.capability import check_task_names
 
-        # real-safety writes lm-eval's stock tasks over its packaged data as `<name>_offline`.
-        check_task_names(cfg.eval.lm_eval_tasks, ("_offline",) if cfg.suite == "real-safety" else ())
+        # Task names the suite writes over its own packaged data (real-safety's `<name>_offline`).
+        check_task_names(cfg.eval.lm_eval_tasks, plan.suite.capability_task_suffixes)
     # Rows on this machine and disk on this machine are no matter of a laptop lacking the
     # paper's models: a dry run refuses them as a run does, so it never says OK for a run that
     # cannot finish.
     local_rows()
     _check_disk(cfg, existing)
-    method = get_method(cfg.method_name)
+    method = plan.method
     if cfg.train.term_gradient_every < 0:
         raise BadInput(f"train.term_gradient_every must be >= 0, got {cfg.train.term_gradient_every}")
-    if method.trains and method.draws_self_samples():
-        anchors = method(cfg.method).anchor_settings()
+    if plan.draws_self_samples:
+        anchors = method.anchor_settings()
         anchors.validate(cfg.model.prompt_format)
         if anchors.anchor_filter == "cost-model" and (cfg.model.cost_model or "").strip().lower() in ("none", ""):
             raise BadInput("method.anchor_filter=cost-model needs a cost model (model.cost_model is none)")
     if method.trains:
         _check_lora_targets(cfg)
-    if cfg.sampling.backend == "openai" and method.trains and method.draws_self_samples():
+    if cfg.sampling.backend == "openai" and plan.draws_self_samples:
         check_sources(lambda: _check_sampling_server(cfg.sampling))
     if cfg.eval.judge_model:
         problem = judge_problem(cfg.eval)
@@ -420,20 +422,18 @@ def checkpoint_bytes(cfg) -> Optional[int]:
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def sampling_bytes(cfg) -> Optional[int]:
+def sampling_bytes(plan) -> Optional[int]:
     """Memory one batch of self-samples takes in `model.generate`: sampling.batch_size prompts ×
     K completions at once, each with its key/value cache over prompt and completion
     (train.max_length + sampling.max_new_tokens) and its next-token scores. None when the
     method draws none in this process, or the policy's shape is not known yet."""
-    from harness.registry import get_method
-
-    method = get_method(cfg.method_name)
-    if not (method.trains and method.draws_self_samples()) or cfg.sampling.backend != "transformers":
+    cfg = plan.cfg
+    if not plan.draws_self_samples or cfg.sampling.backend != "transformers":
         return None
     shape = policy_shape(cfg)
     if shape is None:
         return None
-    k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
+    k = plan.k
     heads = shape.get("num_attention_heads") or 1
     kv_width = (shape.get("num_key_value_heads") or heads) * (shape["hidden_size"] // heads)
     tokens = cfg.train.max_length + cfg.sampling.max_new_tokens
@@ -454,16 +454,16 @@ def _memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(cfg) -> None:
+def check_memory(plan) -> None:
     """K (method.k) so large that one batch of self-samples cannot fit is refused here: K=100000
     once passed --dry-run and the run then asked for 88 GB mid-stage."""
-    need = sampling_bytes(cfg)
+    need = sampling_bytes(plan)
     if need is None:
         return
     have = _memory_bytes()
+    cfg = plan.cfg
     if need > have:
-        k = int(getattr(cfg.method, "k", cfg.sampling.num_samples))
-        field = "method.k" if hasattr(cfg.method, "k") else "sampling.num_samples"
+        k, field = plan.k, plan.k_setting
         raise BadInput(f"{field}={k}: drawing {k} self-samples for each of sampling.batch_size="
                        f"{cfg.sampling.batch_size} prompts at once needs about {_size(need)} of memory, "
                        f"and this machine has {_size(have)}; lower {field} or sampling.batch_size")

@@ -146,6 +146,23 @@ class Method(ABC):
 
         return anchor_settings_of(self.config)
 
+    # The setting that holds K when a method names its own (`sample_count`); others draw
+    # `sampling.num_samples` self-samples per prompt.
+    sample_count_setting: ClassVar[str] = "sampling.num_samples"
+
+    def sample_count(self, sampling_default: int) -> int:
+        """K: self-samples per training prompt. Asked once, by the run plan (harness/plan.py); every
+        stage, the trainer and the online refresher take it from there, never from a tensor's shape."""
+        return int(sampling_default)
+
+    def refresh_every(self) -> int:
+        """Optimizer steps between online refreshes of the self-samples; 0: drawn once, offline."""
+        return 0
+
+    def sequences_per_example(self, k: int) -> int:
+        """Sequences one training example puts through the model: K for the samples role, one per other role."""
+        return sum(k if role == "samples" else 1 for role in self.roles)
+
     @classmethod
     def draws_self_samples(cls) -> bool:
         """Whether its runs need self-samples: a samples role, or the chosen picked from them."""

@@ -116,6 +116,8 @@ class RunLayout:
         self.reference_logps = JsonArtifact(self.root / "reference_logps" / "reference_logps.json")
         # train: the trained policy (a transformers checkpoint folder) and its per-step diagnostics.
         self.policy = self.root / "train" / "policy"
+        # With LoRA: the trained adapter alone, before it is merged into the base as `policy`.
+        self.adapter = self.root / "train" / "adapter"
         self.trajectory = JsonlArtifact(self.root / "train" / "trajectory.jsonl")
         self.responses = JsonlArtifact(self.root / "generate" / "responses.jsonl")
         self.per_response = JsonlArtifact(self.root / "score" / "per_response.jsonl")

@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.arguments import OneLineArgumentParser
 from harness.config import parse_set_options, resolve_config
 from harness.errors import BadInput
-from harness.pipeline import run_id_for
+from harness.plan import resolve_plan
 from harness.rundir import RunLayout, write_json_atomic
 
 
@@ -65,9 +65,12 @@ def plan_sweep(methods: list[str], seeds: list[int], preset: str, sets: list[str
         overrides = list(sets) + point
         try:
             cfg = resolve_config(method=method, preset=preset, seed=seed, overrides=parse_set_options(overrides))
+            # Each run's plan names it (a method refuses bad settings here); the suite's domain
+            # check is each run's own, so one refused run does not stop the sweep.
+            plan = resolve_plan(cfg, check=False)
         except BadInput as exc:
             raise BadInput(f"sweep run {method} seed {seed} {' '.join(point)}: {exc}") from None
-        runs.append(SweepRun(method, seed, overrides, run_id_for(cfg)))
+        runs.append(SweepRun(method, seed, overrides, plan.run_id))
     return runs
 
 

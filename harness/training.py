@@ -130,9 +130,12 @@ class RoleCollator:
 class MethodTrainer(Trainer):
     def __init__(self, *args, method: Method, pad_id: int, sample_refresher=None,
                  gradient_cache_tokens: int = 0, shared_prompt_packing: bool = False,
-                 term_gradient_every: int = 0, **kwargs):
+                 term_gradient_every: int = 0, samples_per_prompt: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        # The run's K (RunPlan.k): every prompt's group of self-samples must hold exactly it. None
+        # (a trainer built by hand around rows of one K): the groups need only agree.
+        self.samples_per_prompt = samples_per_prompt
         # N > 0: at every N-th optimizer step, the gradient norm of each loss term the method
         # names (Method.gradient_terms) joins the diagnostics.
         self.term_gradient_every = term_gradient_every
@@ -166,9 +169,9 @@ class MethodTrainer(Trainer):
         layout: list[tuple[str, int, Optional[int]]] = []
         for role in self.method.roles:
             if role == "samples":
-                k = len(pairs[role][0])
+                k = self.samples_per_prompt if self.samples_per_prompt is not None else len(pairs[role][0])
                 if any(len(group) != k for group in pairs[role]):
-                    raise BadInput("every prompt needs the same number K of self-samples")
+                    raise BadInput(f"every prompt needs the same number K={k} of self-samples")
                 for group in pairs[role]:
                     flat.extend(group)
                 layout.append((role, len(pairs[role]) * k, k))
@@ -416,6 +419,7 @@ def train_method(
     sample_refresher: Optional[Callable] = None,
     run_root: Optional[Path] = None,
     run_name: Optional[str] = None,
+    samples_per_prompt: Optional[int] = None,
 ) -> dict:
     """Train `model` in place with `method`; returns throughput, memory and the trajectory.
 
@@ -443,6 +447,7 @@ def train_method(
         gradient_cache_tokens=train_cfg.gradient_cache_tokens if train_cfg.gradient_cache else 0,
         shared_prompt_packing=train_cfg.shared_prompt_packing,
         term_gradient_every=train_cfg.term_gradient_every,
+        samples_per_prompt=samples_per_prompt,
     )
     remove_unsealed_checkpoints(Path(output_dir))  # a killed run's partial write
     if names:

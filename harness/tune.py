@@ -228,11 +228,9 @@ def _midpoint(space: dict[str, Dim]) -> dict:
     return {name: values[0] for name, values in even_grid(space, 1).items()}
 
 
-def _check_metrics(cfg, tune_cfg) -> None:
-    from harness.suites import get_suite
-
+def _check_metrics(run_plan, tune_cfg) -> None:
     # The metrics this run's instruments report (the tiny world's oracle only in its own suite).
-    directions = get_suite(cfg.suite).metric_directions(cfg)
+    cfg, directions = run_plan.cfg, run_plan.metric_directions
     for role, name, wanted in (("harm", tune_cfg.harm_metric, False), ("help", tune_cfg.help_metric, True)):
         key = f"tune.{role}_metric"
         if name not in directions:
@@ -265,7 +263,10 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
     if len(set(splits.values())) != 3:
         raise BadInput(f"{', '.join(f'{k}={v}' for k, v in splits.items())}: the three splits must differ "
                        "(selection must never see the test split)")
-    _check_metrics(cfg, tune_cfg)
+    from harness.plan import resolve_plan
+
+    # The trials' plan: the suite checked once, its metric table (the objectives must be in it).
+    _check_metrics(resolve_plan(cfg, check=False), tune_cfg)
     # Trials never call the judge: it takes no part in selection, and its calls are the dearest
     # part of a run. Test runs keep the judge settings (harness/selection.JUDGE_FIELDS).
     from harness.selection import JUDGE_FIELDS
@@ -305,11 +306,11 @@ def plan_method(method: str, preset: str, sets: list[str]) -> MethodPlan:
 
 def _run_for(plan: MethodPlan, preset: str, seed: int, sets: list[str]):
     from harness.config import parse_set_options, resolve_config
-    from harness.pipeline import run_id_for
+    from harness.plan import resolve_plan
     from harness.sweep import SweepRun
 
     cfg = resolve_config(method=plan.method, preset=preset, seed=seed, overrides=parse_set_options(sets))
-    return SweepRun(plan.method, seed, sets, run_id_for(cfg))
+    return SweepRun(plan.method, seed, sets, resolve_plan(cfg, check=False).run_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,7 +575,7 @@ def _container_copy(method: str) -> str:
 
 def plan_test_runs(plans: list[MethodPlan], preset: str, out: Path) -> list:
     from harness.config import parse_set_options, resolve_config
-    from harness.pipeline import run_id_for
+    from harness.plan import resolve_plan
     from harness.selection import read_study, selected_params
 
     selected_run = _selected_run_class()
@@ -587,7 +588,7 @@ def plan_test_runs(plans: list[MethodPlan], preset: str, out: Path) -> list:
             for seed in plan.tune.test_seeds:
                 sets = plan.test_sets + param_sets(params) + world
                 cfg = resolve_config(method=plan.method, preset=preset, seed=seed, overrides=parse_set_options(sets))
-                runs.append(selected_run(plan.method, seed, sets, run_id_for(cfg), study=plan.study_json,
+                runs.append(selected_run(plan.method, seed, sets, resolve_plan(cfg, check=False).run_id, study=plan.study_json,
                                          host_out=test_out))
     return runs
 

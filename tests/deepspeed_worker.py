@@ -39,7 +39,7 @@ EOS = 1
 
 
 def synthetic_rows(n: int, k: int, seed: int) -> list[dict]:
-    """Rows shaped like pipeline._encode_examples' output for the roles negative and samples:
+    """Rows shaped like harness/stages/context.py's encoded_examples for the roles negative and samples:
     a prompt of 4-9 tokens followed by a response of 2-7 tokens and EOS, lengths varying so that
     batches need padding."""
     rng = random.Random(seed)
@@ -79,7 +79,7 @@ def tiny_llama(seed: int):
 
 
 def add_reference_logps(rows: list[dict], method, model) -> None:
-    """`ref_<role>` columns as stage_reference_logps computes them: summed response log-probs
+    """`ref_<role>` columns as the reference_logps stage computes them: summed response log-probs
     under the reference policy (here the initial policy, as when π_ref is the base model)."""
     from harness.logprobs import EncodedPair, score_pairs
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         gradient_cache=args.gradient_cache_tokens > 0, gradient_cache_tokens=max(1, args.gradient_cache_tokens),
     )
     with tempfile.TemporaryDirectory() as scratch:
-        torch.manual_seed(args.seed)  # as stage_train does before train_method
+        torch.manual_seed(args.seed)  # as the train stage does before train_method
         result = training.train_method(
             method=method, model=model, tokenizer=SimpleNamespace(pad_token_id=PAD),
             dataset=Dataset.from_list(rows), train_cfg=train_cfg,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import pipeline
+from harness.stages import self_samples as self_samples_stage
 from harness.anchors import AnchorSettings, fill_to_k, sampling_prompt_text
 from harness.cli import main
 from conftest import REDUCED_WORLD
@@ -76,12 +77,13 @@ def test_a_filter_with_online_refreshes_or_without_a_cost_model_is_refused(tmp_p
 
 def _run_until(method: str, sets: list[str], out: Path, stage: str) -> None:
     from harness.config import parse_set_options, resolve_config
+    from harness.plan import resolve_plan
 
     cfg = resolve_config(method=method, preset="tiny", overrides=parse_set_options(sets))
-    pipeline.run_pipeline(cfg, out, stop_after=stage, progress=lambda message: None)
+    pipeline.run_pipeline(resolve_plan(cfg), out, stop_after=stage, progress=lambda message: None)
 
 
-def _record_sampling(monkeypatch, module=pipeline) -> list[str]:
+def _record_sampling(monkeypatch, module=self_samples_stage) -> list[str]:
     """The prompt texts every self-sample generation `module` asks for was asked for."""
     seen: list[str] = []
     original = module.generate_completions

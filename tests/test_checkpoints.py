@@ -25,9 +25,10 @@ RUN = [*REDUCED_WORLD, "data.max_train_examples=8", "train.max_steps=6", "train.
 
 def _train(out: Path):
     from harness.pipeline import run_pipeline
+    from harness.plan import resolve_plan
 
     cfg = resolve_config(method="d2o-online", preset="tiny", seed=0, overrides=parse_set_options(RUN))
-    ctx = run_pipeline(cfg, out, progress=lambda _: None, stop_after="train")
+    ctx = run_pipeline(resolve_plan(cfg), out, progress=lambda _: None, stop_after="train")
     summary = json.loads((ctx.run_dir.root / "train" / "COMPLETE").read_text())
     return ctx, summary, _weights(ctx.run_dir.root / "train" / "policy")
 

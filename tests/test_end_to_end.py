@@ -167,13 +167,14 @@ def test_every_method_trains_with_finite_loss_and_changes_every_parameter(bench_
     """TRL-style check: two optimizer steps on the tiny world change every trainable tensor."""
     from harness.models.loading import load_policy
     from harness.pipeline import run_pipeline
+    from harness.plan import resolve_plan
 
     sets = [*REDUCED_WORLD, "data.max_train_examples=8", "train.max_steps=2", "train.per_device_batch_size=4",
             "train.learning_rate=1e-3", "sampling.max_new_tokens=16", *METHOD_SETTINGS.get(method, [])]
     if "k" in registered_methods()[method].Config.__dataclass_fields__:
         sets.append("method.k=2")
     cfg = resolve_config(method=method, preset="tiny", seed=0, overrides=parse_set_options(sets))
-    ctx = run_pipeline(cfg, tmp_path, progress=lambda _: None, stop_after="train")
+    ctx = run_pipeline(resolve_plan(cfg), tmp_path, progress=lambda _: None, stop_after="train")
     summary = json.loads((ctx.run_dir.root / "train" / "COMPLETE").read_text())
     assert summary["steps"] == 2
     losses = [loss for _, loss in summary["loss_curve"]]
@@ -194,11 +195,12 @@ def test_capability_task_can_fail_a_collapsed_model(bench_home, tmp_path):
     policy, and its tiny_world_knowledge accuracy (same-domain distractors, chance 0.25) falls
     clearly below the base's."""
     from harness.pipeline import run_pipeline
+    from harness.plan import resolve_plan
 
     sets = [*REDUCED_WORLD, "train.max_steps=12", "train.per_device_batch_size=8", "train.learning_rate=3e-3",
             "eval.max_new_tokens=8"]
     cfg = resolve_config(method="ga", preset="tiny", seed=0, overrides=parse_set_options(sets))
-    ctx = run_pipeline(cfg, tmp_path, progress=lambda _: None, stop_after="score")
+    ctx = run_pipeline(resolve_plan(cfg), tmp_path, progress=lambda _: None, stop_after="score")
     scores = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())
 
     def accuracy(sections):

@@ -16,6 +16,7 @@ pytest.importorskip("peft")
 from harness import lora  # noqa: E402
 from harness.config import parse_set_options, resolve_config  # noqa: E402
 from harness.logprobs import EncodedPair, score_pairs  # noqa: E402
+from harness.plan import resolve_plan  # noqa: E402
 from harness.registry import registered_methods  # noqa: E402
 
 TRAINING_METHODS = sorted(name for name, cls in registered_methods().items() if cls.trains)
@@ -242,7 +243,7 @@ def test_a_lora_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(bench
 
     def run(out: Path):
         cfg = resolve_config(method="d2o-online", preset="tiny", seed=0, overrides=parse_set_options(sets))
-        ctx = run_pipeline(cfg, out, progress=lambda _: None)
+        ctx = run_pipeline(resolve_plan(cfg), out, progress=lambda _: None)
         summary = json.loads((ctx.run_dir.root / "train" / "COMPLETE").read_text())
         metrics = json.loads((ctx.run_dir.root / "score" / "metrics.json").read_text())["metrics"]
         return ctx, summary, metrics

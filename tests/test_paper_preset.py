@@ -42,11 +42,16 @@ def test_the_paper_preset_pins_what_could_be_established_and_selects_alpaca_7b_r
     assert cfg.method.alpha == cfg.method.beta == 0.1
 
 
-def test_dry_run_prints_each_setting_with_its_source_and_marks_a_changed_one_yours():
-    from harness.plan import describe_plan
+def _dry_run_text(cfg, tmp_path: Path) -> str:
+    """What --dry-run prints for `cfg` (the plan resolved, nothing built or fetched)."""
+    from harness.plan import describe_plan, resolve_plan
 
+    return describe_plan(resolve_plan(cfg, check=False), tmp_path / "out", tmp_path / "home")
+
+
+def test_dry_run_prints_each_setting_with_its_source_and_marks_a_changed_one_yours(tmp_path):
     cfg = resolve_config(method="d2o-guided", preset="paper", overrides={"train": {"learning_rate": "1e-6"}})
-    plan = describe_plan(cfg)
+    plan = _dry_run_text(cfg, tmp_path)
     rows = {key: (value, source) for key, value, source, _ in provenance_rows(cfg)}
     assert rows["train.learning_rate"] == ("1e-06", "yours")
     assert rows["eval.lm_eval_tasks"][1] == "paper" and rows["methods.d2o.k"] == ("11", "secondary")
@@ -57,19 +62,18 @@ def test_dry_run_prints_each_setting_with_its_source_and_marks_a_changed_one_you
     assert f"PKU-Alignment/PKU-SafeRLHF@{cfg.data.revision}, folder data/Alpaca-7B" in plan
 
 
-def test_the_plan_names_the_recommended_anchors_to_a_run_of_another_d2o_variant():
-    from harness.plan import describe_plan
+def test_the_plan_names_the_recommended_anchors_to_a_run_of_another_d2o_variant(tmp_path):
+    def plan_of(method):
+        return _dry_run_text(resolve_config(method=method, preset="paper"), tmp_path)
 
-    assert "the docs recommend --method d2o-guided" in describe_plan(resolve_config(method="d2o", preset="paper"))
-    assert "the docs recommend" not in describe_plan(resolve_config(method="d2o-guided", preset="paper"))
-    assert "the docs recommend" not in describe_plan(resolve_config(method="dpo", preset="paper"))
+    assert "the docs recommend --method d2o-guided" in plan_of("d2o")
+    assert "the docs recommend" not in plan_of("d2o-guided")
+    assert "the docs recommend" not in plan_of("dpo")
 
 
-def test_a_preset_without_a_provenance_file_prints_no_table():
-    from harness.plan import describe_plan
-
+def test_a_preset_without_a_provenance_file_prints_no_table(tmp_path):
     assert provenance_rows(resolve_config(preset="tiny")) is None
-    assert "provenance:" not in describe_plan(resolve_config(preset="tiny"))
+    assert "provenance:" not in _dry_run_text(resolve_config(preset="tiny"), tmp_path)
 
 
 def test_unset_revisions_leave_every_config_hash_as_it_was():
@@ -109,12 +113,12 @@ class HubRecorder:
 def test_pinned_revisions_and_the_data_folder_reach_the_hub_download(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from harness.suites import resolve_assets
+    from harness.plan import resolve_plan
 
     recorder = HubRecorder(tmp_path / "hub")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", recorder)
     cfg = resolve_config(method="d2o-guided", preset="paper")
-    assets = resolve_assets(cfg, tmp_path / "home")
+    assets = resolve_plan(cfg, check=False).assets(tmp_path / "home")
     by_repo = {call["repo_id"]: call for call in recorder.calls}
     assert by_repo["PKU-Alignment/alpaca-7b-reproduced"]["revision"] == cfg.model.policy_revision
     assert by_repo["PKU-Alignment/beaver-7b-v1.0-reward"]["revision"] == cfg.model.reward_model_revision

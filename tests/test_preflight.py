@@ -139,15 +139,16 @@ def test_checkpoints_of_every_policy_kind_are_sized_before_it_exists(tmp_path, c
 
 def test_a_k_that_cannot_fit_in_memory_is_refused_also_by_the_dry_run(tmp_path, capsys):
     """method.k=100000 passed --dry-run, then the self_samples stage asked for 88 GB."""
+    from harness.plan import resolve_plan
     from harness.preflight import sampling_bytes
 
     cfg = resolve_config(method="d2o", preset="tiny")
-    assert 0 < sampling_bytes(cfg) < 2**30  # the preset's own K fits anywhere
+    assert 0 < sampling_bytes(resolve_plan(cfg)) < 2**30  # the preset's own K fits anywhere
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000"],
              "method.k=100000: drawing 100000 self-samples for each of sampling.batch_size=")
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000", "--dry-run"],
              "lower method.k or sampling.batch_size")
-    assert sampling_bytes(resolve_config(method="dpo", preset="tiny")) is None  # draws no samples
+    assert sampling_bytes(resolve_plan(resolve_config(method="dpo", preset="tiny"))) is None  # draws no samples
 
 
 def test_an_unreachable_judge_is_a_warning_not_a_refusal(tmp_path, capsys):

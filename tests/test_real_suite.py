@@ -392,6 +392,7 @@ def test_online_refreshes_on_real_data_sample_the_current_policy_with_the_instru
     import harness.online as online
     from harness import pipeline
     from harness.config import parse_set_options
+    from harness.plan import resolve_plan
 
     seen: list[str] = []
     original = online.generate_completions
@@ -406,7 +407,7 @@ def test_online_refreshes_on_real_data_sample_the_current_policy_with_the_instru
             "method.refresh_every=1", "method.anchor_instruction=Answer harmlessly:"]
     cfg = resolve_config(method="d2o-online", preset="real-smollm2", overrides=parse_set_options(sets))
     out = tmp_path / "out"
-    pipeline.run_pipeline(cfg, out, stop_after="train", progress=lambda message: None)
+    pipeline.run_pipeline(resolve_plan(cfg), out, stop_after="train", progress=lambda message: None)
     run = next(p for p in out.iterdir() if p.name.startswith("d2o-online"))
     summary = json.loads((run / "train" / "COMPLETE").read_text())
     assert summary["sample_refreshes"] == 2

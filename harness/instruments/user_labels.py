@@ -90,7 +90,7 @@ def check_cost_model(cost_spec: str, labels: dict[str, list[dict]], source: dict
     """The record for these judgements, computed once per cost model, judgements and template."""
     from harness.hashing import sha256_json
     from harness.models.loading import load_score_model, model_identity
-    from harness.pipeline import JsonCache
+    from harness.cache import JsonCache
     from harness.scoring.score_models import score_responses
 
     rows_used = (f"the user's {source['split']!r} split (data.train_split): the rows the policy trains on, which "

@@ -32,12 +32,19 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def smollm2_checkpoint_path(home: Path, *, remember: bool = True) -> Path:
+    """Where the converted checkpoint of the installed GGUF is (or will be); nothing is built here
+    (`remember=False`: not even the GGUF's digest memo is written)."""
+    gguf = smollm2_gguf_path()
+    return Path(home) / "models" / f"smollm2-135m-instruct-{weights_sha256(gguf.parent, remember=remember)[:12]}"
+
+
 def ensure_smollm2_checkpoint(home: Path) -> Path:
     """The converted checkpoint's directory (built on first use)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    final = Path(home) / "models" / f"smollm2-135m-instruct-{weights_sha256(gguf.parent)[:12]}"
+    final = smollm2_checkpoint_path(home)
 
     def convert(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

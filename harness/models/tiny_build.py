@@ -205,6 +205,16 @@ def _build_scorer(out: Path, tokenizer_dir: Path, world_cfg, kind: str) -> None:
     tokenizer.save_pretrained(out)
 
 
+# The built parts of a world, each a directory under its root.
+TINY_WORLD_PARTS = ("data", "tokenizer", "policy", "reward", "cost")
+
+
+def tiny_world_parts(home: Path, world_cfg) -> dict[str, Path]:
+    """Where each part of the world of these settings is (or will be) built; nothing is built here."""
+    root = Path(home) / "tiny-world" / world_key(world_cfg)
+    return {part: root / part for part in TINY_WORLD_PARTS}
+
+
 def ensure_tiny_world(home: Path, world_cfg) -> dict[str, Path]:
     """Build (or reuse) the tiny world under `home`; returns the paths of its parts."""
     root = Path(home) / "tiny-world" / world_key(world_cfg)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from harness.errors import BadInput
 from harness.instruments import RefusalRules, ScoreModels
-from harness.suites import Assets, DataSource, Suite, references_for, resolve_policy
+from harness.suites import (Assets, DataSource, PlannedAsset, Suite, planned_data, planned_models, references_for,
+                            resolve_policy)
 
 NONE = ("none", "")
 
@@ -44,6 +45,7 @@ def _check_held_out(data_cfg) -> None:
 
 class CustomSuite(Suite):
     name = "custom"
+    reads_user_evaluation_data = True
 
     def check(self, cfg) -> None:
         if cfg.data.dataset == "tiny-world":
@@ -66,6 +68,18 @@ class CustomSuite(Suite):
         evaluated = DataSource(cfg.data.eval_dataset, cfg.data.format, user_rows=True) if cfg.data.eval_dataset else data
         return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=evaluated,
                       cost=_score_spec(cfg.model.cost_model), reward=_score_spec(cfg.model.reward_model))
+
+    def planned_assets(self, cfg, home: Path) -> list[PlannedAsset]:
+        parts = None
+        if "tiny-world" in (cfg.model.policy, cfg.model.reference_for_samples, cfg.model.reference_for_negatives):
+            from harness.models.tiny_build import tiny_world_parts
+
+            parts = tiny_world_parts(home, cfg.world)
+        found = planned_models(cfg, home, parts)
+        found.append(planned_data("training data", DataSource(cfg.data.dataset, cfg.data.format)))
+        if cfg.data.eval_dataset:
+            found.append(planned_data("evaluation data", DataSource(cfg.data.eval_dataset, cfg.data.format)))
+        return found
 
     def instruments(self, cfg, assets, home):
         found = [RefusalRules()]

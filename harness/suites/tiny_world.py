@@ -10,13 +10,20 @@ from pathlib import Path
 
 from harness.errors import BadInput
 from harness.instruments import ScoreModels, TinyWorldOracle
-from harness.suites import Assets, DataSource, Suite, references_for, resolve_policy
+from harness.suites import (Assets, DataSource, PlannedAsset, Suite, planned_data, planned_models, references_for,
+                            resolve_policy)
 
 TINY = "tiny-world"
 
 
 class TinyWorldSuite(Suite):
     name = TINY
+    # Its instruments are built with the world: their checks are recorded only when one was made
+    # on a user's own training rows, and its base scores are keyed as they always were.
+    reports_instrument_checks = False
+
+    def base_score_identity(self) -> dict:
+        return {}
 
     def check(self, cfg) -> None:
         # With data.train_dataset, data.format names the layout of the user's training rows; the
@@ -39,6 +46,13 @@ class TinyWorldSuite(Suite):
         data = DataSource(TINY, "pku-saferlhf", Path(tiny["data"]))
         return Assets(policy=policy, references=references_for(cfg, policy), train_data=data, eval_data=data,
                       cost=str(tiny["cost"]), reward=str(tiny["reward"]))
+
+    def planned_assets(self, cfg, home: Path) -> list[PlannedAsset]:
+        from harness.models.tiny_build import tiny_world_parts
+
+        parts = tiny_world_parts(home, cfg.world)
+        data = planned_data("data (train and eval)", DataSource(TINY, "pku-saferlhf", parts["data"]))
+        return planned_models(cfg, home, parts) + [data]
 
     def instruments(self, cfg, assets, home):
         return [ScoreModels(cost=assets.cost, reward=assets.reward), TinyWorldOracle()]
