@@ -852,8 +852,6 @@ def validate_config(cfg: RunConfig) -> None:
     if cfg.real.extra_eval_sets:
         from harness.suites.real_data import validate_extra_eval_sets
 
-        if cfg.suite != "real-safety":
-            raise BadInput(f"real.extra_eval_sets applies to suite real-safety; suite {cfg.suite} has its own evaluation data")
         validate_extra_eval_sets(cfg.real.extra_eval_sets)
 
 

@@ -139,5 +139,7 @@ def test_bad_extra_sets_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, 
 
 
 def test_extra_sets_belong_to_the_real_suite():
+    from harness.plan import resolve_plan
+
     with pytest.raises(BadInput, match="real.extra_eval_sets applies to suite real-safety"):
-        resolve_config(preset="tiny", overrides={"real": {"extra_eval_sets": "[harmbench]"}})
+        resolve_plan(resolve_config(preset="tiny", overrides={"real": {"extra_eval_sets": "[harmbench]"}}))

@@ -363,9 +363,6 @@ def validate_config(cfg) -> None:
             raise BadInput(message)
     if not e.guards:
         return
-    if cfg.suite != "real-safety":
-        raise BadInput(f"eval.guards needs human harm and refusal labels to check each guard on; suite {cfg.suite} "
-                       f"has none (use suite real-safety)")
     if e.guard_model and len(e.guards) > 1:
         raise BadInput(f"eval.guard_model names one served model but eval.guards lists {len(e.guards)}: name each "
                        f"with eval.guard_models=[guard=model, ...]")

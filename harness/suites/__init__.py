@@ -171,9 +171,19 @@ class Suite:
     # instruments are all built with it (the tiny world) records them only when a check was
     # made on the run's own rows.
     reports_instrument_checks: bool = True
+    # Whether the suite holds human harm and refusal labels to check guard models on (eval.guards).
+    checks_guards_on_human_labels: bool = False
+    # Whether the suite's evaluation data can take standard safety sets (real.extra_eval_sets).
+    takes_extra_eval_sets: bool = False
 
     def check_settings(self, cfg) -> None:
         """Settings this suite cannot take, refused as soon as the run plan is resolved."""
+        if cfg.eval.guards and not self.checks_guards_on_human_labels:
+            raise BadInput(f"eval.guards needs human harm and refusal labels to check each guard on; suite "
+                           f"{self.name} has none (use suite real-safety)")
+        if cfg.real.extra_eval_sets and not self.takes_extra_eval_sets:
+            raise BadInput(f"real.extra_eval_sets applies to suite real-safety; suite {self.name} has its own "
+                           "evaluation data")
         if cfg.data.eval_dataset is not None and not self.reads_user_evaluation_data:
             raise BadInput(f"data.eval_dataset applies to suite custom only; suite {self.name} assembles its own "
                            "evaluation data")

@@ -33,6 +33,8 @@ class RealSafetySuite(Suite):
     name = "real-safety"
     # It writes lm-eval's stock tasks over its packaged data as `<name>_offline`.
     capability_task_suffixes = ("_offline",)
+    checks_guards_on_human_labels = True
+    takes_extra_eval_sets = True
 
     def check(self, cfg) -> None:
         if cfg.data.dataset != "real-safety":
