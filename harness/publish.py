@@ -42,15 +42,13 @@ import html
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from harness import stats
+from harness import atomic, stats
 from harness.errors import BadInput
 from harness.instruments import checks
 from harness.instruments.refusal import bias_note, reference_bias_note
@@ -1072,7 +1070,8 @@ def _provenance_html(row: dict) -> str:
 
 
 def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    # The plot may still be staged (its write lands with the page's): read what was written.
+    return "data:image/png;base64," + base64.b64encode(atomic.read_bytes(path)).decode("ascii")
 
 
 def _paired_metrics(paired: list[dict]) -> list[str]:
@@ -1187,22 +1186,16 @@ def render_html(table: dict, plots: dict[str, Path], studies: Optional[list[dict
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            os.fchmod(handle.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data, mode=0o644)
 
 
 def _file_stem(preset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", preset).strip("._") or "preset"
 
 
+# Its files land together or not at all (a full disk on the last leaves the previous set), and two
+# publishers of one folder never interleave: never a page from one board beside a table from another.
+@atomic.all_or_none(lock=True)
 def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[Path] = None) -> dict[str, Path]:
     """Writes leaderboard.md, leaderboard.csv, index.html and per-preset PNG plots (plus, with
     `studies_dir`, frontier-<preset>.png and frontier.csv); returns them by name.

@@ -14,11 +14,11 @@ redone on the next invocation; finished stages are skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness import atomic
 
 
 def acquire_run_lock(root: Path):
@@ -43,19 +43,10 @@ def acquire_run_lock(root: Path):
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    """`obj` as indented JSON, through harness/atomic.py (per-writer temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_json(path, obj, indent=2, sort_keys=True, default=str)
 
 
 class JsonArtifact:
@@ -89,11 +80,7 @@ class JsonlArtifact:
 
     def write(self, rows: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 class RunLayout:
