@@ -122,18 +122,37 @@ def remove_stale(target: Path, *, exclusive: bool = False) -> list[Path]:
     return removed
 
 
+def link_problem(path: Path) -> Optional[str]:
+    """Why a write of `path` cannot go through it when it is a symbolic link (a loop, a link to a
+    directory, a link into a folder that does not exist), else None."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        real = path.resolve(strict=False)
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a loop, 3.13 OSError
+        return "a symbolic link loop"
+    if real.is_symlink():  # resolution stopped at a link: a loop by another road
+        return "a symbolic link loop"
+    if real.is_dir():
+        return f"a symbolic link to the directory {real}"
+    if not real.parent.is_dir():
+        return f"a symbolic link to {real}, whose folder does not exist"
+    return None
+
+
 def resolve_target(path: Path) -> Path:
-    """The file a write of `path` replaces: through a symbolic link to where it points."""
+    """The file a write of `path` replaces: through a symbolic link, the file it points to (the
+    link stays a link). A link no write can go through is the user's to fix: one line."""
     path = Path(path)
     if not path.is_symlink():
         return path
-    try:
-        real = path.resolve(strict=False)
-    except (RuntimeError, OSError):
-        raise OSError(errno.ELOOP, "symbolic link loop", str(path)) from None
-    if real.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "symbolic link to a directory", str(path))
-    return real
+    problem = link_problem(path)
+    if problem is not None:
+        from harness.errors import BadInput
+
+        raise BadInput(f"{path}: {problem}; replace it with a file or a link to one")
+    return path.resolve(strict=False)
 
 
 @contextlib.contextmanager

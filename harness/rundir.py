@@ -14,6 +14,7 @@ redone on the next invocation; finished stages are skipped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,40 @@ class RunDir:
         self._status["stages"][name] = state
         self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
         self.layout.status.write(self._status)
+
+    def record_failure(self, name: str, error: Exception) -> Exception:
+        """Mark stage `name` failed; returns the error to raise (one line).
+
+        The disk that failed the stage may refuse the new run.json too (its temp file needs new
+        blocks). Then the file is rewritten in place, padded to its old length: the same blocks,
+        so "failed" still lands and the next run does not read a stage still "running". Only if
+        that fails too does the error say run.json was not updated (the next run then reads the
+        stage left "running" as interrupted)."""
+        from harness.errors import RunFailure
+
+        try:
+            self.mark(name, "failed")
+        except OSError as exc:
+            try:
+                self._overwrite_status_in_place()
+            except (OSError, ValueError):
+                return RunFailure(f"{error} (run.json not updated: {exc.strerror})")
+        return error
+
+    def _overwrite_status_in_place(self) -> None:
+        if not self.writer:
+            return
+        path = self.layout.status.path
+        data = (json.dumps(self._status, indent=2, sort_keys=True, default=str) + "\n").encode()
+        size = path.stat().st_size
+        if len(data) > size:
+            raise ValueError("the new status is longer than the old one")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data + b" " * (size - len(data)))  # trailing spaces are valid JSON
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @property
     def complete(self) -> bool:
