@@ -53,6 +53,14 @@ _ACTIVE: set[str] = set()
 _BATCH: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("d2o_bench_atomic_batch", default=None)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a write that failed (the target was left as it was)."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full writing{where}; free space and rerun (what was there is unchanged)"
+    return f"cannot write{where} ({exc.strerror or exc}); what was there is unchanged"
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 

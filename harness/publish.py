@@ -1259,6 +1259,9 @@ def publish_main(argv: list[str]) -> int:
     except BadInput as exc:
         print(f"d2o-bench publish: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk: nothing was replaced (the outputs land all or none)
+        print(f"d2o-bench publish: error: {atomic.describe_os_error(exc)}", file=sys.stderr)
+        return 1
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

@@ -187,7 +187,8 @@ class RunDir:
         self.layout.status.write(self._status)
 
     def record_failure(self, name: str, error: Exception) -> Exception:
-        """Mark stage `name` failed; returns the error to raise (one line).
+        """Mark stage `name` failed (complete if its COMPLETE marker landed); returns the error to
+        raise (one line).
 
         The disk that failed the stage may refuse the new run.json too (its temp file needs new
         blocks). Then the file is rewritten in place, padded to its old length: the same blocks,
@@ -196,8 +197,13 @@ class RunDir:
         stage left "running" as interrupted)."""
         from harness.errors import RunFailure
 
+        if not self.writer:
+            return error
+        # A stage whose COMPLETE marker landed before run.json failed is done, and says so.
+        self._status["stages"][name] = "complete" if self.is_complete(name) else "failed"
+        self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
         try:
-            self.mark(name, "failed")
+            self.layout.status.write(self._status)
         except OSError as exc:
             try:
                 self._overwrite_status_in_place()
@@ -206,10 +212,9 @@ class RunDir:
         return error
 
     def _overwrite_status_in_place(self) -> None:
-        if not self.writer:
-            return
         path = self.layout.status.path
-        data = (json.dumps(self._status, indent=2, sort_keys=True, default=str) + "\n").encode()
+        # Compact: shorter than the indented file it overwrites, whatever state changed.
+        data = (json.dumps(self._status, sort_keys=True, default=str, separators=(",", ":")) + "\n").encode()
         size = path.stat().st_size
         if len(data) > size:
             raise ValueError("the new status is longer than the old one")
