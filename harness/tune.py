@@ -762,7 +762,13 @@ def build_tune_parser():
 
 def _save_state_if_asked(args: argparse.Namespace, out: Path) -> None:
     if getattr(args, "state_dir", None):
-        save_state(out, Path(args.state_dir))
+        from harness import atomic
+
+        try:
+            save_state(out, Path(args.state_dir))
+        except OSError as exc:  # a full disk: the save landed whole or not at all
+            raise RunFailure(f"--state-dir {args.state_dir}: not saved: {atomic.describe_os_error(exc)}; "
+                             "rerun the same command to go on") from exc
 
 
 def _check_options(args: argparse.Namespace) -> list[str]:

@@ -447,6 +447,11 @@ def test_tune_state_saved_on_a_full_disk_stays_the_previous_state(tmp_path, monk
     with pytest.raises(OSError, match="No space left"):
         save_state(out, state)
     assert _snapshot(state) == before and not _temps(state)
+    from harness.tune import _save_state_if_asked
+
+    faults.reset_counts()
+    with pytest.raises(RunFailure, match=rf"^--state-dir {state}: not saved: disk full writing .*; rerun"):
+        _save_state_if_asked(SimpleNamespace(state_dir=str(state)), out)  # what `tune` prints, one line
     monkeypatch.delenv(faults.DISK_FULL_ENV)
     save_state(out, state)
     assert _trials_saved(state) == [1, 2] and json.loads((state / "studies" / "d2o" / "study.json").read_text())["trials"] == 2
