@@ -86,14 +86,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_OURS = re.compile(r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+")
+# What earlier writers put between the target's name and ".tmp": mkstemp's letters, or nothing.
+_LEGACY = re.compile(r"[A-Za-z0-9_]*")
+
+
+def _writer_fields(path: Path, target: Path) -> Optional[re.Match]:
+    """The writer part of a temp file's name if it is a temp file of `target` (not of a longer
+    name sharing its start: `.a.json.bak.<writer>.tmp` is not a's), else None."""
+    name = path.name[:-len(TEMP_SUFFIX)]
+    for start in (_stem(target), f".{target.name}.", f"{target.name}.", target.name):
+        if name.startswith(start):
+            rest = name[len(start):]
+            match = _OURS.fullmatch(rest) or _LEGACY.fullmatch(rest)
+            if match:
+                return match
+    return None
+
+
 def _is_stale(path: Path, target: Path, exclusive: bool) -> bool:
-    if str(path) in _ACTIVE:
+    fields = _writer_fields(path, target)
+    if fields is None or str(path) in _ACTIVE:
         return False
     if exclusive:
         return True  # the caller holds the target's lock: every other temp file is a dead writer's
-    fields = re.fullmatch(re.escape(_stem(target)) + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+"
-                          + re.escape(TEMP_SUFFIX), path.name)
-    if fields and fields["host"] == _host() and not _pid_alive(int(fields["pid"])):
+    if fields.re is _OURS and fields["host"] == _host() and not _pid_alive(int(fields["pid"])):
         return True
     try:
         return time.time() - path.lstat().st_mtime > STALE_AFTER_S
@@ -102,8 +119,8 @@ def _is_stale(path: Path, target: Path, exclusive: bool) -> bool:
 
 
 def _candidates(target: Path) -> Iterator[Path]:
-    """Temp files of `target`: this module's, and the names earlier writers used
-    (`.NAME.XXXX.tmp`, `NAME.XXXX.tmp`, `NAME.tmp`)."""
+    """Files that may be temp files of `target`: this module's, and the names earlier writers
+    used (`.NAME.XXXX.tmp`, `NAME.XXXX.tmp`, `NAME.tmp`)."""
     directory = target.parent
     yield from directory.glob(f"{glob_escape(_stem(target))}*{TEMP_SUFFIX}")
     yield from directory.glob(f"{glob_escape(target.name)}.*{TEMP_SUFFIX}")

@@ -130,17 +130,18 @@ def test_the_next_writer_removes_what_dead_writers_left_and_nothing_else(tmp_pat
     legacy_old = tmp_path / ".board.json.k1ll3d.tmp"  # the names earlier writers used
     legacy_new = tmp_path / "board.json.abcd.tmp"
     other_target = _stale_name(tmp_path / "other.json", _dead_pid())
-    for path in (dead, live, elsewhere_new, elsewhere_old, legacy_old, legacy_new, other_target):
+    longer_name = _stale_name(tmp_path / "board.json.bak", os.getpid())  # another file's, being written
+    for path in (dead, live, elsewhere_new, elsewhere_old, legacy_old, legacy_new, other_target, longer_name):
         path.write_text("half")
     hours_ago = time.time() - 2 * atomic.STALE_AFTER_S
     for path in (elsewhere_old, legacy_old):
         os.utime(path, (hours_ago, hours_ago))
     atomic.write_text(target, "new")
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {"board.json", live.name, elsewhere_new.name, legacy_new.name, other_target.name}
+    assert left == {"board.json", live.name, elsewhere_new.name, legacy_new.name, other_target.name, longer_name.name}
     # A writer holding the target's lock knows every other temp file of it is a dead writer's.
     atomic.write_text(target, "newer", exclusive=True)
-    assert {p.name for p in tmp_path.iterdir()} == {"board.json", other_target.name}
+    assert {p.name for p in tmp_path.iterdir()} == {"board.json", other_target.name, longer_name.name}
 
 
 def test_a_symlinked_target_is_written_where_it_points_and_stays_a_link(tmp_path):
