@@ -529,3 +529,16 @@ def test_disk_full_writing_a_checkpoint_leaves_no_partial_one_and_the_rerun_resu
     ctx = run_pipeline(cfg, tmp_path, progress=lambda _: None, stop_after="train")
     assert ctx.run_dir.summary("train")["resumed_from_step"] == 2
     assert json.loads((run_root / "run.json").read_text())["stages"]["train"] == "complete"
+
+
+def test_a_full_disk_outside_any_stage_is_still_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """Opening a run directory writes run.json before any stage: a full disk there named nothing."""
+    import harness.cli
+
+    def opens_a_run(argv):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "r" / "run.json"))
+
+    monkeypatch.setattr(harness.cli, "dispatch", opens_a_run)
+    assert harness.cli.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"disk full writing {tmp_path / 'out' / 'r' / 'run.json'}; free space and rerun" in err[0]
