@@ -276,6 +276,13 @@ def replacing(path: Path, *, mode: Optional[int] = None, exclusive: bool = False
                 batch.append((tmp, target))
                 return
             _rename_in(tmp, target)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            if exc.filename is None or exc.filename == str(tmp):
+                # A write() or close() on a full disk names no file, or the temp file the user never
+                # saw: the one line names the file that was being replaced.
+                raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+            raise
         except BaseException:
             _unlink_quietly(tmp)
             raise

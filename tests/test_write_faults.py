@@ -542,3 +542,75 @@ def test_a_full_disk_outside_any_stage_is_still_one_line_naming_the_file(tmp_pat
     assert harness.cli.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"disk full writing {tmp_path / 'out' / 'r' / 'run.json'}; free space and rerun" in err[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs), where mounting is allowed (root in a container);
+    skipped elsewhere. The injected faults above stand in for it everywhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                             capture_output=True, text=True) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)  # unbuffered: nothing left to fail again at close
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_really_full_disk_fails_a_stage_in_one_line_keeps_run_json_honest_and_the_rerun_works(small_disk, monkeypatch):
+    from harness import pipeline
+    from harness.leaderboard import append_entries
+    from harness.rundir import RunDir
+
+    board = small_disk / "leaderboard.json"
+    board.write_bytes(FIXTURE_BOARD.read_bytes())
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "generate",
+                        lambda ctx: ctx.run_dir.layout.responses.write([{"prompt": "p", "response": "r" * 8192}]) or {})
+    ctx = SimpleNamespace(run_dir=RunDir(small_disk / "run", "r", pipeline.STAGES, {"method": "d2o"}),
+                          progress=lambda _: None)
+    before = board.read_bytes()
+    # The stage is marked running before the disk fills (in a run, earlier stages filled it).
+    real_mark = ctx.run_dir.mark
+
+    def fill_after_running(name, state, summary=None):
+        real_mark(name, state, summary)
+        if state == "running":
+            _fill(small_disk)
+
+    monkeypatch.setattr(ctx.run_dir, "mark", fill_after_running)
+    in_place = []
+    real_in_place = RunDir._overwrite_status_in_place
+    monkeypatch.setattr(RunDir, "_overwrite_status_in_place", lambda self: in_place.append(1) or real_in_place(self))
+    with pytest.raises(RunFailure) as raised:
+        pipeline._run_stage(ctx, "generate", True)
+    assert str(raised.value).startswith(f"stage generate failed: disk full writing {small_disk / 'run' / 'generate'}")
+    assert "responses.jsonl" in str(raised.value) and "run.json not updated" not in str(raised.value)
+    assert json.loads((small_disk / "run" / "run.json").read_text())["stages"]["generate"] == "failed"
+    assert in_place == [1]  # no new run.json fitted: "failed" went into the old one's blocks
+    with pytest.raises(OSError) as full:
+        append_entries(board, [_entry("full-disk-1")])
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(board)
+    assert board.read_bytes() == before and not _temps(small_disk)
+    (small_disk / "filler").unlink()
+    monkeypatch.undo()
+    rerun = SimpleNamespace(run_dir=RunDir(small_disk / "run", "r", pipeline.STAGES, {"method": "d2o"}),
+                            progress=lambda _: None)
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "generate", _writes_responses)
+    pipeline._run_stage(rerun, "generate", True)
+    assert json.loads((small_disk / "run" / "run.json").read_text())["stages"]["generate"] == "complete"
