@@ -673,6 +673,7 @@ def save_state(out: Path, state_dir: Path) -> None:
 
 def _save_state_files(out: Path, state_dir: Path) -> None:
     import json
+    import errno
     import sqlite3
 
     from harness import atomic
@@ -683,6 +684,11 @@ def _save_state_files(out: Path, state_dir: Path) -> None:
             source, target = sqlite3.connect(out / STUDIES_DB), sqlite3.connect(tmp)
             try:
                 source.backup(target)
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                # sqlite's word for ENOSPC: as any other full disk, so it reads as one line.
+                raise OSError(errno.ENOSPC, str(exc), str(state_dir / STUDIES_DB)) from exc
             finally:
                 source.close()
                 target.close()

@@ -546,11 +546,11 @@ def test_a_full_disk_outside_any_stage_is_still_one_line_naming_the_file(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 256 KiB filesystem (tmpfs), where mounting is allowed (root in a container);
-    skipped elsewhere. The injected faults above stand in for it everywhere."""
+    """A real 2 MiB filesystem (tmpfs), where mounting is allowed (root in a container); skipped
+    elsewhere. The injected faults above stand in for it everywhere."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
                              capture_output=True, text=True) if os.geteuid() == 0 else None
     if mounted is None or mounted.returncode != 0:
         pytest.skip("cannot mount a small filesystem here")
@@ -614,3 +614,26 @@ def test_a_really_full_disk_fails_a_stage_in_one_line_keeps_run_json_honest_and_
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "generate", _writes_responses)
     pipeline._run_stage(rerun, "generate", True)
     assert json.loads((small_disk / "run" / "run.json").read_text())["stages"]["generate"] == "complete"
+
+
+def test_a_really_full_disk_leaves_the_published_site_and_the_tune_state_as_they_were(small_disk, capsys):
+    from harness.publish import publish_main
+    from harness.tune import _save_state_if_asked, save_state
+
+    site, out, state = small_disk / "site", small_disk / "out", small_disk / "state"
+    assert publish_main([str(FIXTURE_BOARD), "--to", str(site)]) == 0
+    _study_out(out, 1)
+    save_state(out, state)
+    site_before, state_before = _snapshot(site), _snapshot(state)
+    _study_out(out, 2)
+    filler = _fill(small_disk)
+    capsys.readouterr()
+    assert publish_main([str(FIXTURE_BOARD), "--to", str(site)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"d2o-bench publish: error: disk full writing {site}/"), err
+    with pytest.raises(RunFailure, match=rf"^--state-dir {state}: not saved: disk full writing {state}/"):
+        _save_state_if_asked(SimpleNamespace(state_dir=str(state)), out)
+    assert _snapshot(site) == site_before and _snapshot(state) == state_before and not _temps(small_disk)
+    filler.unlink()
+    save_state(out, state)
+    assert _trials_saved(state) == [1, 2]
