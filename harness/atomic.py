@@ -313,7 +313,26 @@ def read_bytes(path: Path) -> bytes:
     return target.read_bytes()
 
 
-COMMIT_LOCK = ".d2o-bench-commit.lock"
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` itself (flock on the folder): no lock file is left
+    in the folder (a published page's, a committed tune state's) or anywhere else. Where the
+    filesystem cannot lock a folder, the block runs unlocked, as before there was a lock."""
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without folder locks (some network ones)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 @contextlib.contextmanager
@@ -322,10 +341,9 @@ def all_or_none(*, lock: bool = False) -> Iterator[None]:
     and the renames happen together at the end, only if the block finished. A full disk on the
     last file leaves every target as it was. Nested blocks join the outer one. Also a decorator.
 
-    `lock`: the renames hold `COMMIT_LOCK` in each target directory, so two writers of one set of
-    files (two publishers of one folder) never interleave theirs: the folder holds one writer's
-    whole set. The lock is taken only once everything is written, so a writer that fails (bad
-    input, a full disk) creates nothing, not even the lock file."""
+    `lock`: the renames hold each target directory's lock (`directory_lock`), so two writers of
+    one set of files (two publishers of one folder) never interleave theirs: the folder holds one
+    writer's whole set. It is taken only once everything is written."""
     if _BATCH.get() is not None:
         yield
         return
@@ -342,10 +360,8 @@ def all_or_none(*, lock: bool = False) -> Iterator[None]:
     directories = sorted(dict.fromkeys(target.parent for _, target in pending))
     with contextlib.ExitStack() as locks:
         if lock:
-            import filelock
-
             for directory in directories:  # sorted: two writers take them in one order
-                locks.enter_context(filelock.FileLock(str(directory / COMMIT_LOCK)))
+                locks.enter_context(directory_lock(directory))
         with signals_held():
             try:
                 for tmp, target in pending:

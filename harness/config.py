@@ -307,6 +307,27 @@ class EvalConfig:
     judge_concurrency: int = setting(4, help="Judge calls in flight at once.")
     judge_max_tokens: int = setting(512, help="Longest judge reply, in tokens (a small local judge on CPU "
                                     "needs a short one).")
+    guards: list[str] = setting(default_factory=list, help="Guard models and rubric judges run as instruments "
+                                "(llama-guard-3, wildguard, strongreject-rubric), each checked on the suite's human "
+                                "harm and refusal labels (suite real-safety); see docs/GUARD_MODELS.md.")
+    guard_url: Optional[str] = setting(None, help="The guards' OpenAI-compatible endpoint (e.g. `vllm serve`'s "
+                                       "http://127.0.0.1:8000/v1); eval.guard_urls overrides it per guard.")
+    guard_urls: list[str] = setting(default_factory=list, help="Per-guard endpoints, `guard=URL` entries (one "
+                                    "vLLM server serves one model).")
+    guard_model: Optional[str] = setting(None, help="The served model name when one guard is listed (None: the "
+                                         "guard's published id, e.g. meta-llama/Llama-Guard-3-8B; "
+                                         "strongreject-rubric has none and needs one).")
+    guard_models: list[str] = setting(default_factory=list, help="Per-guard served model names, `guard=name` "
+                                      "entries.")
+    guard_api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the guards' API key "
+                                     "(never written anywhere; a local endpoint needs none).")
+    guard_max_calls: int = setting(20000, help="Most guard calls per guard and batch (its check, each policy's "
+                                   "answers); past it replies count as unusable. Replies are cached by content.")
+    guard_concurrency: int = setting(8, help="Guard calls in flight at once.")
+    guard_max_unusable: float = setting(0.05, help="Share of a guard's replies that may be unusable (malformed, "
+                                        "refused by the guard, empty, failed) before the guard fails its check.")
+    guard_validation_rows: int = setting(0, help="Human-labelled rows each guard is checked on, per label set "
+                                         "(0: all).")
 
 
 @dataclass
@@ -424,6 +445,9 @@ OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("train", "save_steps"), ("train", "save_total_limit"), ("train", "gradient_cache"),
     ("train", "gradient_cache_tokens"), ("train", "shared_prompt_packing"), ("train", "report_to"),
     ("sampling", "base_url"), ("sampling", "api_key_env"), ("sampling", "concurrency"), ("train", "term_gradient_every"),
+    # Where a guard is served and how fast it is called change no verdict (replies are cached by
+    # the served model's name and the exact request).
+    ("eval", "guard_url"), ("eval", "guard_urls"), ("eval", "guard_api_key_env"), ("eval", "guard_concurrency"),
 )
 
 
@@ -447,6 +471,8 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("model", "policy_revision"), ("model", "reward_model_revision"), ("model", "cost_model_revision"),
     ("data", "revision"), ("data", "data_dir"),
     ("real", "extra_eval_sets"),
+    ("eval", "guards"), ("eval", "guard_model"), ("eval", "guard_models"), ("eval", "guard_max_unusable"),
+    ("eval", "guard_validation_rows"), ("eval", "guard_max_calls"),
 )
 
 
@@ -820,6 +846,9 @@ def validate_config(cfg: RunConfig) -> None:
             raise BadInput(message)
     _validate_lora(cfg.train.lora)
     _validate_report_to(cfg.train.report_to)
+    from harness.instruments.guards import validate_config as validate_guards
+
+    validate_guards(cfg)
     from harness.hub_pins import validate_pins
 
     validate_pins(cfg)

@@ -43,6 +43,7 @@ from harness.rundir import RunDir, RunLayout, acquire_run_lock, write_json_atomi
 from harness.scoring.score_models import score_responses
 from harness.server_sampling import ServerSettings, sample_from_server, server_identity
 from harness.instruments.checks import mark_scores, with_verdict
+from harness.instruments.guards import base_scores_tag as guards_tag
 from harness.instruments.refusal import RULES_VERSION as REFUSAL_RULES_VERSION
 from harness.suites import Assets, get_suite
 from harness.suites import resolve_assets as suite_assets
@@ -657,7 +658,7 @@ def stage_score(ctx: RunContext) -> dict:
     base_cache = JsonCache(ctx.home, "base_scores")
     # v2: per-response groups come from the prompts' group column (before, every prompt was its
     # own group); base scores cached under the old key are not reused.
-    base_key = ctx.run_dir.summary("generate")["base_cache_key"] + f"-v{SCORES_FORMAT}"
+    base_key = ctx.run_dir.summary("generate")["base_cache_key"] + f"-v{SCORES_FORMAT}" + guards_tag(ctx.cfg)
     base_result = base_cache.get(base_key)
     suite = get_suite(ctx.cfg.suite)
     instruments = suite.instruments(ctx.cfg, ctx.assets, ctx.home)

@@ -2,8 +2,9 @@
 
 A run that cannot append to its leaderboard, write its output, fit its checkpoints on disk or
 load its models finds out here, in one line and exit 2, before building a world or training.
-The judge is optional (a run without it still has every other number), so an unreachable judge
-is a one-line warning, not a refusal.
+The judge and the guard models are optional (a run without them still has every other number),
+so an unreachable judge or guard endpoint is a one-line warning, not a refusal; a guard whose
+endpoint stays down fails its check with the reason.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def preflight(cfg, out: Path, *, warn: Callable[[str], None] = log.warning, stri
         problem = judge_problem(cfg.eval)
         if problem:
             warn(f"judge: {problem}; the run goes on and its judge section will say why it failed")
+    for problem in guard_problems(cfg.eval):
+        # As for the judge: the run's other numbers still land; the guard's check fails with the reason.
+        warn(f"{problem}; the run goes on and the guard fails its check with the reason")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -500,19 +504,41 @@ def _check_sampling_server(sampling_cfg) -> None:
 
 def judge_problem(eval_cfg) -> Optional[str]:
     """Why the configured judge endpoint would fail (one cheap call: list its models), or None."""
+    return endpoint_problem(eval_cfg.judge_base_url, eval_cfg.judge_api_key_env)
+
+
+def endpoint_problem(base_url: Optional[str], api_key_env: str, model: Optional[str] = None) -> Optional[str]:
+    """Why an OpenAI-compatible endpoint would fail (one cheap call: list its models), or None;
+    with `model`, also when the endpoint answers but does not serve that model."""
     from harness.scoring.judge import api_key_for, redact, redact_url
 
-    secret, api_key = api_key_for(eval_cfg.judge_api_key_env, eval_cfg.judge_base_url)
+    secret, api_key = api_key_for(api_key_env, base_url)
     if not api_key:
-        return f"no API key: the environment variable {eval_cfg.judge_api_key_env} is not set"
+        return f"no API key: the environment variable {api_key_env} is not set"
     import openai
 
-    client = openai.OpenAI(api_key=api_key, base_url=eval_cfg.judge_base_url, max_retries=0, timeout=5)
+    client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=5)
     try:
-        client.models.list()
+        served = [m.id for m in client.models.list()]
     except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised
         reason = redact(" ".join(f"{type(exc).__name__}: {exc}".split()), secret)
-        return f"endpoint {redact_url(eval_cfg.judge_base_url) or 'api.openai.com'} did not answer a model list ({reason[:200]})"
+        return f"endpoint {redact_url(base_url) or 'api.openai.com'} did not answer a model list ({reason[:200]})"
     finally:
         client.close()
+    if model is not None and served and model not in served:
+        shown = ", ".join(redact(str(m), secret) for m in served[:5])
+        return f"endpoint {redact_url(base_url)} does not serve {model!r} (it serves: {shown})"
     return None
+
+
+def guard_problems(eval_cfg) -> list[str]:
+    """One line per configured guard whose endpoint would fail (harness/instruments/guards.py)."""
+    from harness.instruments.guards import endpoint
+
+    problems = []
+    for name in eval_cfg.guards:
+        url, model = endpoint(eval_cfg, name)
+        problem = endpoint_problem(url, eval_cfg.guard_api_key_env, model)
+        if problem:
+            problems.append(f"guard {name}: {problem}")
+    return problems

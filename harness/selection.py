@@ -136,37 +136,170 @@ def invalid_objectives(objectives: dict[str, str], validation: dict) -> list[str
 
 
 # ----------------------------------------------------------------------------------------------
-# A study file as the provenance of a run (`d2o-bench run --selection STUDY.json`)
+# The one reader of a study file: `d2o-bench run --selection STUDY.json` (the provenance of a test
+# run), `tune` (resuming, summarising) and `publish --studies` (frontiers) all read it here.
 
+STUDY_FILE = "study.json"
+DEFAULT_OBJECTIVES = {"harm": "harmful_rate", "help": "helpful_rate"}
+# What a study must hold to be the provenance of a run (`--selection`); publish needs less.
 STUDY_KEYS = ("method", "preset", "study_name", "selection_rule", "selected_trial", "trials", "search_space",
               "n_trials")
 
 
-def read_study(path: Path) -> dict:
-    return _parse_study(path)[0]
+@dataclass(frozen=True)
+class StudyFile:
+    """A study file, checked: `document` is the JSON object as written (unknown keys kept), `blob`
+    its bytes (hashed into a run's provenance), `checked` the normalised view publish draws."""
+
+    path: Path
+    document: dict
+    blob: bytes
+    checked: dict
 
 
-def _parse_study(path: Path) -> tuple[dict, bytes]:
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def describe_value(value) -> str:
+    """A JSON value for an error message: its JSON type and (cut) text."""
+    if value is None:
+        return "null"
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else
+            "string" if isinstance(value, str) else "array" if isinstance(value, list) else
+            "object" if isinstance(value, dict) else type(value).__name__)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not valid JSON (record null instead)")
+
+
+def parse_study(path: Path, *, context: str = "", required: Iterable[str] = ()) -> StudyFile:
+    """Read and check a study file; BadInput naming the file (after `context`, e.g. "--selection ")
+    and the field on anything malformed. `required`: top-level keys the caller needs beyond those
+    every study has. Unknown keys are ignored. Trials that did not complete, or have no validation
+    value for both objectives, are kept but marked not `plotted`."""
+    path = Path(path)
+    where_file = f"{context}{path}"
+
+    def fail(where: str, message: str) -> BadInput:
+        return BadInput(f"{where_file}: {where + ': ' if where else ''}{message}")
+
     try:
-        blob = Path(path).read_bytes()
-        study = json.loads(blob)
+        blob = path.read_bytes()
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{where_file}: not JSON: the file is not UTF-8 text") from None
     except OSError as exc:
-        raise BadInput(f"--selection {path}: cannot read the study file: {exc.strerror or exc}") from None
+        raise BadInput(f"{where_file}: unreadable ({exc.strerror or exc})") from None
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{where_file}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:
-        raise BadInput(f"--selection {path}: not JSON: {exc}") from None
-    if not isinstance(study, dict):
-        raise BadInput(f"--selection {path}: a study file is a JSON object")
-    missing = [k for k in STUDY_KEYS if k not in study]
+        raise BadInput(f"{where_file}: not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise fail("", f"expected a study object, got {describe_value(document)}")
+    missing = [k for k in required if k not in document]
     if missing:
-        raise BadInput(f"--selection {path}: not a study file written by `d2o-bench tune` (lacks {', '.join(missing)})")
-    trials = study["trials"]
-    if not isinstance(trials, list) or not all(isinstance(t, dict) and isinstance(t.get("params"), dict)
-                                               and isinstance(t.get("number"), int) for t in trials):
-        raise BadInput(f"--selection {path}: `trials` must be a list of objects with an integer `number` and "
-                       "a `params` object")
-    if not isinstance(study["search_space"], dict):
-        raise BadInput(f"--selection {path}: `search_space` must be an object")
-    return study, blob
+        raise fail("", f"not a study file written by `d2o-bench tune` (lacks {', '.join(missing)})")
+
+    def point(where: str, record) -> Optional[dict]:
+        """{"value", "ci_low", "ci_high"} from a validation record (a bare number is a value)."""
+        if record is None:
+            return None
+        if is_number(record):
+            return {"value": float(record), "ci_low": None, "ci_high": None}
+        if not isinstance(record, dict):
+            raise fail(where, f"expected an object with a numeric value, got {describe_value(record)}")
+        found = {}
+        for name in ("value", "ci_low", "ci_high"):
+            value = record.get(name)
+            if value is None and name != "value":
+                found[name] = None
+                continue
+            if not is_number(value):
+                raise fail(f"{where}.{name}", f"expected a number, got {describe_value(value)}")
+            found[name] = float(value)
+        return found
+
+    for name in ("method", "preset"):
+        if not isinstance(document.get(name), str) or not document[name]:
+            raise fail(name, f"expected a non-empty string, got {describe_value(document.get(name))}")
+    objectives = document.get("objectives", DEFAULT_OBJECTIVES)
+    if not isinstance(objectives, dict):
+        raise fail("objectives", f"expected an object, got {describe_value(objectives)}")
+    objectives = {**DEFAULT_OBJECTIVES, **objectives}
+    for role in ("harm", "help"):
+        if not isinstance(objectives[role], str) or not objectives[role]:
+            raise fail(f"objectives.{role}", f"expected a metric name, got {describe_value(objectives[role])}")
+    if "search_space" in document and not isinstance(document["search_space"], dict):
+        raise fail("search_space", f"expected an object, got {describe_value(document['search_space'])}")
+    trials_in = document.get("trials")
+    if not isinstance(trials_in, list):
+        raise fail("trials", f"expected an array, got {describe_value(trials_in)}")
+    trials, numbers = [], set()
+    for index, trial in enumerate(trials_in):
+        where = f"trials[{index}]"
+        if not isinstance(trial, dict):
+            raise fail(where, f"expected an object, got {describe_value(trial)}")
+        number = trial.get("number")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise fail(f"{where}.number", f"expected an integer, got {describe_value(number)}")
+        if number in numbers:
+            raise fail(f"{where}.number", f"duplicate trial number {number}")
+        numbers.add(number)
+        state = trial.get("state", "COMPLETE")
+        if not isinstance(state, str):
+            raise fail(f"{where}.state", f"expected a string, got {describe_value(state)}")
+        validation = trial.get("validation")
+        if validation is not None and not isinstance(validation, dict):
+            raise fail(f"{where}.validation", f"expected an object, got {describe_value(validation)}")
+        validation = validation or {}
+        harm = point(f"{where}.validation.{objectives['harm']}", validation.get(objectives["harm"]))
+        helpful = point(f"{where}.validation.{objectives['help']}", validation.get(objectives["help"]))
+        params = trial.get("params", {})
+        if not isinstance(params, dict):
+            raise fail(f"{where}.params", f"expected an object, got {describe_value(params)}")
+        trials.append({"number": number, "state": state, "params": params, "harm": harm, "help": helpful,
+                       "validation": validation,
+                       "plotted": state == "COMPLETE" and harm is not None and helpful is not None})
+    front = document.get("pareto_front", [])
+    if not isinstance(front, list):
+        raise fail("pareto_front", f"expected an array of trial numbers, got {describe_value(front)}")
+    for index, number in enumerate(front):
+        if not isinstance(number, int) or isinstance(number, bool) or number not in numbers:
+            raise fail(f"pareto_front[{index}]", f"{describe_value(number)} is not a trial number of this study")
+    selected = document.get("selected_trial")
+    if selected is not None and (not isinstance(selected, int) or isinstance(selected, bool) or selected not in numbers):
+        raise fail("selected_trial", f"{describe_value(selected)} is not a trial number of this study")
+    matched = document.get("helpful_at_matched_harm")
+    if matched is not None:
+        if not isinstance(matched, dict):
+            raise fail("helpful_at_matched_harm", f"expected an object or null, got {describe_value(matched)}")
+        for name in ("harm_level", "value"):
+            if matched.get(name) is not None and not is_number(matched[name]):
+                raise fail(f"helpful_at_matched_harm.{name}", f"expected a number or null, got {describe_value(matched[name])}")
+    rule = document.get("selection_rule")
+    rule_name = rule.get("name") if isinstance(rule, dict) else rule if isinstance(rule, str) else None
+    base = document.get("base_validation")
+    base_point = None
+    if isinstance(base, dict) and is_number(base.get(objectives["harm"])) and is_number(base.get(objectives["help"])):
+        base_point = (float(base[objectives["harm"]]), float(base[objectives["help"]]))
+    study_name = document.get("study_name")
+    checked = {"path": path, "method": document["method"], "preset": document["preset"],
+               "study_name": study_name if isinstance(study_name, str) else path.parent.name,
+               "objectives": objectives, "trials": trials, "pareto_front": list(front), "selected_trial": selected,
+               "helpful_at_matched_harm": matched, "selection_rule": rule_name if isinstance(rule_name, str) else None,
+               "base_validation": base_point}
+    return StudyFile(path, document, blob, checked)
+
+
+def read_study(path: Path) -> dict:
+    """The study file's JSON object as `tune` wrote it, after the checks of `parse_study`."""
+    return parse_study(path).document
 
 
 # Fields that differ between a study's trials and its test runs by design.
@@ -216,7 +349,8 @@ def selection_summary(path: Path, cfg) -> dict:
     a run whose configuration differs from the selected trial's parameters.
     """
     path = Path(path)
-    study, blob = _parse_study(path)
+    parsed = parse_study(path, context="--selection ", required=STUDY_KEYS)
+    study, blob = parsed.document, parsed.blob
     if study["method"] != cfg.method_name:
         raise BadInput(f"--selection {path}: the study tuned {study['method']!r}, this run trains {cfg.method_name!r}")
     if study["preset"] != cfg.preset:

@@ -633,8 +633,6 @@ def _warn_on_stale_entries(board: Path, planned: set[str]) -> None:
 
 # What resuming needs: the trials' record, each study file and the leaderboards, and of each
 # complete run (trials and test) its status and scores, not its weights or samples.
-# Held while saving into a --state-dir (git ignores the name).
-STATE_LOCK = ".d2o-bench-state.lock"
 STATE_FILES = ("studies/*/study.json", "trials/leaderboard.json", "test/leaderboard.json", "test/test-status.json")
 
 
@@ -659,15 +657,13 @@ def save_state(out: Path, state_dir: Path) -> None:
     """Copy the study's state into `state_dir` (a folder to commit): the Optuna database through
     sqlite's backup (a consistent copy while the study is open) and the files resuming needs, of
     complete runs only."""
-    import filelock
-
     from harness import atomic
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    # Two savers of one state (two tune processes sharing --state-dir) take turns, and a save lands
-    # whole or not at all: a full disk half way leaves the previous state, not a database newer
-    # than its study files.
-    with filelock.FileLock(str(state_dir / STATE_LOCK)), atomic.all_or_none():
+    # Two savers of one state (two tune processes sharing --state-dir) take turns (the folder's own
+    # lock: no lock file in a folder meant to be committed), and a save lands whole or not at all:
+    # a full disk half way leaves the previous state, not a database newer than its study files.
+    with atomic.directory_lock(state_dir), atomic.all_or_none():
         _save_state_files(out, state_dir)
 
 

@@ -131,11 +131,23 @@ def test_best_follows_higher_is_better_not_the_largest_number(tmp_path):
     assert dpo_line.split("|")[3].strip().startswith("**0.010")
 
 
-def test_html_is_self_contained(published):
+def test_html_fetches_nothing_from_elsewhere_and_its_style_and_script_are_files_written_once(published):
     page = published["html"].read_text()
+    folder = published["html"].parent
     assert re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.IGNORECASE) is None
-    assert re.search(r"<link|@import|<iframe", page, re.IGNORECASE) is None
-    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
+    assert re.search(r"@import|<iframe", page, re.IGNORECASE) is None
+    # Every file the page loads lies beside it: its plots, its style and its two scripts.
+    loaded = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sorted(loaded) == sorted([p.name for n, p in published.items() if n.startswith("plot_")]
+                                    + ["leaderboard.css", "errors.js", "leaderboard.js"])
+    assert all((folder / name).is_file() and "/" not in name for name in loaded)
+    # Style and script are static files of the package, copied, not inlined per page.
+    assert "<style" not in page and re.search(r"<script>[^<]", page) is None and "data:" not in page
+    from importlib import resources
+    for name in ("leaderboard.css", "errors.js", "leaderboard.js"):
+        assert (folder / name).read_bytes() == resources.files("harness.publish").joinpath("static", name).read_bytes()
+    assert len(page) < 60_000  # no plot or script inlined
+    assert "default-src 'none'" in page  # and the page's policy allows nothing but its own folder
     assert page.count("<details>") == 4  # provenance on demand, one per row
     assert "d2o0000000000002" in page  # a config hash from the provenance
 
@@ -147,7 +159,8 @@ def test_html_and_markdown_escape_hostile_names(tmp_path):
         assert raw not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
-    assert page.count("<script>") == 2  # the page's own two scripts, nothing injected
+    scripts = re.findall(r"<script\b[^>]*>", page)  # the page's own two scripts, nothing injected
+    assert scripts == ['<script src="errors.js">', '<script src="leaderboard.js">']
     markdown = written["markdown"].read_text()
     assert HOSTILE_METHOD not in markdown and "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
     # The plots survive a name with mathtext characters.
@@ -257,8 +270,15 @@ def test_page_renders_sorts_and_keeps_hostile_names_as_text_in_chromium(tmp_path
     assert "<script>alert" not in dom
     assert re.search(r"<[a-z]+\b[^>]*\sonerror\s*=", dom, re.IGNORECASE) is None  # no element has a handler
     images = re.findall(r"<img\b[^>]*>", dom)
-    assert len(images) == 2 and all('src="data:image/png;base64,' in img for img in images)
+    assert len(images) == 2 and all(re.search(r'src="[a-z]+-tiny\.png"', img) for img in images)
     assert len(re.findall(r"<script\b", dom)) == 2
+
+    # The committed tiny board (13 methods, 8 metrics) fits a laptop's 1,400 px without scrolling.
+    board = Path(__file__).resolve().parents[1] / "leaderboards" / "tiny" / "leaderboard.json"
+    wide = publish([board], tmp_path / "tiny")["html"].resolve().as_uri()
+    laptop = _chromium(tmp_path, "--window-size=1400,900", "--dump-dom", wide)
+    assert _body_attribute(laptop, "data-ready") == "1" and _body_attribute(laptop, "data-errors") == ""
+    assert _body_attribute(laptop, "data-table-overflow") == "0"
 
     shot = tmp_path / "page.png"
     _chromium(tmp_path, "--window-size=1200,900", f"--screenshot={shot}", url)
@@ -415,7 +435,7 @@ def test_frontier_plot_and_table_from_studies(tmp_path):
     assert "## Helpfulness at matched harm (tuning studies)" in markdown
     assert "| tiny | d2o | d2o-study | max\\_helpful\\_under\\_harm\\_cap | 1 | 3 | 0.450 | 0.930 |" in markdown
     page = written["html"].read_text()
-    assert 'id="frontier"' in page and page.count('src="data:image/png;base64,') == 3  # tradeoff, loss, frontier
+    assert 'id="frontier"' in page and len(re.findall(r"<img\b", page)) == 3  # tradeoff, loss, frontier
 
 
 def test_publish_main_takes_studies(tmp_path, capsys):
@@ -574,9 +594,9 @@ def test_an_instrument_that_fails_its_check_is_absent_from_tables_plots_and_name
     assert named > table_end and "judge failed its check and is not a result" in page
     assert "must exceed 0.25" in markdown
     # The instruments that passed stay, and the refusal rules' bias is stated under every table that
-    # shows their metrics: the main table and the pairing with the base.
+    # shows their metrics: the main table, the pairing with the base and the pairing with d2o.
     assert "cost" in header and "harmful_compliance_rate_mean" in header
-    assert markdown.count("refusal-rules bias: recall 0.70") == 2 and page.count("refusal-rules bias: recall 0.70") == 2
+    assert markdown.count("refusal-rules bias: recall 0.70") == 3 and page.count("refusal-rules bias: recall 0.70") == 3
     assert "plot_tradeoff_real-smollm2" in written  # cost against reward
 
     # The cost model fails (its AUROC's lower bound 0.600 is under the refusal-rule baseline's
@@ -616,8 +636,8 @@ def test_refusal_rule_rates_without_a_check_of_their_own_carry_the_real_suites_b
     note = ("refusal-rules bias: recall 0.70: the rules miss 30% of human-labelled refusals, so harmful\\_compliance\\_rate "
             "and benign\\_answer\\_rate are biased upward and over\\_refusal\\_rate downward (on pyrit's 105 human refusal "
             "labels, measured by suite real-safety, not on these entries' data).")
-    assert markdown.count(note) == 2  # under the main table and under the pairing with the base
-    assert page.count("not on these entries&#x27; data") == 2
+    assert markdown.count(note) == 3  # under the main table and under the pairings with the base and with d2o
+    assert page.count("not on these entries&#x27; data") == 3
     for entry in document["entries"]:
         entry["metrics"] = {k: v for k, v in entry["metrics"].items() if k in ("cost", "safe_rate")}
     path.write_text(json.dumps(document))
@@ -647,3 +667,114 @@ def test_every_interval_of_a_bounded_metric_lies_within_its_bounds():
     assert accuracy["high"] == 1.0 and 0.0 <= accuracy["low"] < accuracy["mean"] < 1.0
     unbounded = summarise(seeds, "reward")  # a score model's number has no bound to cut at
     assert unbounded["high"] > 1.0 and unbounded["low"] == pytest.approx(accuracy["low"])
+
+
+# --------------------------------------------------------------------------- --against and findings
+
+
+def test_against_pairs_every_method_with_the_reference_on_the_same_prompts(clustered_published):
+    document, written = clustered_published
+    with written["differences_csv"].open(newline="") as handle:
+        rows = {(r["method"], r["metric"]): r for r in csv.DictReader(handle)}
+    assert {r["against"] for r in rows.values()} == {"d2o"} and not any(m == "d2o" for m, _ in rows)
+    for method in ("dpo", "base"):
+        for metric, higher in (("harmful_rate", False), ("helpful_rate", True), ("cost", False)):
+            kind = "rate" if metric.endswith("_rate") else "mean"
+            expected = stats.paired_difference_runs(_per_cluster(document, method, metric),
+                                                    _per_cluster(document, "d2o", metric), kind=kind,
+                                                    higher_is_better=higher)
+            row = rows[(method, metric)]
+            assert (float(row["delta"]), float(row["ci_low"]), float(row["ci_high"])) == pytest.approx(
+                (expected.delta, expected.low, expected.high))
+            assert float(row["half_width"]) == pytest.approx((expected.high - expected.low) / 2)
+            assert row["resolved"] == str(expected.low > 0 or expected.high < 0)
+    markdown = written["markdown"].read_text()
+    section = markdown.split("### against d2o (preset tiny)")[1]
+    base = rows[("base", "harmful_rate")]
+    line = next(x for x in section.splitlines() if x.startswith("| base | harmful\\_rate"))
+    assert f"{float(base['delta']):+.3f} [{float(base['ci_low']):+.3f}, {float(base['ci_high']):+.3f}] " \
+           f"±{float(base['half_width']):.3f}" in line
+    assert "smallest difference from d2o this board could detect" in markdown
+    assert 'class="vs-against"' in written["html"].read_text()
+
+
+def test_against_names_the_reference_and_refuses_an_unknown_method(tmp_path, capsys):
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps(clustered_tiny()))
+    written = publish([path], tmp_path / "out", against="dpo")
+    assert "### against dpo (preset tiny)" in written["markdown"].read_text()
+    assert "| d2o | harmful\\_rate" in written["markdown"].read_text().split("### against dpo")[1]
+    assert publish_main([str(path), "--to", str(tmp_path / "bad"), "--against", "nope"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--against nope: no row of that method" in error
+    assert not (tmp_path / "bad").exists()
+    # A legacy board (no per-task data) has nothing to pair: no section, no differences.csv.
+    legacy = publish([FIXTURES / "tiny.json"], tmp_path / "legacy")
+    assert "differences_csv" not in legacy and "### against" not in legacy["markdown"].read_text()
+
+
+FINDINGS = """D2O's harm is {{ d2o.harmful_rate }} (upper bound {{ d2o.harmful_rate.high }}, {{ d2o.n_seeds }} seeds).
+Against DPO: {{diff d2o dpo harmful_rate}}, detectable {{ detectable d2o dpo harmful_rate }};
+against the base it is {{ verdict d2o base harmful_rate }}, on helpfulness {{ verdict d2o base helpful_rate }}.
+"""
+
+
+def test_findings_take_every_number_from_the_board(tmp_path):
+    from harness.publish import aggregate
+    from harness.publish.pooling import format_summary, paired_difference
+
+    document = clustered_tiny()
+    path = tmp_path / "leaderboard.json"
+    path.write_text(json.dumps(document))
+    (tmp_path / "FINDINGS.md.in").write_text(FINDINGS)
+    written = publish([path], tmp_path / "published", readme=tmp_path / "README.md")
+    readme = written["readme"].read_text()
+    rows = {r["method"]: r for r in aggregate(document["entries"])["rows"]}
+    harm = rows["d2o"]["metrics"]["harmful_rate"]
+    d = paired_difference(rows["d2o"], rows["dpo"], "harmful_rate")
+    vs_base = paired_difference(rows["d2o"], rows["base"], "harmful_rate")
+    assert vs_base.high < 0  # the fixture's d2o is clearly less harmful than its base
+    helpful = paired_difference(rows["d2o"], rows["base"], "helpful_rate")
+    helpful_verdict = "not resolved" if helpful.low <= 0 <= helpful.high else ("higher" if helpful.delta > 0 else "lower")
+    expected = (f"D2O's harm is {format_summary(harm)} (upper bound {harm['high']:.3f}, 3 seeds).\n"
+                f"Against DPO: {d.delta:+.3f} [{d.low:+.3f}, {d.high:+.3f}], detectable {(d.high - d.low) / 2:.3f};\n"
+                f"against the base it is lower, on helpfulness {helpful_verdict}.\n")
+    assert "## Findings\n\n" + expected.strip() + "\n" in readme
+    assert readme.startswith("<!-- Generated by `d2o-bench publish --readme`")
+    assert "![plot_frontier" not in readme and "](published/tradeoff-tiny.png)" in readme
+    assert "## Provenance" in readme and "leaderboard.json" in readme
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("{{ d2o.no_such_metric }}", "d2o has no value of 'no_such_metric'"),
+    ("{{ nope.harmful_rate }}", "method 'nope' has no row on this board"),
+    ("{{ diff d2o dpo }}", "cannot read the reference"),
+    ("{{ d2o.harmful_rate.median }}", "unknown field 'median'"),
+    ("{{ d2o.harmful_rate", "unbalanced"),
+])
+def test_a_reference_that_does_not_resolve_names_its_line_and_nothing_is_written(tmp_path, capsys, reference, message):
+    path = tmp_path / "leaderboard.json"
+    path.write_text(json.dumps(clustered_tiny()))
+    (tmp_path / "FINDINGS.md.in").write_text(f"# Findings\n\nfine: {{{{ d2o.harmful_rate }}}}\n{reference}\n")
+    assert publish_main([str(path), "--to", str(tmp_path / "published"), "--readme", str(tmp_path / "README.md")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"FINDINGS.md.in:4: " in error and message in error
+    assert not (tmp_path / "README.md").exists() and not (tmp_path / "published").exists()
+
+
+def test_a_difference_without_per_task_data_cannot_be_quoted(tmp_path):
+    shutil.copy(FIXTURES / "tiny.json", tmp_path / "leaderboard.json")
+    (tmp_path / "FINDINGS.md.in").write_text("{{ diff d2o dpo harmful_rate }}\n")
+    with pytest.raises(BadInput, match="cannot be paired"):
+        publish([tmp_path / "leaderboard.json"], tmp_path / "published", readme=tmp_path / "README.md")
+
+
+def test_readme_is_one_presets_page_from_one_board(tmp_path, capsys):
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"schema_version": "1.0.0", "entries": [
+        {**copy.deepcopy(tiny()["entries"][0]), "run_id": "other-run", "preset": "other"}]}))
+    assert publish_main([str(FIXTURES / "tiny.json"), str(second), "--to", str(tmp_path / "out"),
+                         "--readme", str(tmp_path / "README.md")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--readme writes one preset's page from one leaderboard" in error
+    assert not (tmp_path / "README.md").exists() and not (tmp_path / "out").exists()

@@ -382,3 +382,32 @@ def test_the_real_suite_runs_offline_on_the_reduced_sources(bench_home, tmp_path
     manifest = trained["provenance"]["dataset"]["manifest"]
     assert set(manifest["sources"]) == {s.package for s in real_data.SOURCES}
     assert all(record["licence"] and record["files"] for record in manifest["sources"].values())
+
+
+@pytest.mark.slow
+def test_online_refreshes_on_real_data_sample_the_current_policy_with_the_instruction(bench_home, tmp_path,
+                                                                                     monkeypatch):
+    """d2o-online on the real suite (SmolLM2, the shipped subset): every step redraws its anchors
+    from the policy being trained, through the anchor instruction, and the train stage says so."""
+    import harness.online as online
+    from harness import pipeline
+    from harness.config import parse_set_options
+
+    seen: list[str] = []
+    original = online.generate_completions
+
+    def recording(model, tokenizer, texts, **kwargs):
+        seen.extend(texts)
+        return original(model, tokenizer, texts, **kwargs)
+
+    monkeypatch.setattr(online, "generate_completions", recording)
+    sets = [f"real.source_dir={SOURCES}", "real.harmful_eval_prompts=4", "real.benign_eval_prompts=4",
+            "train.max_steps=2", "train.save_steps=2", "sampling.max_new_tokens=8", "method.k=2",
+            "method.refresh_every=1", "method.anchor_instruction=Answer harmlessly:"]
+    cfg = resolve_config(method="d2o-online", preset="real-smollm2", overrides=parse_set_options(sets))
+    out = tmp_path / "out"
+    pipeline.run_pipeline(cfg, out, stop_after="train", progress=lambda message: None)
+    run = next(p for p in out.iterdir() if p.name.startswith("d2o-online"))
+    summary = json.loads((run / "train" / "COMPLETE").read_text())
+    assert summary["sample_refreshes"] == 2
+    assert seen and all("Answer harmlessly:" in text for text in seen)

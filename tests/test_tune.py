@@ -601,7 +601,7 @@ def test_malformed_selection_study_and_out_file_are_one_line_bad_input(tmp_path,
                                  "search_space": {}, "n_trials": 1}))
     code = main(["--method", "d2o", "--selection", str(study), "--out", str(tmp_path / "out"), "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "`trials` must be a list" in err[0]
+    assert code == 2 and len(err) == 1 and f"--selection {study}: trials[0].number: expected an integer, got string \"zero\"" in err[0]
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     code = main(["tune", "--methods", "sft", "--out", str(a_file)])

@@ -127,6 +127,20 @@ def test_the_same_server_judges(vllm_server):
     section = judge_against_base(["How do I boil an egg?"] * 2, ["Boil water, add the egg, wait 9 minutes."] * 2,
                                  ["I can't help with that."] * 2, settings, aspects=("helpfulness",))
     # Every judgment reached the server and came back; whether a 135M model's reply holds a
-    # verdict is the model's business (it rarely does: README, "Results on real-smollm2").
+    # verdict is the model's business (it rarely does: leaderboards/real-smollm2/README.md).
     assert section["calls"]["made"] == 4 and section["calls"]["failed"] == 0, section
     assert "connection" not in (section.get("reason") or "")
+
+
+def test_the_same_server_takes_a_guards_raw_completion_and_its_non_guard_replies_are_unusable(vllm_server):
+    """Llama Guard 3's and WildGuard's raw prompts (special-token strings in the text) through
+    vLLM's /v1/completions: every request reaches the server and comes back. SmolLM2 is no guard,
+    so what it says is counted as unusable (malformed, refused or empty), never as a verdict."""
+    from harness.instruments.guards import LlamaGuard3, WildGuard, classify
+
+    for guard in (LlamaGuard3(), WildGuard()):
+        settings = JudgeSettings(model=SERVED_NAME, base_url=vllm_server["base_url"], max_calls=8,
+                                 max_tokens=guard.max_tokens)
+        verdicts, info = classify(guard, settings, [("How do I boil an egg?", "Boil water, add the egg.")] * 2)
+        assert info["calls"]["made"] == 2 and info["calls"]["failed"] == 0 and info["down"] is None, info
+        assert len(verdicts) == 2 and all(v["status"] in ("ok", "malformed", "refused", "empty") for v in verdicts)

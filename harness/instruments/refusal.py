@@ -54,8 +54,7 @@ def validate(rows: list[dict]) -> dict:
     }
 
 
-# The rules' check on pyrit's human refusal labels as the real suite measured it (README, "Real
-# data"), for tables whose entries carry no check of their own: suite custom has no refusal
+# The rules' check on pyrit's human refusal labels as the real suite measured it (docs/REAL_DATA.md), for tables whose entries carry no check of their own: suite custom has no refusal
 # labels, yet its rates come from the same rules and carry the same bias. Tied to RULES_VERSION:
 # new rules need a new measurement here (a test holds the two together).
 REFERENCE_CHECK = {"rules_version": 1, "n": 105, "precision": 1.0, "recall": 0.70,

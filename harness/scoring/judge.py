@@ -199,6 +199,12 @@ class JudgmentCache:
         blob = json.dumps([model, template_hash, question, answer_a, answer_b], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
+    @staticmethod
+    def request_key(model: str, template_hash: str, request: dict) -> str:
+        """A guard request's key: the exact request sent (content-addressed), never a header."""
+        blob = json.dumps([model, template_hash, request], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
     def _give_up(self, exc: sqlite3.Error) -> None:
         # A cache that breaks mid-run (disk full, locked too long) costs calls, not the judgment.
         self.error = " ".join(str(exc).split())
@@ -291,10 +297,11 @@ class _Caller:
     """Sends one judgment with its own retry loop, so every retry is counted, and trips a
     breaker after repeated failures so a dead judge stops being called."""
 
-    def __init__(self, client, settings: JudgeSettings, secret: Optional[str]):
+    def __init__(self, client, settings: JudgeSettings, secret: Optional[str], label: str = "judge"):
         self.client = client
         self.settings = settings
         self.secret = secret
+        self.label = label  # who is speaking in the down reason: the judge or a guard model
         self.lock = threading.Lock()
         self.retries = 0
         self.consecutive_failures = 0
@@ -313,35 +320,42 @@ class _Caller:
         ceiling = min(MAX_BACKOFF_S, self.settings.backoff_base_s * (2 ** attempt))
         time.sleep(random.uniform(0.5 * ceiling, ceiling))
 
-    def _request(self, content: str) -> str:
-        response = self.client.chat.completions.create(
-            model=self.settings.model,
-            messages=[{"role": "user", "content": content}],
-            temperature=0,
-            max_tokens=self.settings.max_tokens,
-        )
+    def _request(self, content) -> str:
+        # A string is one user message (the pairwise judge); a dict is a guard's request: either
+        # `prompt`, a raw text completion in the guard's own published format (the server must not
+        # wrap it in a chat template again), or `messages`, a chat with a system turn.
+        request = content if isinstance(content, dict) else {"messages": [{"role": "user", "content": content}]}
+        max_tokens = request.get("max_tokens", self.settings.max_tokens)
+        if "prompt" in request:
+            response = self.client.completions.create(model=self.settings.model, prompt=request["prompt"],
+                                                      temperature=0, max_tokens=max_tokens)
+        else:
+            response = self.client.chat.completions.create(model=self.settings.model, messages=request["messages"],
+                                                           temperature=0, max_tokens=max_tokens)
         choices = getattr(response, "choices", None)
         if not choices:
             raise ValueError("reply has no choices")
-        text = choices[0].message.content
+        text = choices[0].text if "prompt" in request else choices[0].message.content
         # Scrubbed here, before the reply is cached, parsed or logged: some servers echo the
         # request headers (the key) in the body of a normal reply.
         return redact(text, self.secret) if isinstance(text, str) else ""
 
     def run(self, job: _Job, template: str) -> _Job:
+        job.state, job.reply, job.error = self.call(render_prompt(template, job.question, job.answer_a, job.answer_b))
+        return job
+
+    def call(self, content) -> tuple[str, Optional[str], Optional[str]]:
+        """(state, reply, error) of one request: "done", "failed" or "skipped_down"."""
         with self.lock:
             if self.down_reason is not None:
-                job.state = "skipped_down"
-                return job
-        content = render_prompt(template, job.question, job.answer_a, job.answer_b)
+                return "skipped_down", None, None
         attempt = 0
         while True:
             try:
-                job.reply = self._request(content)
-                job.state = "done"
+                reply = self._request(content)
                 with self.lock:
                     self.consecutive_failures = 0
-                return job
+                return "done", reply, None
             except Exception as exc:  # noqa: BLE001 - any failure becomes accounting, never a crash
                 message = self._describe(exc)
                 retry = self._retryable(exc) and attempt < self.settings.max_retries
@@ -351,19 +365,17 @@ class _Caller:
                     self._sleep_before_retry(attempt)
                     attempt += 1
                     continue
-                job.state = "failed"
-                job.error = message
                 with self.lock:
                     self.last_error = message
                     self.consecutive_failures += 1
                     auth = _status_code(exc) in (401, 403)
                     if self.down_reason is None and (auth or self.consecutive_failures >= DOWN_AFTER_CONSECUTIVE_FAILURES):
                         self.down_reason = (
-                            f"judge rejected the API key ({message})" if auth else
-                            f"judge endpoint down: {self.consecutive_failures} consecutive calls failed after "
+                            f"{self.label} rejected the API key ({message})" if auth else
+                            f"{self.label} endpoint down: {self.consecutive_failures} consecutive calls failed after "
                             f"{self.settings.max_retries} retries each (last: {message})"
                         )
-                return job
+                return "failed", None, message
 
 
 def _status_code(exc: BaseException) -> Optional[int]:
@@ -510,6 +522,70 @@ def _run_jobs(jobs: list[_Job], templates: dict[str, str], cache: JudgmentCache,
     finally:
         client.close()
     return caller
+
+
+def send_requests(requests: list[dict], keys: list[str], template_hash: str, settings: JudgeSettings,
+                  label: str) -> tuple[list[str], list[Optional[str]], dict, Optional[str]]:
+    """Send guard requests through the judge's client: (states, replies, calls, down reason).
+
+    The same machinery as the judge: the key from the environment only (a local endpoint gets a
+    placeholder), replies scrubbed of it before they are cached or returned, retries with
+    backoff, a breaker for a dead endpoint, the sqlite reply cache keyed by the request's content.
+    States per request: "cached", "done", "failed", "skipped_budget", "skipped_down", or
+    "no_key" when no key is set for a remote endpoint (nothing is sent).
+    """
+    secret, api_key = api_key_for(settings.api_key_env, settings.base_url)
+    states: list[str] = ["pending"] * len(requests)
+    replies: list[Optional[str]] = [None] * len(requests)
+    try:
+        cache = JudgmentCache(settings.cache_path)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("%s cache %s unusable (%s); going on without it", label, settings.cache_path, exc)
+        cache = JudgmentCache(None)
+    caller = None
+    try:
+        for i, key in enumerate(keys):
+            reply = cache.get(key)
+            if reply is not None:
+                replies[i], states[i] = redact(reply, secret), "cached"
+        pending = [i for i, s in enumerate(states) if s == "pending"]
+        if pending and not api_key:
+            for i in pending:
+                states[i] = "no_key"
+            pending = []
+        for i in pending[settings.max_calls:]:
+            states[i] = "skipped_budget"
+        pending = pending[:settings.max_calls]
+        if pending:
+            import openai
+
+            client = openai.OpenAI(api_key=api_key, base_url=settings.base_url, max_retries=0,
+                                   timeout=settings.timeout_s)
+            caller = _Caller(client, settings, secret, label=label)
+            try:
+                with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency,
+                                                           thread_name_prefix=label) as pool:
+                    futures = {pool.submit(caller.call, requests[i]): i for i in pending}
+                    for future in concurrent.futures.as_completed(futures):
+                        i = futures[future]
+                        states[i], replies[i], _ = future.result()
+                        if states[i] == "done":
+                            cache.put(keys[i], settings.model, template_hash, replies[i])
+            finally:
+                client.close()
+    finally:
+        cache.close()
+    calls = {"made": sum(s in ("done", "failed") for s in states), "cached": states.count("cached"),
+             "failed": states.count("failed"), "retries": caller.retries if caller else 0,
+             "skipped_budget": states.count("skipped_budget"), "skipped_down": states.count("skipped_down"),
+             "no_key": states.count("no_key")}
+    down = caller.down_reason if caller is not None else None
+    if down is None and caller is not None and calls["failed"] and not (calls["made"] - calls["failed"]):
+        down = f"every {label} call failed (last: {caller.last_error})"
+    if down is None and calls["no_key"]:
+        down = (f"{label} API key missing: set the environment variable {settings.api_key_env} "
+                f"(or point it at a local server)")
+    return states, replies, calls, down
 
 
 def judge_against_base(prompts: list[str], candidate: list[str], base: list[str],

@@ -8,8 +8,10 @@
   AlpacaEval, MT-Bench, Vicuna and an over-refusal set; none shares a prompt with training.
 - Instruments: a cost model trained on the human harm labels (AUROC on held-out objectives
   beside a refusal-rule baseline), refusal rules (accuracy on human refusal labels), the judge
-  (agreement with the BIG-bench HHH pairs, when a judge is configured); capability by lm-eval's
-  MMLU and ARC-Easy on the packaged data.
+  (agreement with the BIG-bench HHH pairs, when a judge is configured), guard models and rubric
+  judges (eval.guards: Llama Guard 3, WildGuard, the StrongREJECT rubric; AUROC on the human harm
+  labels, accuracy on the human refusal labels); capability by lm-eval's MMLU and ARC-Easy on the
+  packaged data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from harness.errors import BadInput
 from harness.instruments import RefusalRules, ScoreModels
+from harness.instruments.guards import directions as guard_directions
+from harness.instruments.guards import instruments_for
 from harness.suites import Assets, DataSource, Suite, references_for, resolve_policy
 
 SUITE_MODEL = "suite"  # model.cost_model value: the harm model this suite trains on human labels
@@ -71,11 +75,13 @@ class RealSafetySuite(Suite):
         if assets.cost or assets.reward:
             found.insert(0, ScoreModels(cost=assets.cost, reward=assets.reward, validation=cost_check or {
                 "note": "user-named score model: not validated against the suite's human labels"}))
-        return found
+        # Guard models and rubric judges (eval.guards), each checked on the same human labels.
+        return found + instruments_for(cfg, home, folder)
 
     def metric_directions(self, cfg):
         return {**RefusalRules.metrics, **ScoreModels.directions(cost=cfg.model.cost_model.lower() != "none",
-                                                                 reward=cfg.model.reward_model.lower() != "none")}
+                                                                 reward=cfg.model.reward_model.lower() != "none"),
+                **guard_directions(cfg.eval.guards)}
 
     def validation_extra(self, cfg, assets, home):
         if not cfg.eval.judge_model:

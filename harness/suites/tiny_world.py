@@ -1,7 +1,7 @@
 """The embedded tiny world as a suite: its data, its oracle and its scorers come from one generator.
 
 Its instruments know only the world's words: the suite refuses any other dataset, and the tiny
-world's scorers are refused by every other suite (README, "Suites").
+world's scorers are refused by every other suite (docs/ARCHITECTURE.md, "A run's stages in detail").
 """
 
 from __future__ import annotations
