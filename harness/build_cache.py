@@ -20,9 +20,12 @@ from typing import Callable
 
 import filelock
 
+from harness import atomic
 from harness.hashing import WEIGHTS_MEMO, file_sha256
 
 COMPLETE_MARKER = "COMPLETE"
+# Builds in progress are FINAL.tmp-XXXX beside FINAL.
+TEMP_INFIX = ".tmp-"
 log = logging.getLogger(__name__)
 
 
@@ -62,14 +65,29 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
             return final
         if found:
             log.warning("cache %s is corrupt (%s); rebuilding it", final, found)
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+        remove_stale_builds(final)
+        tmp = Path(tempfile.mkdtemp(prefix=final.name + TEMP_INFIX, dir=final.parent))
         try:
             build(tmp)
-            (tmp / COMPLETE_MARKER).write_text(json.dumps({"sha256": manifest(tmp)}, indent=1, sort_keys=True) + "\n")
-            if final.exists():  # an unfinished or corrupt leftover
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            atomic.write_text(tmp / COMPLETE_MARKER, json.dumps({"sha256": manifest(tmp)}, indent=1, sort_keys=True) + "\n")
+            # A SIGTERM between removing the leftover and renaming the build in would leave
+            # neither: held off until both are done.
+            with atomic.signals_held():
+                if final.exists():  # an unfinished or corrupt leftover
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def remove_stale_builds(final: Path) -> list[Path]:
+    """Build directories of `final` that killed builders left (a world or a converted checkpoint:
+    gigabytes each). Called holding the build lock, so none of them is being written."""
+    removed = []
+    for leftover in final.parent.glob(f"{atomic.glob_escape(final.name)}{TEMP_INFIX}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed

@@ -16,6 +16,7 @@ on stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -235,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("D2O_BENCH_DEBUG"):
             raise
         detail = " ".join(str(exc).split())[:300]
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # outside any stage (opening a run)
+            from harness.atomic import describe_os_error
+
+            detail = describe_os_error(exc)
         print(f"d2o-bench: error: {type(exc).__name__}: {detail} (set D2O_BENCH_DEBUG=1 for a traceback)",
               file=sys.stderr)
         code = 1

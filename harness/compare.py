@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from harness import stats
+from harness import atomic, stats
 from harness.errors import BadInput
 from harness.instruments import checks
 from harness.leaderboard import check_leaderboard, read_leaderboard
@@ -465,6 +465,9 @@ def _check_json_out(path: Path) -> None:
     try:
         if path.is_dir():
             raise BadInput(f"--json {path}: is a directory; name the verdict file to write")
+        linked = atomic.link_problem(path)
+        if linked is not None:
+            raise BadInput(f"--json {path}: {linked}; name a file or a link to one")
         parent = path.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent

@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from harness import atomic
+
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 # The memo of a folder's weight digest: written beside the weights, so not part of the content.
 WEIGHTS_MEMO = ".d2o-bench-weights-sha256.json"
@@ -68,7 +70,7 @@ def weights_sha256(model_dir: str | os.PathLike, *, remember: bool = True) -> st
     if not remember:
         return result
     try:
-        memo.write_text(json.dumps({"stamp": stamp, "sha256": result}))
+        atomic.write_json(memo, {"stamp": stamp, "sha256": result})
     except OSError:
         pass
     return result

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,6 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
+from harness import atomic
 from harness.errors import BadInput, RunFailure
 from harness.faults import kill_point
 from harness.scoring.metrics import HIGHER_IS_BETTER  # noqa: F401  (re-exported: one source of truth)
@@ -448,49 +448,13 @@ def validate_entry(entry: dict) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems do not open directories; the rename is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_leaderboard_atomic(path: Path, document: dict) -> None:
-    """Temp file in the same directory, fsync, rename over, fsync the directory."""
-    path = Path(path)
+    """Through harness/atomic.py: a temp file beside the board, fsync, rename over. The caller holds
+    the board's lock, so any other temp file of the board is a killed writer's and goes."""
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+    with atomic.replacing(Path(path), exclusive=True) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
         kill_point("leaderboard:unreplaced")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Temp files of writes that were killed (SIGKILL, SIGTERM, power) between writing and
-    renaming. Every writer holds the lock while its temp file exists, so under the lock any
-    such file is a dead writer's and goes; otherwise they pile up beside the board forever."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass  # another reason it cannot go (permissions): not this writer's to fix
 
 
 def append_entries(path, entries: list[dict]) -> None:
@@ -514,7 +478,6 @@ def append_entries(path, entries: list[dict]) -> None:
         positions[entry["run_id"]] = index
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
-        _remove_stale_temp_files(path)
         document = read_leaderboard(path, missing_ok=True)
         existing = {entry["run_id"]: index for index, entry in enumerate(document["entries"])}
         merged = list(document["entries"])

@@ -135,7 +135,10 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     distributed.barrier()
     started = time.perf_counter()
     _reset_peak_rss()
-    run_dir.mark(name, "running")
+    try:
+        run_dir.mark(name, "running")
+    except OSError as exc:  # a full disk before the stage began: one line, nothing else changed
+        raise RunFailure(_describe_os_error(name, exc)) from exc
     kill_point(f"stage:{name}:start")
     error = None
     if name in COLLECTIVE_STAGES or main_process:
@@ -151,12 +154,7 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
             error = RunFailure(f"stage {name} failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
         if error is not None:
-            try:
-                run_dir.mark(name, "failed")
-            except OSError as exc:
-                # The disk that failed the stage may refuse run.json too: the user still gets the
-                # stage's error, and the next run reads the stage left "running" as interrupted.
-                error = RunFailure(f"{error} (run.json not updated: {exc.strerror})")
+            error = run_dir.record_failure(name, error)
     # Every rank learns whether rank 0's stage failed, so none waits forever on the next one.
     failure = distributed.main_process_outcome(None if error is None else str(error))
     if error is not None:
@@ -170,5 +168,8 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
         # else the process's peak so far (which never falls: a stage's own peak is then a step up).
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary["peak_rss_scope"] = "stage" if _PEAK_RESETTABLE else "process"
-        run_dir.mark(name, "complete", summary)
+        try:
+            run_dir.mark(name, "complete", summary)
+        except OSError as exc:  # the COMPLETE marker or run.json on a full disk
+            raise run_dir.record_failure(name, RunFailure(_describe_os_error(name, exc))) from exc
     distributed.barrier()

@@ -41,6 +41,7 @@ def preflight(plan, out: Path, *, warn: Callable[[str], None] = log.warning, str
     strict_sources=False (a dry run: seeing the paper preset's plan on a laptop without its
     models) reports models and datasets that cannot be resolved as warnings instead; a local
     dataset's rows and the disk are checked as in a run."""
+    from harness import atomic
     from harness.leaderboard import read_leaderboard
 
     cfg = plan.cfg
@@ -55,6 +56,9 @@ def preflight(plan, out: Path, *, warn: Callable[[str], None] = log.warning, str
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BadInput(f"--out {out}: {existing} is not writable")
     board = out / "leaderboard.json"
+    linked = atomic.link_problem(board)
+    if linked is not None:  # found at the leaderboard stage otherwise, after every other stage ran
+        raise BadInput(f"{board}: {linked}; the run's entries could not be appended")
     if board.exists():
         if not board.is_file():
             raise BadInput(f"{board}: not a file")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness import atomic
 
 
 def acquire_run_lock(root: Path):
@@ -43,19 +44,10 @@ def acquire_run_lock(root: Path):
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    """`obj` as indented JSON, through harness/atomic.py (per-writer temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_json(path, obj, indent=2, sort_keys=True, default=str)
 
 
 class JsonArtifact:
@@ -89,11 +81,7 @@ class JsonlArtifact:
 
     def write(self, rows: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 class RunLayout:
@@ -199,6 +187,45 @@ class RunDir:
         self._status["stages"][name] = state
         self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
         self.layout.status.write(self._status)
+
+    def record_failure(self, name: str, error: Exception) -> Exception:
+        """Mark stage `name` failed (complete if its COMPLETE marker landed); returns the error to
+        raise (one line).
+
+        The disk that failed the stage may refuse the new run.json too (its temp file needs new
+        blocks). Then the file is rewritten in place, padded to its old length: the same blocks,
+        so "failed" still lands and the next run does not read a stage still "running". Only if
+        that fails too does the error say run.json was not updated (the next run then reads the
+        stage left "running" as interrupted)."""
+        from harness.errors import RunFailure
+
+        if not self.writer:
+            return error
+        # A stage whose COMPLETE marker landed before run.json failed is done, and says so.
+        self._status["stages"][name] = "complete" if self.is_complete(name) else "failed"
+        self._status["complete"] = all(v == "complete" for v in self._status["stages"].values())
+        try:
+            self.layout.status.write(self._status)
+        except OSError as exc:
+            try:
+                self._overwrite_status_in_place()
+            except (OSError, ValueError):
+                return RunFailure(f"{error} (run.json not updated: {exc.strerror})")
+        return error
+
+    def _overwrite_status_in_place(self) -> None:
+        path = self.layout.status.path
+        # Compact: shorter than the indented file it overwrites, whatever state changed.
+        data = (json.dumps(self._status, sort_keys=True, default=str, separators=(",", ":")) + "\n").encode()
+        size = path.stat().st_size
+        if len(data) > size:
+            raise ValueError("the new status is longer than the old one")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data + b" " * (size - len(data)))  # trailing spaces are valid JSON
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @property
     def complete(self) -> bool:

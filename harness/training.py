@@ -22,10 +22,10 @@ from typing import Callable, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from harness import tracking
+from harness import atomic, tracking
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput, RunFailure
-from harness.faults import kill_point
+from harness.faults import disk_full_point, kill_point
 from harness.logprobs import (
     EncodedPair,
     collate_pairs,
@@ -279,9 +279,9 @@ class CheckpointSealer(TrainerCallback):
         if self.sample_refresher is not None:
             torch.save(self.sample_refresher.state_dict(state.global_step), folder / _REFRESH_STATE)
         kill_point(f"checkpoint:{state.global_step}:unsealed")
-        marker = folder / f".{CHECKPOINT_COMPLETE}.tmp"
-        marker.write_text(json.dumps({"step": state.global_step}))
-        marker.replace(folder / CHECKPOINT_COMPLETE)
+        # Where a full disk (injected in tests) cuts a checkpoint short: written, never sealed.
+        disk_full_point(f"checkpoint:{state.global_step}:unsealed", str(folder))
+        atomic.write_json(folder / CHECKPOINT_COMPLETE, {"step": state.global_step})
 
 
 class StepWatch(TrainerCallback):

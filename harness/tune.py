@@ -658,21 +658,37 @@ def save_state(out: Path, state_dir: Path) -> None:
     """Copy the study's state into `state_dir` (a folder to commit): the Optuna database through
     sqlite's backup (a consistent copy while the study is open) and the files resuming needs, of
     complete runs only."""
-    import json
-    import sqlite3
-
-    from harness.rundir import write_json_atomic
+    from harness import atomic
 
     state_dir.mkdir(parents=True, exist_ok=True)
+    # Two savers of one state (two tune processes sharing --state-dir) take turns (the folder's own
+    # lock: no lock file in a folder meant to be committed), and a save lands whole or not at all:
+    # a full disk half way leaves the previous state, not a database newer than its study files.
+    with atomic.directory_lock(state_dir), atomic.all_or_none():
+        _save_state_files(out, state_dir)
+
+
+def _save_state_files(out: Path, state_dir: Path) -> None:
+    import json
+    import errno
+    import sqlite3
+
+    from harness import atomic
+    from harness.rundir import write_json_atomic
+
     if (out / STUDIES_DB).is_file():
-        tmp = state_dir / f".{STUDIES_DB}.tmp"
-        source, target = sqlite3.connect(out / STUDIES_DB), sqlite3.connect(tmp)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
-        tmp.replace(state_dir / STUDIES_DB)
+        with atomic.replacing(state_dir / STUDIES_DB) as tmp:
+            source, target = sqlite3.connect(out / STUDIES_DB), sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                # sqlite's word for ENOSPC: as any other full disk, so it reads as one line.
+                raise OSError(errno.ENOSPC, str(exc), str(state_dir / STUDIES_DB)) from exc
+            finally:
+                source.close()
+                target.close()
     paths = [p for pattern in STATE_FILES for p in sorted(out.glob(pattern))]
     run_files = _run_state_files(out)
     paths += [p for _, files in run_files for p in files]
@@ -749,7 +765,13 @@ def build_tune_parser():
 
 def _save_state_if_asked(args: argparse.Namespace, out: Path) -> None:
     if getattr(args, "state_dir", None):
-        save_state(out, Path(args.state_dir))
+        from harness import atomic
+
+        try:
+            save_state(out, Path(args.state_dir))
+        except OSError as exc:  # a full disk: the save landed whole or not at all
+            raise RunFailure(f"--state-dir {args.state_dir}: not saved: {atomic.describe_os_error(exc)}; "
+                             "rerun the same command to go on") from exc
 
 
 def _check_options(args: argparse.Namespace) -> list[str]:

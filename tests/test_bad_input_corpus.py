@@ -130,6 +130,20 @@ def _write(name: str, text: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+def _link(name: str, points_to: str, *, make_dir: str | None = None) -> Callable[[Path], list[str]]:
+    """`name` (under the case's directory) as a symbolic link to `points_to` (relative to the
+    link), with the folder `make_dir` made first: a loop, a link to a folder, a link into nowhere.
+    Before issue 27 a run read a looped board as missing, said OK and lost itself at the
+    leaderboard stage; publish died on it with a raw OSError after writing its plots."""
+    def setup(root: Path) -> list[str]:
+        if make_dir is not None:
+            (root / make_dir).mkdir(parents=True, exist_ok=True)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(points_to)
+        return []
+    return setup
+
+
 def _first_metric(document: dict) -> dict:
     return next(iter(document["entries"][0]["metrics"].values()))
 
@@ -297,6 +311,24 @@ CASES = [
     ("out-is-a-file", _write("out", "x"), ["--out", "{root}/out/sub"], "is not a directory"),
     ("board-is-a-directory", lambda root: (root / "out" / "leaderboard.json").mkdir(parents=True) or [], RUN,
      "leaderboard.json: not a file"),
+    # --- written files that are symbolic links no write can go through (issue 27); a link to a
+    # file is written where it points (tests/test_write_faults.py)
+    ("board-link-loop", _link("out/leaderboard.json", "leaderboard.json"), RUN, "leaderboard.json: a symbolic link loop"),
+    ("board-link-to-a-folder", _link("out/leaderboard.json", "../boards", make_dir="boards"), RUN,
+     "leaderboard.json: a symbolic link to the directory"),
+    ("board-link-into-nowhere", _link("out/leaderboard.json", "../gone/leaderboard.json"), RUN,
+     "whose folder does not exist"),
+    ("board-link-loop-dry-run", _link("out/leaderboard.json", "leaderboard.json"), [*RUN, "--dry-run"],
+     "leaderboard.json: a symbolic link loop"),
+    ("publish-output-link-loop", _link("site/index.html", "index.html"),
+     ["publish", str(FIXTURE_BOARD), "--to", "{root}/site"], "index.html: a symbolic link loop"),
+    ("publish-output-link-to-a-folder", _link("site/leaderboard.md", "../pages", make_dir="pages"),
+     ["publish", str(FIXTURE_BOARD), "--to", "{root}/site"], "leaderboard.md: a symbolic link to the directory"),
+    ("compare-json-link-loop", _link("verdict.json", "verdict.json"),
+     ["compare", str(FIXTURE_BOARD), str(FIXTURE_BOARD), "--json", "{root}/verdict.json"], "a symbolic link loop"),
+    ("compare-json-link-into-nowhere", _link("verdict.json", "gone/verdict.json"),
+     ["compare", str(FIXTURE_BOARD), str(FIXTURE_BOARD), "--json", "{root}/verdict.json"],
+     "whose folder does not exist"),
     ("model-path-missing", _nothing, [*RUN, "--set", "model.policy={root}/model"], "no such file or directory"),
     ("model-dir-without-config", lambda root: (root / "model").mkdir() or [],
      [*RUN, "--set", "model.policy={root}/model"], "a directory without config.json"),

@@ -170,40 +170,48 @@ def test_a_partial_checkpoint_is_removed_and_sealed_ones_kept(tmp_path):
 
 def test_disk_full_in_a_stage_and_in_run_json_is_one_line_and_the_state_stays_honest(tmp_path, monkeypatch):
     """The checkpoint write failed with ENOSPC, then marking the stage failed failed too: the user
-    saw a bare OSError and run.json still said "running" for good."""
+    saw a bare OSError and run.json still said "running" for good. Now run.json's new copy cannot
+    be written either, and "failed" still lands (rewritten in place, in the blocks it has)."""
     import errno
     from types import SimpleNamespace
 
-    from harness import pipeline, rundir
+    from harness import atomic, pipeline
     from harness.rundir import RunDir
 
     root = tmp_path / "run"
     header = {"method": "d2o"}
     run_dir = RunDir(root, "r", pipeline.STAGES, header)
 
-    def fills_the_disk(ctx):
-        raise OSError(errno.ENOSPC, "No space left on device", str(root / "checkpoints" / "train" / "checkpoint-8"))
-
-    real_write = rundir.write_json_atomic
+    real_write = atomic.write_bytes
     state = {"full": False}
 
-    def write(path, obj):
+    def write(path, data, **kwargs):
         if state["full"]:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, obj)
+        return real_write(path, data, **kwargs)
 
     def stage_then_full_disk(ctx):
         state["full"] = True
-        fills_the_disk(ctx)
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / "checkpoints" / "train" / "checkpoint-8"))
 
-    monkeypatch.setattr(rundir, "write_json_atomic", write)
+    monkeypatch.setattr(atomic, "write_bytes", write)
     monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", stage_then_full_disk)
     ctx = SimpleNamespace(run_dir=run_dir, progress=lambda _: None)
     with pytest.raises(RunFailure) as raised:
         pipeline._run_stage(ctx, "train", True)
     message = str(raised.value)
     assert message.startswith("stage train failed: disk full writing ") and "checkpoint-8" in message
-    assert "(run.json not updated: No space left on device)" in message and "\n" not in message
+    assert "run.json not updated" not in message and "\n" not in message
+    assert json.loads((root / "run.json").read_text())["stages"]["train"] == "failed"
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+    # Where even that fails (run.json not writable at all), the error says so, and the next run
+    # reads the stage left "running" as interrupted.
+    state["full"] = False
+    run_dir = RunDir(root, "r", pipeline.STAGES, header)
+    monkeypatch.setattr(RunDir, "_overwrite_status_in_place", lambda self: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))
+    with pytest.raises(RunFailure, match=r"\(run\.json not updated: No space left on device\)$"):
+        pipeline._run_stage(SimpleNamespace(run_dir=run_dir, progress=lambda _: None), "train", True)
     assert json.loads((root / "run.json").read_text())["stages"]["train"] == "running"  # what the disk kept
     state["full"] = False
     reopened = RunDir(root, "r", pipeline.STAGES, header)  # the rerun, holding the run lock

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from harness import atomic
 from harness.errors import BadInput
 from harness.publish.files import file_stem, write_atomic
 from harness.publish.page import STATIC_FILES, render_html, static_file
@@ -31,6 +32,9 @@ def _against(table: dict, against: Optional[str]) -> None:
     table["against"] = method if any(r["vs_against"] for r in table["rows"]) else None
 
 
+# Its files land together or not at all (a full disk on the last leaves the previous set), and two
+# publishers of one folder never interleave: never a page from one board beside a table from another.
+@atomic.all_or_none(lock=True)
 def publish(leaderboard_paths: list[Path], out_dir: Path, studies_dir: Optional[Path] = None, *,
             against: Optional[str] = None, readme: Optional[Path] = None) -> dict[str, Path]:
     """Writes leaderboard.md, leaderboard.csv, index.html with its static files, per-preset PNG
@@ -126,6 +130,9 @@ def publish_main(argv: list[str]) -> int:
     except BadInput as exc:
         print(f"d2o-bench publish: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk: nothing was replaced (the outputs land all or none)
+        print(f"d2o-bench publish: error: {atomic.describe_os_error(exc)}", file=sys.stderr)
+        return 1
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
