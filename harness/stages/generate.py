@@ -10,7 +10,7 @@ serve it as."""
 from __future__ import annotations
 
 from harness.cache import JsonCache
-from harness.config import RunConfig
+from harness.config import EvalConfig, RunConfig
 from harness.generation import generate_responses
 from harness.hashing import sha256_json
 from harness.errors import RunFailure
@@ -27,14 +27,29 @@ def _generation_settings(cfg: RunConfig) -> dict:
     }
 
 
-def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) -> list[str]:
-    e = ctx.cfg.eval
-    texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+def local_answers(e: EvalConfig, model, tokenizer, texts: list[str], desc: str) -> list[str]:
+    """One answer per rendered prompt from `model.generate` (benchmarks/generation.py times this)."""
     outputs = generate_responses(
         model, tokenizer, texts, max_new_tokens=e.max_new_tokens, do_sample=e.do_sample,
         temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size, seed=e.sampling_seed, desc=desc,
     )
     return [group[0] for group in outputs]
+
+
+def served_answers(e: EvalConfig, settings: ServerSettings, texts: list[str], progress=None) -> list[str]:
+    """One answer per rendered prompt from the server's `settings.model` (benchmarks/generation.py
+    times this beside `local_answers`)."""
+    # Greedy unless eval.do_sample: temperature 0 is the OpenAI API's (and vLLM's) greedy decoding.
+    groups = sample_from_server(
+        texts, settings=settings, model=settings.model, k=1,
+        temperature=e.temperature if e.do_sample else 0.0, top_p=e.top_p if e.do_sample else 1.0, top_k=0,
+        max_new_tokens=e.max_new_tokens, seed=e.sampling_seed, progress=progress,
+    )
+    return [group[0].text for group in groups]
+
+
+def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) -> list[str]:
+    return local_answers(ctx.cfg.eval, model, tokenizer, [ctx.prompt_text(p, tokenizer) for p in prompts], desc)
 
 
 def _settings(ctx: RunContext, url: str, model) -> ServerSettings:
@@ -55,16 +70,9 @@ def served_policy_name(checkpoint_sha256: str) -> str:
 
 
 def _served(ctx: RunContext, settings: ServerSettings, tokenizer, prompts: list[str], who: str) -> list[str]:
-    e = ctx.cfg.eval
     texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
     ctx.progress(f"generate ({who}): {len(texts)} evaluation answers from {settings.model} at {settings.base_url}")
-    # Greedy unless eval.do_sample: temperature 0 is the OpenAI API's (and vLLM's) greedy decoding.
-    groups = sample_from_server(
-        texts, settings=settings, model=settings.model, k=1,
-        temperature=e.temperature if e.do_sample else 0.0, top_p=e.top_p if e.do_sample else 1.0, top_k=0,
-        max_new_tokens=e.max_new_tokens, seed=e.sampling_seed, progress=ctx.progress,
-    )
-    return [group[0].text for group in groups]
+    return served_answers(ctx.cfg.eval, settings, texts, progress=ctx.progress)
 
 
 def _base_eval_key(ctx: RunContext, prompts: list[dict], server: dict | None = None) -> str:
