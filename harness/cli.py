@@ -159,7 +159,10 @@ def cmd_run(args) -> int:
         return 0
     from harness.pipeline import run_pipeline
 
-    ctx = run_pipeline(plan, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
+    from harness.progress import log
+
+    # Along the way: stderr, through the one logger; stdout holds the result below.
+    ctx = run_pipeline(plan, Path(args.out), progress=log.info,
                        selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
@@ -225,6 +228,18 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    # DeepSpeed says "Setting accelerator to CPU ..." at WARNING on every CPU run, through its own
+    # logger and handler: dropped by a filter on that logger (its other warnings still show).
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).addFilter(_DropDeepSpeedAcceleratorNotice())
+    from harness.progress import setup_logging
+
+    setup_logging()
+
+
+class _DropDeepSpeedAcceleratorNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Setting accelerator to CPU")
 
 
 def dispatch(argv: list[str]) -> int:
