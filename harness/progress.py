@@ -21,6 +21,24 @@ log = logging.getLogger("d2o_bench")
 FORMAT = "d2o-bench %(levelname)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record (a test's capture, a redirected stream),
+    not the stream that was current when the handler was made."""
+
+    _d2o_bench = True
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler, one format, for "d2o_bench" and the harness's module loggers
     (`harness.*`), idempotent; libraries' loggers keep theirs (the CLI quiets them)."""
@@ -28,9 +46,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.setLevel(level)
         logger.propagate = False
         if not any(getattr(h, "_d2o_bench", False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stderr)
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter(FORMAT))
-            handler._d2o_bench = True
             logger.addHandler(handler)
 
 
