@@ -114,7 +114,7 @@ def comparison_table(base: dict, trained: dict | None, method: str, *, base_sect
         if trained:
             line += f"{_format_metric(trained.get(name)):>20}"
         lines.append(line)
-    lines.append("value ± standard error (cluster bootstrap over prompt groups; the entry holds the 95% intervals); "
+    lines.append("value ± standard error (bootstrap over prompt groups, floored for small samples; the entry holds 95% intervals); "
                  "↑/↓: higher/lower is better")
     if scored_on:
         lines.append(f"scored on: {scored_on}")
