@@ -10,14 +10,13 @@ import pytest
 from harness.cli import comparison_table, main
 from conftest import REDUCED_WORLD
 
-pytestmark = pytest.mark.slow
-
 SMALL_RUN = [*REDUCED_WORLD, "data.max_train_examples=16", "train.epochs=1", "train.per_device_batch_size=8",
              "eval.max_new_tokens=16"]
 # A bar tqdm drew with a label: "<label>: <n>%|" (an unlabelled one starts with the percentage).
 LABELLED_BAR = re.compile(r"^\S[^|]*?: +\d+%\|")
 
 
+@pytest.mark.slow
 def test_stdout_is_the_result_and_stderr_is_labelled(bench_home, tmp_path, capfd):
     # The tiny world is built in this run when no earlier test built it: its bars are checked too.
     code = main(["--method", "dpo", "--out", str(tmp_path / "out"), *(a for s in SMALL_RUN for a in ("--set", s))])
