@@ -84,22 +84,55 @@ def _format_metric(metric: dict | None) -> str:
     return f"{metric['value']:.3f} ± {metric['stderr']:.3f}"
 
 
-def comparison_table(base: dict, trained: dict | None, method: str) -> str:
+def capability_rows(sections: dict | None) -> dict:
+    """lm-eval capability metrics as table rows, `<task> <metric>` → metric record."""
+    tasks = ((sections or {}).get("capability") or {}).get("tasks") or {}
+    return {f"{task} {name}": record for task, result in sorted(tasks.items())
+            for name, record in sorted((result.get("metrics") or {}).items()) if isinstance(record, dict)}
+
+
+def comparison_table(base: dict, trained: dict | None, method: str, *, base_sections: dict | None = None,
+                     sections: dict | None = None, scored_on: str | None = None) -> str:
     from harness.scoring.metrics import HIGHER_IS_BETTER
 
-    # Whatever the suite's instruments reported, in the standard order.
+    # Whatever the suite's instruments reported, in the standard order, then the capability
+    # metrics the entry holds (lm-eval tasks, before and after training).
+    base = {**base, **capability_rows(base_sections)}
+    if trained is not None:
+        trained = {**trained, **capability_rows(sections)}
     names = [n for n in HIGHER_IS_BETTER if n in base or (trained and n in trained)]
+    names += [n for n in {**base, **(trained or {})} if n not in HIGHER_IS_BETTER and n not in names
+              and isinstance((trained or {}).get(n, base.get(n)), dict)
+              and "higher_is_better" in (trained or {}).get(n, base.get(n))]
     arrow = {True: "↑", False: "↓"}
     width = max([16, *(len(n) + 3 for n in names)])
     header = f"{'metric':<{width}}{'base':>20}" + (f"{method:>20}" if trained else "")
     lines = [header, "-" * len(header)]
     for name in names:
-        direction = arrow[(trained or base)[name]["higher_is_better"]]
+        direction = arrow[bool((trained or {}).get(name, base.get(name))["higher_is_better"])]
         line = f"{name + ' ' + direction:<{width}}{_format_metric(base.get(name)):>20}"
         if trained:
             line += f"{_format_metric(trained.get(name)):>20}"
         lines.append(line)
+    lines.append("value ± standard error (bootstrap over prompt groups, floored for small samples; the entry holds 95% intervals); "
+                 "↑/↓: higher/lower is better")
+    if scored_on:
+        lines.append(f"scored on: {scored_on}")
     return "\n".join(lines)
+
+
+def _scored_on(ctx) -> str:
+    """Which evaluation prompts the table scores: the held-out split, never the training rows."""
+    cfg = ctx.cfg
+    n = len(ctx.run_dir.layout.eval_prompts.read())
+    source = cfg.data.eval_dataset or cfg.data.dataset
+    if cfg.data.held_out_share is not None:
+        where = f"{source}, the held-out {cfg.data.held_out_share:g} share"
+    elif cfg.suite == "real-safety":
+        where = f"the {cfg.suite} suite's test share (disjoint from training and validation)"
+    else:
+        where = f"{source}[{cfg.data.eval_split}]"
+    return f"{where}, {n} evaluation prompts"
 
 
 def cmd_run(args) -> int:
@@ -126,13 +159,19 @@ def cmd_run(args) -> int:
         return 0
     from harness.pipeline import run_pipeline
 
-    ctx = run_pipeline(plan, Path(args.out), progress=lambda m: print(m, file=sys.stderr, flush=True),
+    from harness.progress import log
+
+    # Along the way: stderr, through the one logger; stdout holds the result below.
+    ctx = run_pipeline(plan, Path(args.out), progress=log.info,
                        selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
     scores = ctx.run_dir.layout.metrics.read()
     trained = scores["metrics"] if ctx.method.trains else None
-    print(comparison_table(scores["base_metrics"], trained, cfg.method_name))
+    print(comparison_table(scores["base_metrics"], trained, cfg.method_name,
+                           base_sections=scores.get("base_sections"),
+                           sections=scores.get("sections") if ctx.method.trains else None,
+                           scored_on=_scored_on(ctx)))
     print(f"run directory: {ctx.run_dir.root}")
     print(f"leaderboard:   {Path(args.out) / 'leaderboard.json'}")
     return 0
@@ -189,6 +228,18 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    # DeepSpeed says "Setting accelerator to CPU ..." at WARNING on every CPU run, through its own
+    # logger and handler: dropped by a filter on that logger (its other warnings still show).
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).addFilter(_DropDeepSpeedAcceleratorNotice())
+    from harness.progress import setup_logging
+
+    setup_logging()
+
+
+class _DropDeepSpeedAcceleratorNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Setting accelerator to CPU")
 
 
 def dispatch(argv: list[str]) -> int:

@@ -289,6 +289,17 @@ class EvalConfig:
     temperature: float = setting(1.0, help="Sampling temperature (with `eval.do_sample`).")
     top_p: float = setting(1.0, help="Nucleus sampling threshold (with `eval.do_sample`).")
     sampling_seed: int = setting(1234, help="Seed of evaluation sampling (with `eval.do_sample`).")
+    backend: str = setting("transformers", help="Who writes the evaluation answers: \"transformers\" "
+                           "(`model.generate` in this process) or \"openai\" (OpenAI-compatible servers such as "
+                           "`vllm serve`: the base policy at `eval.base_url`, the trained policy served as "
+                           "`policy-<its sha256's first 16 hex digits>` at `eval.policy_url`; the run names the "
+                           "checkpoint to serve; docs/SAMPLING_SERVER.md).")
+    base_url: Optional[str] = setting(None, help="The base policy's server (backend \"openai\"); None: "
+                                      "`sampling.base_url`.")
+    base_server_model: Optional[str] = setting(None, help="The base policy's served name; None: "
+                                               "`sampling.server_model`, else the server's only model.")
+    policy_url: Optional[str] = setting(None, help="The trained policy's server (backend \"openai\"); None: "
+                                        "the base policy's.")
     scorer_batch_size: int = setting(64, help="Answers per reward/cost-model batch.")
     scorer_template: str = setting("BEGINNING OF CONVERSATION: USER: {input} ASSISTANT:",
                                    help="The conversation template the reward and cost models read "
@@ -448,6 +459,9 @@ OPERATIONAL_FIELDS: tuple[tuple[str, str], ...] = (
     # Where a guard is served and how fast it is called change no verdict (replies are cached by
     # the served model's name and the exact request).
     ("eval", "guard_url"), ("eval", "guard_urls"), ("eval", "guard_api_key_env"), ("eval", "guard_concurrency"),
+    # Where the evaluation answers' servers listen: their served names and versions are recorded
+    # and key the base answers' cache.
+    ("eval", "base_url"), ("eval", "policy_url"),
 )
 
 
@@ -473,6 +487,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("real", "extra_eval_sets"),
     ("eval", "guards"), ("eval", "guard_model"), ("eval", "guard_models"), ("eval", "guard_max_unusable"),
     ("eval", "guard_validation_rows"), ("eval", "guard_max_calls"),
+    ("eval", "backend"), ("eval", "base_server_model"),
 )
 
 
@@ -814,6 +829,13 @@ def validate_config(cfg: RunConfig) -> None:
          f"sampling.backend=openai needs sampling.base_url, an http(s) URL with a host, "
          f"got {_shown_url(cfg.sampling.base_url)!r}"),
         (cfg.sampling.concurrency >= 1, "sampling.concurrency must be >= 1"),
+        (cfg.eval.backend in SAMPLING_BACKENDS,
+         f"eval.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.eval.backend!r}"),
+        (cfg.eval.backend != "openai" or _is_http_url(cfg.eval.base_url or cfg.sampling.base_url),
+         f"eval.backend=openai needs eval.base_url (or sampling.base_url), an http(s) URL with a host, "
+         f"got {_shown_url(cfg.eval.base_url or cfg.sampling.base_url)!r}"),
+        (cfg.eval.policy_url is None or _is_http_url(cfg.eval.policy_url),
+         f"eval.policy_url must be an http(s) URL with a host, got {_shown_url(cfg.eval.policy_url)!r}"),
         (0 < cfg.real.train_share and 0 < cfg.real.validation_share
          and cfg.real.train_share + cfg.real.validation_share < 1,
          "real.train_share and real.validation_share must be > 0 and leave a test share"),
@@ -837,6 +859,10 @@ def validate_config(cfg: RunConfig) -> None:
         (not url_credentials(cfg.sampling.base_url),
          f"sampling.base_url {_shown_url(cfg.sampling.base_url)} carries a user name or password: remove it "
          f"and put the key in the environment variable named by sampling.api_key_env ({cfg.sampling.api_key_env})"),
+        *((not url_credentials(url),
+           f"eval.{name} {_shown_url(url)} carries a user name or password: remove it and put the key in the "
+           f"environment variable named by sampling.api_key_env ({cfg.sampling.api_key_env})")
+          for name, url in (("base_url", cfg.eval.base_url), ("policy_url", cfg.eval.policy_url))),
     ]
     for ok, message in checks:
         if not ok:

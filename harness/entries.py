@@ -127,6 +127,9 @@ def build_entries(ctx) -> list[dict]:
                     # Present only for a LoRA run: the adapter's settings, size and sha256.
                     **({"lora": train["lora"]} if train.get("lora") else {}),
                 },
+                # Which servers wrote the evaluation answers (eval.backend=openai only).
+                **({"generation": {"backend": "openai", "server": stages["generate"]["server"]}}
+                   if stages["generate"].get("server") else {}),
                 # How the self-samples were drawn when the method steered or filtered them.
                 **({"anchors": stages["self_samples"]["anchors"]}
                    if "anchors" in stages.get("self_samples", {}) else {}),

@@ -131,6 +131,8 @@ def preflight(plan, out: Path, *, warn: Callable[[str], None] = log.warning, str
         _check_lora_targets(cfg)
     if cfg.sampling.backend == "openai" and plan.draws_self_samples:
         check_sources(lambda: _check_sampling_server(cfg.sampling))
+    if cfg.eval.backend == "openai":
+        check_sources(lambda: _check_eval_server(cfg))
     if cfg.eval.judge_model:
         problem = judge_problem(cfg.eval)
         if problem:
@@ -500,6 +502,21 @@ def _check_sampling_server(sampling_cfg) -> None:
         server_identity(ServerSettings.of(sampling_cfg, timeout_s=10.0))
     except RunFailure as exc:
         raise BadInput(f"{exc} (sampling.backend=openai: start the server first, docs/SAMPLING_SERVER.md)") from None
+
+
+def _check_eval_server(cfg) -> None:
+    """The base policy's server answers and serves its model before anything runs (the trained
+    policy's is checked at the generate stage: its name is its checkpoint's hash)."""
+    from harness.errors import RunFailure
+    from harness.server_sampling import ServerSettings, server_identity
+
+    try:
+        server_identity(ServerSettings(base_url=cfg.eval.base_url or cfg.sampling.base_url,
+                                       model=cfg.eval.base_server_model or cfg.sampling.server_model,
+                                       api_key_env=cfg.sampling.api_key_env, timeout_s=10.0))
+    except (RunFailure, BadInput) as exc:
+        raise BadInput(f"{exc} (eval.backend=openai: the base policy's server, eval.base_url and "
+                       "eval.base_server_model; docs/SAMPLING_SERVER.md)") from None
 
 
 def judge_problem(eval_cfg) -> Optional[str]:

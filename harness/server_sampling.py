@@ -74,15 +74,20 @@ def _server_version(base_url: str) -> Optional[str]:
     return str(version) if version else None
 
 
-def server_identity(settings: ServerSettings) -> dict:
-    """The model the server serves under the configured name, and the server's version."""
+def served_models(settings: ServerSettings) -> list[str]:
+    """The names of the models the server lists (GET /v1/models); RunFailure with one line."""
     client, secret = _client(settings)
     try:
-        models = [m.id for m in client.models.list().data]
+        return [m.id for m in client.models.list().data]
     except Exception as exc:  # noqa: BLE001 - one line for whatever the client raised
         raise RunFailure(f"sampling server {settings.base_url}: {describe_api_error(exc, settings.timeout_s, secret)}") from None
     finally:
         client.close()
+
+
+def server_identity(settings: ServerSettings) -> dict:
+    """The model the server serves under the configured name, and the server's version."""
+    models = served_models(settings)
     if settings.model is None:
         if len(models) != 1:
             raise BadInput(f"sampling server {settings.base_url} serves {len(models)} models ({', '.join(models)}); "

@@ -449,6 +449,10 @@ def train_method(
         term_gradient_every=train_cfg.term_gradient_every,
         samples_per_prompt=samples_per_prompt,
     )
+    # A labelled bar and one INFO line per logged step instead of the Trainer's raw dict.
+    from harness.progress import label_trainer
+
+    label_trainer(trainer, f"train {method.name}" if hasattr(method, "name") else "train")
     remove_unsealed_checkpoints(Path(output_dir))  # a killed run's partial write
     if names:
         tracking.attach(trainer, run_root)

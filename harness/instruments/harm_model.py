@@ -69,10 +69,15 @@ def auroc_interval(scores: list[float], labels: list[bool], clusters: list[str],
 
 
 @torch.no_grad()
-def _features(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512) -> torch.Tensor:
+def _features(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512,
+              desc: str = "harm model: features") -> torch.Tensor:
     """The backbone's last-token hidden state of every text (what the score head reads)."""
+    from tqdm.auto import tqdm
+
     out = torch.zeros(len(texts), model.config.hidden_size)
-    for chunk, ids, mask in padded_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+    # The real suite's first run spends minutes here: a labelled bar, not silence.
+    for chunk, ids, mask in tqdm(padded_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length),
+                                 total=-(-len(texts) // batch_size), desc=desc, unit="batch"):
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         last = mask.sum(dim=1) - 1
         out[chunk] = hidden[torch.arange(len(chunk)), last].float()
@@ -124,8 +129,12 @@ def build_harm_model(policy_dir: str, labels_dir: Path, home: Path, template: st
             tokenizer.pad_token = tokenizer.eos_token
         backbone = AutoModel.from_pretrained(policy_dir, dtype=torch.float32).eval()
         splits = {s: _read(labels_dir / f"{s}.jsonl") for s in ("train", "validation", "test")}
-        feats = {s: _features(backbone, tokenizer, [scorer_text(r["objective"], r["response"], template) for r in rows])
+        log.info("harm model: training the real suite's cost model on %s human-labelled responses (built once, "
+                 "cached in %s)", sum(len(rows) for rows in splits.values()), final)
+        feats = {s: _features(backbone, tokenizer, [scorer_text(r["objective"], r["response"], template) for r in rows],
+                              desc=f"harm model: features of the {s} labels")
                  for s, rows in splits.items()}
+        log.info("harm model: fitting the head (L2 among %s, chosen on validation)", list(L2_GRID))
         # Standardised with the train split's moments only.
         mean, std = feats["train"].mean(0), feats["train"].std(0).clamp(min=1e-6)
         labels = {s: torch.tensor([float(r["harm_score"] >= HARMFUL_AT) for r in rows]) for s, rows in splits.items()}

@@ -94,6 +94,14 @@ class _LossFnTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
+def _labelled(trainer: Trainer, label: str) -> Trainer:
+    # A fresh clone's first run spends most of its time here: the bar says which model it trains.
+    from harness.progress import label_trainer
+
+    label_trainer(trainer, label)
+    return trainer
+
+
 def _build_data(out: Path, world_cfg) -> None:
     world = tiny_world.build_world(seed=world_cfg.seed, split_seed=world_cfg.split_seed,
                                    eval_templates_per_task=world_cfg.eval_templates_per_task,
@@ -157,7 +165,8 @@ def _build_policy(out: Path, tokenizer_dir: Path, world_cfg) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         args = _training_args(scratch, epochs=world_cfg.policy_epochs, lr=3e-3, batch_size=32, seed=world_cfg.seed)
-        _LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=sft_loss).train()
+        _labelled(_LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=sft_loss),
+                  "tiny world: training the policy (SFT)").train()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
@@ -200,7 +209,8 @@ def _build_scorer(out: Path, tokenizer_dir: Path, world_cfg, kind: str) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         args = _training_args(scratch, epochs=world_cfg.scorer_epochs, lr=2e-3, batch_size=32, seed=world_cfg.seed)
-        _LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=score_loss).train()
+        _labelled(_LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=score_loss),
+                  f"tiny world: training the {kind} model").train()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

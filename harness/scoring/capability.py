@@ -21,6 +21,9 @@ belongs inside a pipeline stage.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import logging
 import math
 from functools import lru_cache
@@ -296,6 +299,26 @@ def _budgeted_lm(model, tokenizer, max_batch: int):
     return BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=max_batch)
 
 
+@contextlib.contextmanager
+def _labelled_request_building():
+    """lm-eval draws an unlabelled bar while it builds a task's requests (lm_eval.api.task's
+    `tqdm(doc_id_docs, total=...)`): give it a label for the call's length."""
+    try:
+        import lm_eval.api.task as lm_task
+    except ImportError:
+        yield
+        return
+    original = getattr(lm_task, "tqdm", None)
+    if original is None:
+        yield
+        return
+    lm_task.tqdm = functools.partial(original, desc="lm-eval: building requests")
+    try:
+        yield
+    finally:
+        lm_task.tqdm = original
+
+
 def run_capability(
     model,
     tokenizer,
@@ -338,8 +361,9 @@ def run_capability(
     model.eval()
     try:
         lm = _budgeted_lm(model, tokenizer, max_batch=batch_size)
-        results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS,
-                           log_samples=True)  # per-item results: task-clustered intervals
+        with _labelled_request_building():
+            results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS,
+                               log_samples=True)  # per-item results: task-clustered intervals
     except BadInput:
         raise
     except Exception as exc:

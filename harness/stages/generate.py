@@ -1,13 +1,21 @@
 """The generate stage: the evaluation prompts' responses of the trained policy and of the base
-policy (the base's cached across runs)."""
+policy (the base's cached across runs), from `model.generate` in this process or, with
+`eval.backend: openai`, from OpenAI-compatible servers (docs/SAMPLING_SERVER.md).
+
+A server's weights cannot be read through its API, so the trained policy is trusted only under
+the name `policy-<sha16>`, its checkpoint's own content hash: a server that serves anything else
+(the base model, an older checkpoint) is refused with the checkpoint to serve and the name to
+serve it as."""
 
 from __future__ import annotations
 
 from harness.cache import JsonCache
-from harness.config import RunConfig
+from harness.config import EvalConfig, RunConfig
 from harness.generation import generate_responses
 from harness.hashing import sha256_json
-from harness.models.loading import load_policy, model_identity
+from harness.errors import RunFailure
+from harness.models.loading import load_policy, load_tokenizer, model_identity
+from harness.server_sampling import ServerSettings, sample_from_server, served_models, server_identity
 from harness.stages.context import RunContext
 
 
@@ -19,9 +27,8 @@ def _generation_settings(cfg: RunConfig) -> dict:
     }
 
 
-def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) -> list[str]:
-    e = ctx.cfg.eval
-    texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+def local_answers(e: EvalConfig, model, tokenizer, texts: list[str], desc: str) -> list[str]:
+    """One answer per rendered prompt from `model.generate` (benchmarks/generation.py times this)."""
     outputs = generate_responses(
         model, tokenizer, texts, max_new_tokens=e.max_new_tokens, do_sample=e.do_sample,
         temperature=e.temperature, top_p=e.top_p, batch_size=e.batch_size, seed=e.sampling_seed, desc=desc,
@@ -29,9 +36,48 @@ def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) 
     return [group[0] for group in outputs]
 
 
-def _base_eval_key(ctx: RunContext, prompts: list[dict]) -> str:
+def served_answers(e: EvalConfig, settings: ServerSettings, texts: list[str], progress=None) -> list[str]:
+    """One answer per rendered prompt from the server's `settings.model` (benchmarks/generation.py
+    times this beside `local_answers`)."""
+    # Greedy unless eval.do_sample: temperature 0 is the OpenAI API's (and vLLM's) greedy decoding.
+    groups = sample_from_server(
+        texts, settings=settings, model=settings.model, k=1,
+        temperature=e.temperature if e.do_sample else 0.0, top_p=e.top_p if e.do_sample else 1.0, top_k=0,
+        max_new_tokens=e.max_new_tokens, seed=e.sampling_seed, progress=progress,
+    )
+    return [group[0].text for group in groups]
+
+
+def _generate(ctx: RunContext, model, tokenizer, prompts: list[str], desc: str) -> list[str]:
+    return local_answers(ctx.cfg.eval, model, tokenizer, [ctx.prompt_text(p, tokenizer) for p in prompts], desc)
+
+
+def _settings(ctx: RunContext, url: str, model) -> ServerSettings:
+    # The key and concurrency are the self-samples' (one set of servers, one key).
+    return ServerSettings(base_url=url, model=model, api_key_env=ctx.cfg.sampling.api_key_env,
+                          concurrency=ctx.cfg.sampling.concurrency)
+
+
+def base_server(ctx: RunContext) -> ServerSettings:
+    """The base policy's server: eval.base_url / eval.base_server_model, else the self-samples'."""
+    e, s = ctx.cfg.eval, ctx.cfg.sampling
+    return _settings(ctx, e.base_url or s.base_url, e.base_server_model or s.server_model)
+
+
+def served_policy_name(checkpoint_sha256: str) -> str:
+    """The only name under which a server's answers count as the trained policy's."""
+    return f"policy-{checkpoint_sha256[:16]}"
+
+
+def _served(ctx: RunContext, settings: ServerSettings, tokenizer, prompts: list[str], who: str) -> list[str]:
+    texts = [ctx.prompt_text(p, tokenizer) for p in prompts]
+    ctx.progress(f"generate ({who}): {len(texts)} evaluation answers from {settings.model} at {settings.base_url}")
+    return served_answers(ctx.cfg.eval, settings, texts, progress=ctx.progress)
+
+
+def _base_eval_key(ctx: RunContext, prompts: list[dict], server: dict | None = None) -> str:
     cfg = ctx.cfg
-    return sha256_json({
+    identity = {
         "policy": model_identity(ctx.assets.policy)["sha256"],
         "dtype": cfg.model.dtype,
         "prompts": sha256_json(prompts),
@@ -42,22 +88,44 @@ def _base_eval_key(ctx: RunContext, prompts: list[dict]) -> str:
         "dataset": cfg.data.dataset,
         # Instruments differ between suites: their base scores are never shared (Suite.base_score_identity).
         **ctx.plan.suite.base_score_identity(),
-    })[:24]
+    }
+    if server is not None:
+        # The server's name for its model and its version key the answers; its dtype is its own.
+        identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
+        del identity["dtype"]
+    return sha256_json(identity)[:24]
 
 
 def run(ctx: RunContext) -> dict:
     layout = ctx.run_dir.layout
     prompts = layout.eval_prompts.read()
     texts = [p["prompt"] for p in prompts]
+    served = ctx.cfg.eval.backend == "openai"
+    servers: dict = {}
+    policy_settings = None
+    if served:
+        base_settings = base_server(ctx)
+        servers["base"] = server_identity(base_settings)
+        base_settings = _settings(ctx, base_settings.base_url, servers["base"]["model"])
+        if ctx.method.trains:
+            # Checked before any answer is drawn: a run never spends the base's answers and then
+            # finds the trained policy unserved.
+            policy_settings, servers["policy"] = _policy_server(ctx, base_settings)
     base_cache = JsonCache(ctx.home, "base_generations")
-    base_key = _base_eval_key(ctx, prompts)
+    base_key = _base_eval_key(ctx, prompts, servers.get("base"))
     base = base_cache.get(base_key)
     if base is None:
-        model, tokenizer = ctx.load_policy(ctx.assets.policy)
-        base = _generate(ctx, model, tokenizer, texts, "generate (base)")
+        if served:
+            base = _served(ctx, base_settings, load_tokenizer(ctx.assets.policy, gguf_file=ctx.cfg.model.gguf_file),
+                           texts, "base")
+        else:
+            model, tokenizer = ctx.load_policy(ctx.assets.policy)
+            base = _generate(ctx, model, tokenizer, texts, "generate (base)")
+            del model
         base_cache.put(base_key, base)
-        del model
-    if ctx.method.trains:
+    if ctx.method.trains and served:
+        policy = _served(ctx, policy_settings, load_tokenizer(str(layout.policy)), texts, ctx.method.name)
+    elif ctx.method.trains:
         model, tokenizer = load_policy(str(layout.policy), dtype=ctx.cfg.model.dtype)
         policy = _generate(ctx, model, tokenizer, texts, f"generate ({ctx.method.name})")
         del model
@@ -66,4 +134,25 @@ def run(ctx: RunContext) -> dict:
     layout.responses.write([
         dict(p, response=r, base_response=b) for p, r, b in zip(prompts, policy, base)
     ])
-    return {"settings": _generation_settings(ctx.cfg), "n": len(prompts), "base_cache_key": base_key}
+    summary = {"settings": _generation_settings(ctx.cfg), "n": len(prompts), "base_cache_key": base_key}
+    if served:
+        summary.update(backend="openai", server=servers)
+    return summary
+
+
+def _policy_server(ctx: RunContext, base_settings: ServerSettings) -> tuple[ServerSettings, dict]:
+    """The server of the trained checkpoint, found under its content-hash name, or a one-line
+    RunFailure naming the checkpoint to serve (the run resumes at this stage once it is served)."""
+    checkpoint = ctx.run_dir.layout.policy
+    name = served_policy_name(model_identity(str(checkpoint))["sha256"])
+    url = ctx.cfg.eval.policy_url or base_settings.base_url
+    settings = _settings(ctx, url, None)
+    models = served_models(settings)
+    if name not in models:
+        raise RunFailure(
+            f"eval.backend=openai: the trained policy is not served at {settings.base_url} (it serves: "
+            f"{', '.join(models) or 'nothing'}); serve {checkpoint} with --served-model-name {name} "
+            f"(docs/SAMPLING_SERVER.md) and rerun the same command: the run resumes at generate")
+    identity = server_identity(_settings(ctx, url, name))
+    return _settings(ctx, url, name), identity
+
