@@ -514,10 +514,11 @@ def test_disk_full_writing_a_checkpoint_leaves_no_partial_one_and_the_rerun_resu
     resumes from step 2 and completes."""
     from harness.config import parse_set_options, resolve_config
     from harness.pipeline import run_pipeline
+    from harness.plan import resolve_plan
 
     from test_checkpoints import RUN
 
-    cfg = resolve_config(method="d2o-online", preset="tiny", seed=0, overrides=parse_set_options(RUN))
+    cfg = resolve_plan(resolve_config(method="d2o-online", preset="tiny", seed=0, overrides=parse_set_options(RUN)))
     _disk_full_at(monkeypatch, "checkpoint:4:unsealed")
     with pytest.raises(RunFailure) as raised:
         run_pipeline(cfg, tmp_path, progress=lambda _: None, stop_after="train")
