@@ -128,8 +128,6 @@ def _scored_on(ctx) -> str:
     source = cfg.data.eval_dataset or cfg.data.dataset
     if cfg.data.held_out_share is not None:
         where = f"{source}, the held-out {cfg.data.held_out_share:g} share"
-    elif cfg.suite == "real-safety":
-        where = f"the {cfg.suite} suite's test share (disjoint from training and validation)"
     else:
         where = f"{source}[{cfg.data.eval_split}]"
     return f"{where}, {n} evaluation prompts"

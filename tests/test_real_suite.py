@@ -394,14 +394,9 @@ def test_online_refreshes_on_real_data_sample_the_current_policy_with_the_instru
     from harness.config import parse_set_options
     from harness.plan import resolve_plan
 
-    seen: list[str] = []
-    original = online.generate_completions
+    from test_anchors import _record_sampling
 
-    def recording(model, tokenizer, texts, **kwargs):
-        seen.extend(texts)
-        return original(model, tokenizer, texts, **kwargs)
-
-    monkeypatch.setattr(online, "generate_completions", recording)
+    seen = _record_sampling(monkeypatch, online)
     sets = [f"real.source_dir={SOURCES}", "real.harmful_eval_prompts=4", "real.benign_eval_prompts=4",
             "train.max_steps=2", "train.save_steps=2", "sampling.max_new_tokens=8", "method.k=2",
             "method.refresh_every=1", "method.anchor_instruction=Answer harmlessly:"]
