@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 from harness.config import OPERATIONAL_FIELDS
 from harness.errors import BadInput
+from harness.provenance import flatten
 
 RULE_TEXTS = {
     "max_helpful_under_harm_cap": (
@@ -331,17 +332,6 @@ def comparable_config(config: dict, tuned: Iterable[str]) -> dict:
 _MISSING = object()
 
 
-def _dotted(config: dict, prefix: str = "") -> dict:
-    """A nested config as {"section.field": value} so a mismatch can be named field by field."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def selection_summary(path: Path, cfg) -> dict:
     """What a test run's entry says about how its configuration was chosen.
 
@@ -362,8 +352,9 @@ def selection_summary(path: Path, cfg) -> dict:
     params = trial.get("params") or {}
     config = cfg.to_dict()
     if isinstance(study.get("trial_config"), dict):
-        ours = _dotted(comparable_config(config, study.get("search_space") or {}))
-        theirs = _dotted(comparable_config(study["trial_config"], study.get("search_space") or {}))
+        # Flattened so a mismatch can be named field by field.
+        ours = flatten(comparable_config(config, study.get("search_space") or {}))
+        theirs = flatten(comparable_config(study["trial_config"], study.get("search_space") or {}))
         differing = sorted(key for key in set(ours) | set(theirs) if ours.get(key, _MISSING) != theirs.get(key, _MISSING))
         if differing:
             raise BadInput(f"--selection {path}: this run's configuration differs from the study's trials in "
