@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.config import RunConfig
+from harness.errors import BadInput
 from harness.provenance import provenance_table
 from harness.registry import Method, get_method
 from harness.suites import Assets, PlannedAsset, Suite, get_suite, planned_data, resolve_assets, user_training_source
@@ -109,6 +110,33 @@ def resolve_plan(cfg: RunConfig, *, check: bool = True) -> RunPlan:
                    refresh_every=method.refresh_every(), metric_directions=suite.metric_directions(cfg))
     if check:
         plan.check()
+    return plan
+
+
+def shared_plan(cfg: RunConfig, resolve: Callable[[], RunPlan]) -> RunPlan:
+    """The run's plan on every rank of a launch: `resolve()` (resolve_plan and preflight) runs on
+    rank 0 alone, and the other ranks receive its result (harness/distributed.py says how and
+    why). A rank whose own configuration (parsed from its own arguments, not resolved) hashes
+    differently from the plan's stops every rank with one line: a launch that gave its ranks
+    different arguments would otherwise train one model from several configurations. Without a
+    launcher it is `resolve()`."""
+    from harness import distributed
+
+    try:
+        plan = distributed.from_main_process(resolve)
+        mine, planned = cfg.hash(), plan.cfg.hash()
+        refusal = None
+        if mine != planned:
+            refusal = (f"rank {distributed.rank()} was started with config hash {mine[:12]}, but rank 0 resolved "
+                       f"the run for config hash {planned[:12]} ({plan.run_id}): start every rank with the same "
+                       "arguments")
+        refusal = distributed.first_refusal(refusal)
+        if refusal is not None:
+            raise BadInput(refusal)
+    except BaseException:
+        # Nothing collective follows a failed hand-over: leave the group rather than exit in it.
+        distributed.leave_process_group(completed=False)
+        raise
     return plan
 
 
