@@ -8,7 +8,9 @@ the plan; nothing else calls `get_suite` or works a count out again.
 
 `--dry-run` (`describe_plan`) prints the plan: what will run, the assets with their content
 hashes (found without building or downloading: an absent one is named as such), which stages are
-already complete in the run directory, and memory estimates. The GPU memory figures are
+already complete in the run directory, the keys of the shared caches the run will use and whether
+each is already cached (harness/stages/caches.py, through the stages' own key functions), and
+memory estimates. The GPU memory figures are
 estimates from parameter counts, not measurements: mixed-precision Adam keeps bf16 weights and
 gradients (2+2 bytes/param) and fp32 master weights plus two moments (12 bytes/param); ZeRO
 shards optimizer states (stage ≥ 1), gradients (≥ 2) and weights (3) across GPUs. Activations
@@ -234,6 +236,7 @@ def stage_states(plan: RunPlan, layout: "RunLayout") -> list[str]:
 def describe_plan(plan: RunPlan, out_dir: Path, home: Path, n_gpus: int = 8) -> str:
     """What `--dry-run` prints: the run, its assets with hashes, its stages' state, its memory."""
     from harness.rundir import RunLayout
+    from harness.stages.caches import cache_lines
 
     cfg, method = plan.cfg, plan.method
     layout = RunLayout.of(out_dir, plan.run_id)
@@ -268,6 +271,7 @@ def describe_plan(plan: RunPlan, out_dir: Path, home: Path, n_gpus: int = 8) -> 
         "stages:      " + " → ".join(plan.stages),
         f"run directory: {layout.root}" + ("" if layout.status.exists() else " (not started)"),
         *stage_states(plan, layout),
+        *cache_lines(plan, out_dir, home),
     ]
     policy = next((a for a in assets if a.role == "policy"), None)
     arch = _architecture(str(policy.path) if policy is not None and policy.present else cfg.model.policy, cfg)

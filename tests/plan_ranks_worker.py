@@ -4,7 +4,8 @@ On every rank but 0 it first replaces everything that resolves a run (resolve_pl
 lookup, asset resolution, the suite's check, preflight) with a function that records the call in
 `$PLAN_RANKS_RECORD/violations.rank<N>` and raises, so a non-zero rank that resolved anything itself
 fails the run and says where. Every rank records the plan it ended up with
-(`plan.rank<N>.json`: run id, config hash, K, assets) for the test to compare.
+(`plan.rank<N>.json`: run id, config hash, K, stages) and what it trained
+(`trained.rank<N>.json`) for the test to compare.
 
     python tests/plan_ranks_worker.py cli ARGS...          # `d2o-bench ARGS` (under a launcher)
     python tests/plan_ranks_worker.py share [--set K=V]...  # shared_plan alone, for the tiny preset
@@ -78,6 +79,25 @@ def record_plans() -> None:
     harness.plan.shared_plan = recorded
 
 
+def record_training() -> None:
+    """Every rank writes down what it trained: the rows, K, the world it trained in, its losses."""
+    import harness.training
+
+    train = harness.training.train_method
+
+    def recorded(**kwargs):
+        import torch
+
+        result = train(**kwargs)
+        (RECORD / f"trained.rank{RANK}.json").write_text(json.dumps(
+            {"rows": len(kwargs["dataset"]), "samples_per_prompt": kwargs["samples_per_prompt"],
+             "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+             "loss_curve": result["loss_curve"]}))
+        return result
+
+    harness.training.train_method = recorded
+
+
 def share(argv: list[str]) -> int:
     from harness.config import parse_set_options, resolve_config
     from harness.errors import BadInput, D2OBenchError
@@ -103,10 +123,14 @@ def share(argv: list[str]) -> int:
 
 
 def main() -> int:
-    mode, argv = sys.argv[1], sys.argv[2:]
+    # DeepSpeed's launcher puts `--local_rank=N` first: the CLI takes it wherever it stands.
+    args = sys.argv[1:]
+    position = next(i for i, a in enumerate(args) if not a.startswith("--local"))
+    mode, argv = args[position], args[:position] + args[position + 1:]
     RECORD.mkdir(parents=True, exist_ok=True)
     guard_non_zero_rank()
     record_plans()
+    record_training()
     if mode == "share":
         return share(argv)
     from harness.cli import main as cli_main

@@ -94,7 +94,7 @@ def test_rank_0s_failure_reaches_the_other_rank(tmp_path):
     assert (tmp_path / "error.rank1").read_text() == "rank 0: rank 0 refuses this configuration"
 
 
-RUN = [*REDUCED_WORLD, "data.max_train_examples=16", "train.epochs=1", "train.per_device_batch_size=4",
+RUN = [*REDUCED_WORLD, "data.max_train_examples=16", "train.max_steps=4", "train.per_device_batch_size=4",
        "sampling.max_new_tokens=16", "eval.max_new_tokens=16", "eval.lm_eval_tasks=[]", "method.k=2"]
 
 
@@ -108,7 +108,15 @@ def test_a_two_rank_run_completes_on_rank_0s_plan(bench_home, tmp_path):
     launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
     if launcher is None:
         pytest.skip("DeepSpeed's launcher `deepspeed` is not on PATH")
+    from harness.config import parse_set_options
+    from harness.models.tiny_build import ensure_tiny_world
+
     record, out = tmp_path / "record", tmp_path / "out"
+    # The world is built beforehand, in this one process: its builder trains with transformers'
+    # Trainer, which, inside a launched rank, would take the launcher's process group for its own
+    # (the ranks then wait on each other's collectives for ever).
+    cfg = resolve_config(method="d2o", preset="tiny", seed=None, overrides=parse_set_options(RUN))
+    ensure_tiny_world(bench_home, cfg.world)
     sets = [a for s in [*RUN, "train.deepspeed=zero2"] for a in ("--set", s)]
     log = tmp_path / "launch.log"
     with open(log, "w") as handle:
@@ -125,6 +133,11 @@ def test_a_two_rank_run_completes_on_rank_0s_plan(bench_home, tmp_path):
     assert len(d2o) == 1 and d2o[0]["run_id"] == rank0["run_id"], board["entries"]
     status = json.loads((out / rank0["run_id"] / "run.json").read_text())
     assert status["complete"] and set(status["stages"].values()) == {"complete"}
-    train = json.loads((out / rank0["run_id"] / "train" / "COMPLETE").read_text())
-    assert train["steps"] == 2  # 16 examples, 4 per rank on 2 ranks: 2 optimizer steps
+    # Both ranks trained, in one group of 2, on the same 16 rows with rank 0's K, in step.
+    trained = [json.loads((record / f"trained.rank{r}.json").read_text()) for r in (0, 1)]
+    assert trained[0]["world_size"] == trained[1]["world_size"] == 2
+    assert trained[0]["rows"] == trained[1]["rows"] == 16
+    assert trained[0]["samples_per_prompt"] == trained[1]["samples_per_prompt"] == rank0["k"] == 2
+    assert trained[0]["loss_curve"] == trained[1]["loss_curve"] and len(trained[0]["loss_curve"]) == 4
+    assert d2o[0]["provenance"]["train"]["loss_curve"] == trained[0]["loss_curve"]
     assert d2o[0]["provenance"]["cache_keys"]["self_samples"]
