@@ -193,7 +193,7 @@ def _anchor_filter(ctx: RunContext, anchors) -> Callable[[list[str], list[str]],
         from harness.instruments.refusal import is_refusal
 
         return lambda prompts, responses: [is_refusal(r) for r in responses]
-    _anchor_filter_identity(ctx, anchors)  # refuses a suite without a cost model
+    _anchor_filter_identity(ctx.cfg, ctx.assets, anchors)  # refuses a suite without a cost model
     model, tokenizer = load_score_model(ctx.assets.cost, dtype=ctx.cfg.model.dtype)
 
     def passes(prompts: list[str], responses: list[str]) -> list[bool]:
