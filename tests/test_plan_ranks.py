@@ -61,6 +61,21 @@ def test_without_a_launcher_the_plan_is_resolved_here():
     assert plan.run_id == resolve_plan(cfg).run_id and plan._checked
 
 
+def test_under_a_launcher_only_rank_0_prints_a_dry_run(monkeypatch, capsys, tmp_path):
+    import harness.plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rank 1 resolved a plan for a dry run")
+
+    monkeypatch.setattr(harness.plan, "resolve_plan", refuse)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from harness.cli import main
+
+    assert main(["--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
+
+
 def test_a_plan_for_another_config_is_refused_in_one_line(monkeypatch):
     # The same check as a non-zero rank's, in one process: what arrived was resolved elsewhere.
     theirs = resolve_plan(resolve_config(method="d2o", preset="tiny", seed=1, overrides={}))
