@@ -6,6 +6,9 @@ Nothing is reported, written or contacted unless `train.report_to` names a track
 live in the run directory's `tracking/` (beside the stage directories, so a resumed train stage
 adds to them rather than wiping them) unless the user points a tracker elsewhere through its own
 environment variable (MLFLOW_TRACKING_URI, WANDB_DIR, TRACKIO_DIR), which is then respected.
+MLflow's usage telemetry (on by default outside CI since MLflow 3.2) is switched off the same way
+(MLFLOW_DISABLE_TELEMETRY, unless the user set it): naming a local tracker contacts nothing. W&B
+contacts its server unless WANDB_MODE=offline; that choice is the user's, as with any tracker URI.
 What goes to a tracker is the Trainer's logs, its arguments (whose tokens the Trainer redacts),
 the model's config and the run's metrics: never the environment, so no API key.
 """
@@ -21,6 +24,9 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 TRACKING_DIR = "tracking"
+# The project W&B and trackio file runs under (the Trainer's and the closing scores alike), unless
+# the user names one (WANDB_PROJECT; trackio has no variable for it).
+PROJECT = "d2o-bench"
 
 
 def trackers(train_cfg) -> list[str]:
@@ -50,11 +56,27 @@ def prepare(run_root: Path, names: list[str]) -> None:
         # A SQLite store (MLflow 3 refuses its old file store by default).
         folder.mkdir(parents=True, exist_ok=True)
         _default_env("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        # MLflow >= 3.2 posts usage events to its own endpoint unless told not to (or in CI,
+        # which is why a test run never showed it).
+        _default_env("MLFLOW_DISABLE_TELEMETRY", "true")
     if "wandb" in names:
         folder.mkdir(parents=True, exist_ok=True)
         _default_env("WANDB_DIR", str(folder))
+        _default_env("WANDB_PROJECT", PROJECT)
     if "trackio" in names:
         _default_env("TRACKIO_DIR", str(folder / "trackio"))
+        _check_trackio_dir(Path(os.environ["TRACKIO_DIR"]))
+
+
+def _check_trackio_dir(wanted: Path) -> None:
+    """trackio reads TRACKIO_DIR once, when first imported, into constants that several of its
+    modules copy: a second run in the same process cannot move it, so say where its logs go."""
+    import sys
+
+    utils = sys.modules.get("trackio.utils")
+    if utils is not None and Path(utils.TRACKIO_DIR).absolute() != wanted.absolute():
+        log.warning("trackio was imported earlier in this process: its logs go to %s, not %s",
+                    utils.TRACKIO_DIR, wanted)
 
 
 def attach(trainer, run_root: Path) -> None:
@@ -99,6 +121,9 @@ def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs
                run_name: str = "") -> None:
     """The score stage's metrics (the method's and the base's) and the instruments' validation,
     sent to each tracker at the training's last step."""
+    # A score stage resumed in a new process (the train stage complete) must write to the same
+    # stores as the training did, not to the working directory's.
+    prepare(run_root, names)
     scalars = {**flatten(score.get("metrics", {}), "score"), **flatten(score.get("base_metrics", {}), "base")}
     instruments = (score.get("sections") or {}).get("instruments") or {}
     validation = instruments.get("validation") or {}
@@ -126,9 +151,16 @@ def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs
         import wandb
 
         previous = runs.get("wandb") or {}
-        run = wandb.init(id=previous.get("id"), project=previous.get("project"), resume="allow", name=run_name)
+        run = wandb.run
+        if run is None or run.id != previous.get("id"):
+            # A score stage in a new process: resume the Trainer's run (offline, a second folder
+            # with the same id, which `wandb sync` joins).
+            run = wandb.init(id=previous.get("id"), project=previous.get("project"), resume="allow", name=run_name)
+        # W&B's own step counts log calls and refuses one it has passed, so the scores are
+        # placed the way the Trainer's callback places its logs: against train/global_step.
+        run.define_metric("*", step_metric="train/global_step", step_sync=True)
         try:
-            run.log(scalars, step=step)
+            run.log({**scalars, "train/global_step": step})
             if validation:
                 run.summary["instruments/validation"] = validation
         finally:
@@ -136,7 +168,7 @@ def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs
     if "trackio" in names:
         import trackio
 
-        trackio.init(project="d2o-bench", name=run_name, resume="allow")
+        trackio.init(project=PROJECT, name=run_name, resume="allow")
         try:
             trackio.log(scalars, step=step)
         finally:

@@ -383,6 +383,9 @@ def training_arguments(train_cfg, output_dir: Path, seed: int, run_name: Optiona
         # train.report_to's trackers (none by default: nothing is reported or contacted).
         report_to=tracking.trackers(train_cfg),
         run_name=run_name,
+        # trackio's project (the Trainer's default is "huggingface"): the closing scores join
+        # the run under the same project and name.
+        project=tracking.PROJECT,
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
