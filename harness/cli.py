@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # datasets pings S3 to count a "download" on every load_dataset, a local file's too (lm-eval's
+    # tasks included): read when datasets is imported, so set before any stage imports it.
+    os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -63,6 +63,31 @@ def test_the_training_source_alone_is_replaced_and_the_evaluation_stays_the_suit
     assert resolve_plan(unset).assets(tmp_path / "home").train_data.spec == str(evaluation)
 
 
+def test_loading_local_rows_contacts_nothing(tmp_path, monkeypatch):
+    """datasets counts a "download" of even a local JSON file with a HEAD request to S3 unless
+    told not to; a run on local rows must not touch the network."""
+    import datasets.load
+
+    requests = []
+
+    class Session:
+        def head(self, url, **kwargs):
+            requests.append(url)
+
+    monkeypatch.delenv("HF_UPDATE_DOWNLOAD_COUNTS", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    monkeypatch.setattr(datasets.load, "get_session", Session)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "p", "response": "r"}\n')
+    assert load_rows(str(rows), "train", cache_dir=tmp_path / "cache") == [{"prompt": "p", "response": "r"}]
+    assert requests == []
+    # The user's own choice stands.
+    monkeypatch.setenv("HF_UPDATE_DOWNLOAD_COUNTS", "1")
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    load_rows(str(rows), "train", cache_dir=tmp_path / "cache2")
+    assert requests and "s3.amazonaws.com" in requests[0]
+
+
 def test_the_setting_leaves_existing_config_hashes_alone():
     for preset in ("tiny", "real-smollm2"):
         cfg = resolve_config(method="d2o", preset=preset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from harness.errors import BadInput
@@ -74,6 +75,11 @@ def load_rows(spec: str, split: str, *, local_dir: Path | None = None, cache_dir
 
     # Its "Generating train split" bars would turn a one-line error into several lines.
     datasets.disable_progress_bars()
+    # Every load_dataset, even of a local JSON file, sends a HEAD request to S3 to count a
+    # "download" (datasets' HF_UPDATE_DOWNLOAD_COUNTS, on by default): a run of the tiny world
+    # would contact the network for nothing. Off unless the user asks for it.
+    if "HF_UPDATE_DOWNLOAD_COUNTS" not in os.environ:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
 
     try:
         if local_dir is not None:
