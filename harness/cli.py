@@ -16,6 +16,7 @@ on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -145,12 +146,16 @@ def cmd_run(args) -> int:
     from harness.preflight import preflight
 
     def resolved():
-        # Resolved once (method, suite, K, metrics, run id); everything below reads it. Preflight
-        # makes the suite's check after naming any missing model or dataset.
-        plan = resolve_plan(cfg, check=False)
-        # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
-        preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
-                  strict_sources=not args.dry_run)
+        # stdout holds the result alone; what libraries print there along the way (transformers'
+        # "[INFO] Running in WANDB offline mode" when it loads its integrations, trackio's
+        # banners) goes to stderr with the rest of what is said.
+        with contextlib.redirect_stdout(sys.stderr):
+            # Resolved once (method, suite, K, metrics, run id); everything below reads it.
+            # Preflight makes the suite's check after naming any missing model or dataset.
+            plan = resolve_plan(cfg, check=False)
+            # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
+            preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
+                      strict_sources=not args.dry_run)
         return plan
 
     if args.dry_run:
@@ -168,8 +173,9 @@ def cmd_run(args) -> int:
     from harness.progress import log
 
     # Along the way: stderr, through the one logger; stdout holds the result below.
-    ctx = run_pipeline(plan, Path(args.out), progress=log.info,
-                       selection=selection)
+    with contextlib.redirect_stdout(sys.stderr):
+        ctx = run_pipeline(plan, Path(args.out), progress=log.info,
+                           selection=selection)
     if not ctx.run_dir.writer:
         return 0  # a non-zero rank under a launcher: rank 0 reports
     scores = ctx.run_dir.layout.metrics.read()

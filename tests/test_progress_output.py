@@ -45,3 +45,27 @@ def test_the_table_has_capability_metrics_and_says_what_plus_minus_is():
                              sections=sections, scored_on="tiny[test], 48 evaluation prompts")
     assert "arc_easy acc ↑" in table and "0.500 ± 0.100" in table
     assert "standard error" in table and "scored on: tiny[test], 48 evaluation prompts" in table
+
+
+@pytest.mark.parametrize("where", ["harness.plan.resolve_plan", "harness.pipeline.run_pipeline"])
+def test_what_a_library_prints_along_the_way_goes_to_stderr(where, tmp_path, monkeypatch, capsys):
+    """transformers prints "[INFO] Running in WANDB offline mode" to stdout when it loads its
+    integrations, trackio its banners: stdout is kept for the result, so they land on stderr.
+    The stand-in prints and then stops the run, so no work is done."""
+    import importlib
+
+    from harness.errors import BadInput
+
+    module, name = where.rsplit(".", 1)
+
+    def noisy(*args, **kwargs):
+        print("[INFO] a library speaking")
+        raise BadInput("stopped here")
+
+    monkeypatch.setenv("D2O_BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(importlib.import_module(module), name, noisy)
+    monkeypatch.setattr("harness.preflight.preflight", lambda *args, **kwargs: None)
+    code = main(["--method", "dpo", "--out", str(tmp_path / "out"), "--set", "train.max_steps=1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "stopped here" in err
+    assert "[INFO] a library speaking" in err and out == ""
