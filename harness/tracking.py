@@ -92,7 +92,8 @@ def tensorboard_dir(run_root: Path) -> Path:
 
 
 def tracker_runs(names: list[str]) -> dict:
-    """The trackers' own run ids after training, so the final metrics join the same runs."""
+    """The trackers' own run ids after training, so the final metrics join the same runs; W&B's
+    run is finished, so what training logged is on disk before the next stage."""
     runs: dict = {}
     if "mlflow" in names:
         import mlflow
@@ -102,7 +103,13 @@ def tracker_runs(names: list[str]) -> dict:
     if "wandb" in names:
         import wandb
 
-        runs["wandb"] = {"id": wandb.run.id, "project": wandb.run.project} if wandb.run is not None else None
+        run = wandb.run
+        runs["wandb"] = {"id": run.id, "project": run.project} if run is not None else None
+        if run is not None:
+            # The Trainer's callback leaves its run open, and W&B writes the run's log when it is
+            # finished: a process killed between training and scoring (preemption) left an empty
+            # log and lost every training step. Finished here, the closing scores resume it by id.
+            run.finish()
     return runs
 
 
@@ -151,11 +158,9 @@ def log_scores(run_root: Path, names: list[str], score: dict, *, step: int, runs
         import wandb
 
         previous = runs.get("wandb") or {}
-        run = wandb.run
-        if run is None or run.id != previous.get("id"):
-            # A score stage in a new process: resume the Trainer's run (offline, a second folder
-            # with the same id, which `wandb sync` joins).
-            run = wandb.init(id=previous.get("id"), project=previous.get("project"), resume="allow", name=run_name)
+        # The Trainer's run, finished after training (tracker_runs), resumed by its id; offline,
+        # that is a second folder with the same run id beside the first.
+        run = wandb.init(id=previous.get("id"), project=previous.get("project"), resume="allow", name=run_name)
         # W&B's own step counts log calls and refuses one it has passed, so the scores are
         # placed the way the Trainer's callback places its logs: against train/global_step.
         run.define_metric("*", step_metric="train/global_step", step_sync=True)

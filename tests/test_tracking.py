@@ -212,16 +212,24 @@ def _wandb_records(run_dir: Path) -> tuple[list[dict], dict]:
 
 @pytest.mark.trackers
 def test_wandb_offline_gets_the_trainers_logs_and_the_scores_in_the_run_directory(tmp_path, tracker_env):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     tracker_env.setenv("WANDB_MODE", "offline")
     tracker_env.setenv("WANDB_API_KEY", SECRET)
     tracker_env.setenv("WANDB_SILENT", "true")
     result = _train_tiny(tmp_path, "run", "wandb")
     runs = result["tracker_runs"]
     assert runs["wandb"]["project"] == tracking.PROJECT
+    # What training logged is on disk when the train stage ends: a process killed before the
+    # score stage loses nothing (W&B writes an open run's log only when it is finished).
+    # W&B's service process writes the log after finish() returns: teardown() waits for it.
+    wandb.teardown()
+    trained = [row for folder in (tmp_path / "run" / "tracking" / "wandb").glob("offline-run-*")
+               for row in _wandb_records(folder)[0]]
+    assert [row["train/global_step"] for row in trained if "train/loss" in row] == [1, 2, 3]
     _new_process(tracker_env)
     tracker_env.setenv("WANDB_MODE", "offline")
     tracking.log_scores(tmp_path / "run", ["wandb"], SCORE, step=3, runs=runs, run_name="run")
+    wandb.teardown()
     folders = sorted((tmp_path / "run" / "tracking" / "wandb").glob(f"offline-run-*-{runs['wandb']['id']}"))
     assert folders, "W&B's offline run is not in the run directory"
     rows = [row for folder in folders for row in _wandb_records(folder)[0]]
