@@ -229,7 +229,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
         model=model, args=TrainingArguments(**_common_args(out, spec)), train_dataset=Dataset.from_list(examples),
         data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
         pad_id=tokenizer.pad_token_id, gradient_cache_tokens=spec.get("chunk_tokens", 0),
-        shared_prompt_packing=spec.get("pack", False),
+        shared_prompt_packing=spec.get("pack", False), term_gradient_every=spec.get("term_gradient_every", 0),
     )
     tokens = []
     original = trainer.compute_loss
@@ -329,6 +329,11 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # What a memory-bound LoRA user sets as well (train.gradient_checkpointing): with the weights'
     # gradients and Adam's moments gone, activations are most of what LoRA leaves.
     configs["d2o-k11-b4-defaults-lora-checkpointed"] = {**configs["d2o-k11-b4-defaults-lora"], "checkpointing": True}
+    # real-smollm2's training settings: every 4th step also measures each D²O term's gradient
+    # norm (train.term_gradient_every); here every step does, so every measured step holds it.
+    configs["d2o-k11-b4-real"] = {**configs["d2o-k11-b4-defaults"], "term_gradient_every": 1}
+    configs["d2o-k11-b4-real-256t"] = {**configs["d2o-k11-b4-real"], "chunk_tokens": 256}
+    configs["d2o-k11-b4-real-checkpointed"] = {**configs["d2o-k11-b4-real"], "checkpointing": True}
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
