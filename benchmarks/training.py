@@ -168,6 +168,7 @@ def _common_args(output_dir: str, spec: dict) -> dict:
     """The TrainingArguments both trainers get (TRL's DPOConfig extends them)."""
     return dict(output_dir=output_dir, per_device_train_batch_size=spec["batch"], max_steps=spec["steps"],
                 learning_rate=1e-6, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+                gradient_accumulation_steps=spec.get("accumulation", 1),
                 use_cpu=spec["device"] == "cpu", seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
                 # The same precision and no recomputation for both: TRL's DPOConfig would otherwise
                 # default to bf16 autocast and gradient checkpointing whatever --bf16 says.
@@ -332,8 +333,12 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # real-smollm2's training settings: every 4th step also measures each D²O term's gradient
     # norm (train.term_gradient_every); here every step does, so every measured step holds it.
     configs["d2o-k11-b4-real"] = {**configs["d2o-k11-b4-defaults"], "term_gradient_every": 1}
-    configs["d2o-k11-b4-real-256t"] = {**configs["d2o-k11-b4-real"], "chunk_tokens": 256}
-    configs["d2o-k11-b4-real-checkpointed"] = {**configs["d2o-k11-b4-real"], "checkpointing": True}
+    # ... and its two micro-batches a step (train.gradient_accumulation_steps 2): the second one's
+    # term gradients are taken while the first one's gradients sit in .grad.
+    # Two steps: the peak is read in the second (after the first step's one-off allocations).
+    configs["d2o-k11-b4x2-real"] = {**configs["d2o-k11-b4-real"], "accumulation": 2, "steps": 2}
+    configs["d2o-k11-b4x2-real-256t"] = {**configs["d2o-k11-b4x2-real"], "chunk_tokens": 256}
+    configs["d2o-k11-b4x2-real-checkpointed"] = {**configs["d2o-k11-b4x2-real"], "checkpointing": True}
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
