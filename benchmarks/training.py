@@ -19,6 +19,10 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
 - D²O at K = 11 with the run config's defaults (packing, gradient caching in 512-token chunks),
   full training against LoRA (`train.lora`: rank 8, alpha 16, every linear layer but the head;
   the reference log-probs are the base's in both);
+- D²O at K = 11 as real-smollm2 trains it (`d2o-k11-b4-real`: the defaults with each term's
+  gradient norm every step, `train.term_gradient_every`; `d2o-k11-b4x2-real`: also two
+  micro-batches a step, two steps), and the 8 GB laptop's settings (`d2o-k11-b4x2-laptop`: no
+  term gradients, 256-token chunks; docs/USAGE.md);
 - the model-FLOP rate (6 × parameters × the non-padding tokens of the timed steps, over their
   summed time) against the rate of a 4096² fp32 matmul measured in the same process just
   before, and how far each run's rate strays from the series' median (the issue's ±10%).
@@ -337,8 +341,9 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # term gradients are taken while the first one's gradients sit in .grad.
     # Two steps: the peak is read in the second (after the first step's one-off allocations).
     configs["d2o-k11-b4x2-real"] = {**configs["d2o-k11-b4-real"], "accumulation": 2, "steps": 2}
-    configs["d2o-k11-b4x2-real-256t"] = {**configs["d2o-k11-b4x2-real"], "chunk_tokens": 256}
-    configs["d2o-k11-b4x2-real-checkpointed"] = {**configs["d2o-k11-b4x2-real"], "checkpointing": True}
+    # The 8 GB laptop's settings (docs/USAGE.md): no term-gradient diagnostics, 256-token
+    # gradient-cache chunks. Both are operational: the run id and every update stay the same.
+    configs["d2o-k11-b4x2-laptop"] = {**configs["d2o-k11-b4x2-real"], "term_gradient_every": 0, "chunk_tokens": 256}
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
