@@ -140,21 +140,29 @@ def cmd_run(args) -> int:
         from harness.selection import selection_summary
 
         selection = selection_summary(Path(args.selection), cfg)
-    from harness.plan import resolve_plan
+    from harness import distributed
+    from harness.plan import resolve_plan, shared_plan
     from harness.preflight import preflight
 
-    # Resolved once (method, suite, K, metrics, run id); everything below reads it. Preflight
-    # makes the suite's check after naming any missing model or dataset.
-    plan = resolve_plan(cfg, check=False)
-    # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
-    preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
-              strict_sources=not args.dry_run)
+    def resolved():
+        # Resolved once (method, suite, K, metrics, run id); everything below reads it. Preflight
+        # makes the suite's check after naming any missing model or dataset.
+        plan = resolve_plan(cfg, check=False)
+        # Before any work: the leaderboard, the output directory, disk for checkpoints, the models.
+        preflight(plan, Path(args.out), warn=lambda message: print(f"d2o-bench: warning: {message}", file=sys.stderr),
+                  strict_sources=not args.dry_run)
+        return plan
+
     if args.dry_run:
+        if not distributed.is_main_process():
+            return 0  # under a launcher, rank 0 prints the plan once; a dry run joins no process group
         from harness.cache import bench_home
         from harness.plan import describe_plan
 
-        print(describe_plan(plan, Path(args.out), bench_home()))
+        print(describe_plan(resolved(), Path(args.out), bench_home()))
         return 0
+    # Under a launcher, rank 0 alone resolves and preflights; the other ranks receive its plan.
+    plan = shared_plan(cfg, resolved)
     from harness.pipeline import run_pipeline
 
     from harness.progress import log

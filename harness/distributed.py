@@ -1,6 +1,9 @@
 """Running one pipeline under a multi-process launcher (DeepSpeed's, torchrun, srun).
 
-Only the train stage is collective: every rank trains its shard and DeepSpeed/Trainer keep them
+Rank 0 alone resolves the run: its RunPlan (suite lookup and check, counts, run id) and its
+assets (built, fetched and hashed there) reach the other ranks through `from_main_process`, and
+every rank checks that the plan is its own (`harness/plan.py`, `shared_plan`). Only the train
+stage is collective: every rank trains its shard and DeepSpeed/Trainer keep them
 in step. Every other stage (data, sampling, reference log-probs, generation, scoring, the
 leaderboard) runs on rank 0 alone while the other ranks wait, so the caches, the run directory
 and the leaderboard have exactly one writer. Without a launcher (WORLD_SIZE unset or 1) all of
@@ -11,8 +14,13 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Callable, Optional, TypeVar
 
 import torch
+
+from harness.errors import BadInput, D2OBenchError, RunFailure
+
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -62,6 +70,49 @@ def main_process_outcome(error: str | None) -> str | None:
     box = [error]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_main_process(produce: Callable[[], T]) -> T:
+    """`produce()` run on rank 0 alone; every rank gets its value, or stops with rank 0's error.
+
+    Sent over the launcher's process group (`broadcast_object_list`, a pickle), not through a file
+    in the run directory: every launcher this harness supports (deepspeed, torchrun, srun) starts
+    the ranks with MASTER_ADDR/MASTER_PORT, so the group can be joined before anything is
+    resolved; it needs no file system shared between nodes and no polling; and a rank 0 that
+    fails (a bad config, a missing model) tells the others in the same message, where a file that
+    never appears would leave them waiting. Without a launcher it is `produce()`.
+    """
+    if world_size() <= 1:
+        return produce()
+    init_if_launched()
+    own_error: Optional[BaseException] = None
+    box: list = [None]
+    if is_main_process():
+        try:
+            box = [(produce(), None)]
+        except D2OBenchError as exc:
+            own_error, box = exc, [(None, (exc.exit_code, str(exc)))]
+        except Exception as exc:
+            own_error, box = exc, [(None, (1, f"{type(exc).__name__}: {exc}"))]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if own_error is not None:
+        raise own_error
+    value, failure = box[0]
+    if failure is not None:
+        code, message = failure
+        raise (BadInput if code == 2 else RunFailure)(f"rank 0: {message}")
+    return value
+
+
+def first_refusal(refusal: Optional[str]) -> Optional[str]:
+    """Every rank's objection (None: none) gathered on every rank; the first one, or None. Lets a
+    rank that refuses what rank 0 sent stop every rank, not only itself (the others would wait for
+    it at the next collective until the group's timeout)."""
+    if world_size() <= 1 or not torch.distributed.is_initialized():
+        return refusal
+    gathered: list = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, refusal)
+    return next((r for r in gathered if r is not None), None)
 
 
 def leave_process_group(*, completed: bool) -> None:

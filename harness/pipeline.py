@@ -82,19 +82,26 @@ def run_pipeline(plan: RunPlan, out_dir: Path, *, progress: Callable[[str], None
     header = {"method": cfg.method_name, "preset": cfg.preset, "seed": cfg.seed,
               "config": cfg.to_dict(), "config_hash": cfg.hash()}
     torch.manual_seed(cfg.seed)
-    lock = None
+    root = RunLayout.of(out_dir, run_id).root
+    opened: dict = {}
+
+    def open_run():
+        # The ranks of one launch share the run; another invocation of it is refused.
+        opened["lock"] = acquire_run_lock(root)
+        assets = plan.assets(home)
+        opened["run_dir"] = RunDir(root, run_id, stages, header)
+        return assets
+
     completed = False
     try:
-        # The ranks of one launch share the run; another invocation of it is refused.
-        lock = acquire_run_lock(RunLayout.of(out_dir, run_id).root) if main_process else None
-        # Rank 0 builds the world and opens the run directory before any other rank looks at them.
+        # Rank 0 builds the world (resolving and hashing every asset) and opens the run directory
+        # before any other rank looks at them; the others receive its assets, never resolve them.
+        assets = distributed.from_main_process(open_run)
         if main_process:
-            assets = plan.assets(home)
-            run_dir = RunDir(RunLayout.of(out_dir, run_id).root, run_id, stages, header)
-        distributed.barrier()
-        if not main_process:
-            assets = plan.assets(home)
-            run_dir = RunDir(RunLayout.of(out_dir, run_id).root, run_id, stages, header, writer=False)
+            run_dir = opened["run_dir"]
+        else:
+            plan._assets = assets
+            run_dir = RunDir(root, run_id, stages, header, writer=False)
         ctx = RunContext(plan=plan, run_dir=run_dir, home=home, assets=assets,
                          out_dir=Path(out_dir), progress=progress if main_process else (lambda _: None),
                          selection=selection)
@@ -108,8 +115,8 @@ def run_pipeline(plan: RunPlan, out_dir: Path, *, progress: Callable[[str], None
         completed = True
     finally:
         distributed.leave_process_group(completed=completed)
-        if lock is not None:
-            lock.release()
+        if opened.get("lock") is not None:
+            opened["lock"].release()
     return ctx
 
 

@@ -8,7 +8,9 @@ the plan; nothing else calls `get_suite` or works a count out again.
 
 `--dry-run` (`describe_plan`) prints the plan: what will run, the assets with their content
 hashes (found without building or downloading: an absent one is named as such), which stages are
-already complete in the run directory, and memory estimates. The GPU memory figures are
+already complete in the run directory, the keys of the shared caches the run will use and whether
+each is already cached (harness/stages/caches.py, through the stages' own key functions), and
+memory estimates. The GPU memory figures are
 estimates from parameter counts, not measurements: mixed-precision Adam keeps bf16 weights and
 gradients (2+2 bytes/param) and fp32 master weights plus two moments (12 bytes/param); ZeRO
 shards optimizer states (stage ≥ 1), gradients (≥ 2) and weights (3) across GPUs. Activations
@@ -21,9 +23,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.config import RunConfig
+from harness.errors import BadInput
 from harness.provenance import provenance_table
 from harness.registry import Method, get_method
 from harness.suites import Assets, PlannedAsset, Suite, get_suite, planned_data, resolve_assets, user_training_source
@@ -109,6 +112,33 @@ def resolve_plan(cfg: RunConfig, *, check: bool = True) -> RunPlan:
                    refresh_every=method.refresh_every(), metric_directions=suite.metric_directions(cfg))
     if check:
         plan.check()
+    return plan
+
+
+def shared_plan(cfg: RunConfig, resolve: Callable[[], RunPlan]) -> RunPlan:
+    """The run's plan on every rank of a launch: `resolve()` (resolve_plan and preflight) runs on
+    rank 0 alone, and the other ranks receive its result (harness/distributed.py says how and
+    why). A rank whose own configuration (parsed from its own arguments, not resolved) hashes
+    differently from the plan's stops every rank with one line: a launch that gave its ranks
+    different arguments would otherwise train one model from several configurations. Without a
+    launcher it is `resolve()`."""
+    from harness import distributed
+
+    try:
+        plan = distributed.from_main_process(resolve)
+        mine, planned = cfg.hash(), plan.cfg.hash()
+        refusal = None
+        if mine != planned:
+            refusal = (f"rank {distributed.rank()} was started with config hash {mine[:12]}, but rank 0 resolved "
+                       f"the run for config hash {planned[:12]} ({plan.run_id}): start every rank with the same "
+                       "arguments")
+        refusal = distributed.first_refusal(refusal)
+        if refusal is not None:
+            raise BadInput(refusal)
+    except BaseException:
+        # Nothing collective follows a failed hand-over: leave the group rather than exit in it.
+        distributed.leave_process_group(completed=False)
+        raise
     return plan
 
 
@@ -206,6 +236,7 @@ def stage_states(plan: RunPlan, layout: "RunLayout") -> list[str]:
 def describe_plan(plan: RunPlan, out_dir: Path, home: Path, n_gpus: int = 8) -> str:
     """What `--dry-run` prints: the run, its assets with hashes, its stages' state, its memory."""
     from harness.rundir import RunLayout
+    from harness.stages.caches import cache_lines
 
     cfg, method = plan.cfg, plan.method
     layout = RunLayout.of(out_dir, plan.run_id)
@@ -240,6 +271,7 @@ def describe_plan(plan: RunPlan, out_dir: Path, home: Path, n_gpus: int = 8) -> 
         "stages:      " + " → ".join(plan.stages),
         f"run directory: {layout.root}" + ("" if layout.status.exists() else " (not started)"),
         *stage_states(plan, layout),
+        *cache_lines(plan, out_dir, home),
     ]
     policy = next((a for a in assets if a.role == "policy"), None)
     arch = _architecture(str(policy.path) if policy is not None and policy.present else cfg.model.policy, cfg)

@@ -5,8 +5,6 @@ samples drawn without one."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
-
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -189,7 +187,7 @@ def test_self_samples_key_names_the_budget_only_where_it_binds(tmp_path, tiny_lm
         cfg.model.prompt_format = "plain"
         cfg.sampling.memory_budget_mb = budget_mb
         cfg.sampling.batch_size = batch_size
-        return self_samples._budget_binds(SimpleNamespace(cfg=cfg), prompts, 11, AnchorSettings(),
+        return self_samples._budget_binds(cfg, prompts, 11, AnchorSettings(),
                                           str(tmp_path / "policy"))
 
     assert not binds(1024)  # a tiny model's calls are far below the default budget

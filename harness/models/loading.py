@@ -77,16 +77,17 @@ def load_score_model(spec: str, *, dtype: str = "float32", device=None):
     return model, tokenizer
 
 
-def model_identity(spec: str) -> dict:
-    """{"id", "sha256"} for provenance: the content hash of a local checkpoint's weights."""
+def model_identity(spec: str, *, remember: bool = True) -> dict:
+    """{"id", "sha256"} for provenance: the content hash of a local checkpoint's weights.
+    `remember=False` (a dry run) leaves no memo of the digest beside the weights."""
     path = Path(spec)
     if path.is_dir():
-        return {"id": spec, "sha256": weights_sha256(path)}
+        return {"id": spec, "sha256": weights_sha256(path, remember=remember)}
     try:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(spec, local_files_only=True)
-        return {"id": spec, "sha256": weights_sha256(local)}
+        return {"id": spec, "sha256": weights_sha256(local, remember=remember)}
     except Exception as exc:  # not cached locally: nothing to hash without a download
         raise RunFailure(f"model {spec!r} is not available locally to hash: {type(exc).__name__}") from None
 

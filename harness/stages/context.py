@@ -70,17 +70,16 @@ class RunContext:
         return load_policy(spec, dtype=self.cfg.model.dtype, gguf_file=self.cfg.model.gguf_file,
                            quantization_config=quantization)
 
-    def quantized_reference(self, spec: str) -> bool:
-        """Under QLoRA the policy trains on a 4-bit base; a reference that is that base is
-        scored in 4-bit too, so the adapters start from a zero implicit reward."""
-        return self.cfg.train.lora.quantize_4bit and spec == self.assets.policy
-
     def training_examples(self) -> tuple[list[dict], Optional[dict]]:
         """The examples the method trains on and the self-samples they carry, read from the
         run directory once: Self-Align SFT's chosen replaced by its safe self-sample, prompts the
         anchor filter left without samples dropped."""
         if self._examples is None:
-            self._examples, self._samples = select_examples(self)
+            layout = self.run_dir.layout
+            samples = layout.samples.read() if self.method.draws_self_samples() else None
+            safe = layout.safe_chosen.read() if self.method.chosen_source == "safe_self_samples" else None
+            self._examples = select_examples(self.method, layout.train_examples.read(), samples, safe)
+            self._samples = samples
         return self._examples, self._samples
 
     def encoded_examples(self, tokenizer_source: str, tokenizer) -> list[dict]:
@@ -89,37 +88,35 @@ class RunContext:
         `ref_<role>` columns to them) over shared token lists."""
         if tokenizer_source not in self._encoded:
             examples, samples = self.training_examples()
-            self._encoded[tokenizer_source] = encode_examples(self, examples, samples, tokenizer)
+            self._encoded[tokenizer_source] = encode_examples(self.plan, examples, samples, tokenizer)
         return [dict(row) for row in self._encoded[tokenizer_source]]
 
 
-def select_examples(ctx: RunContext) -> tuple[list[dict], Optional[dict]]:
-    layout = ctx.run_dir.layout
-    examples = layout.train_examples.read()
-    samples = None
-    if ctx.method.draws_self_samples():
-        samples = layout.samples.read()
-    if ctx.method.chosen_source == "safe_self_samples":
-        safe = layout.safe_chosen.read()
+def select_examples(method: "Method", examples: list[dict], samples: Optional[dict],
+                    safe: Optional[dict]) -> list[dict]:
+    """The examples a method trains on, from the data stage's `examples`, the self-samples (for a
+    method that draws them) and Self-Align SFT's `safe` choice among them (for that method):
+    what the reference_logps and train stages encode, and what `--dry-run` keys their cache by."""
+    if method.chosen_source == "safe_self_samples":
         examples = [dict(e, chosen=safe[e["prompt"]]["text"], chosen_ended=safe[e["prompt"]]["ended"])
                     for e in examples if e["prompt"] in safe]
         if not examples:
             raise RunFailure("the cost model marks none of the base policy's self-samples safe")
-    if "samples" in ctx.method.roles:
+    if "samples" in method.roles:
         # An anchor filter leaves out prompts none of whose samples passed (self_samples' summary).
         examples = [e for e in examples if e["prompt"] in samples["texts"]]
         if not examples:
             raise RunFailure("the anchor filter kept no self-sample for any training prompt")
-    return examples, samples
+    return examples
 
 
-def encode_examples(ctx: RunContext, examples: list[dict], samples: Optional[dict], tokenizer) -> list[dict]:
-    max_length = ctx.cfg.train.max_length
+def encode_examples(plan: "RunPlan", examples: list[dict], samples: Optional[dict], tokenizer) -> list[dict]:
+    max_length = plan.cfg.train.max_length
     rows = []
     for index, example in enumerate(examples):
-        text = ctx.prompt_text(example["prompt"], tokenizer)
+        text = format_prompt(example["prompt"], plan.cfg.model.prompt_format, tokenizer)
         row = {"prompt_index": index, "prompt": example["prompt"]}
-        for role in ctx.method.roles:
+        for role in plan.method.roles:
             if role == "samples":
                 encoded = [encode_pair(tokenizer, text, s, max_length, ended=e)
                            for s, e in zip(samples["texts"][example["prompt"]], samples["ended"][example["prompt"]])]

@@ -9,6 +9,8 @@ serve it as."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness.cache import JsonCache
 from harness.config import EvalConfig, RunConfig
 from harness.generation import generate_responses
@@ -17,6 +19,10 @@ from harness.errors import RunFailure
 from harness.models.loading import load_policy, load_tokenizer, model_identity
 from harness.server_sampling import ServerSettings, sample_from_server, served_models, server_identity
 from harness.stages.context import RunContext
+
+if TYPE_CHECKING:
+    from harness.plan import RunPlan
+    from harness.suites import Assets
 
 
 def _generation_settings(cfg: RunConfig) -> dict:
@@ -75,19 +81,24 @@ def _served(ctx: RunContext, settings: ServerSettings, tokenizer, prompts: list[
     return served_answers(ctx.cfg.eval, settings, texts, progress=ctx.progress)
 
 
-def _base_eval_key(ctx: RunContext, prompts: list[dict], server: dict | None = None) -> str:
-    cfg = ctx.cfg
+def base_eval_key(plan: "RunPlan", assets: "Assets", prompts: list[dict], server: dict | None = None, *,
+                  remember: bool = True) -> str:
+    """The base policy's evaluation answers' key in the shared cache (`base_generations`; the
+    score stage keys the base's scores from it): what the stage looks them up by, and what
+    `--dry-run` reports (harness/stages/caches.py). `prompts`: the data stage's evaluation prompts."""
+    cfg = plan.cfg
     identity = {
-        "policy": model_identity(ctx.assets.policy)["sha256"],
+        "policy": model_identity(assets.policy, remember=remember)["sha256"],
         "dtype": cfg.model.dtype,
         "prompts": sha256_json(prompts),
         "generation": _generation_settings(cfg),
-        "scorers": [model_identity(spec)["sha256"] if spec else None for spec in (ctx.assets.reward, ctx.assets.cost)],
+        "scorers": [model_identity(spec, remember=remember)["sha256"] if spec else None
+                    for spec in (assets.reward, assets.cost)],
         "template": cfg.eval.scorer_template,
         "lm_eval": [cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit],
         "dataset": cfg.data.dataset,
         # Instruments differ between suites: their base scores are never shared (Suite.base_score_identity).
-        **ctx.plan.suite.base_score_identity(),
+        **plan.suite.base_score_identity(),
     }
     if server is not None:
         # The server's name for its model and its version key the answers; its dtype is its own.
@@ -112,7 +123,7 @@ def run(ctx: RunContext) -> dict:
             # finds the trained policy unserved.
             policy_settings, servers["policy"] = _policy_server(ctx, base_settings)
     base_cache = JsonCache(ctx.home, "base_generations")
-    base_key = _base_eval_key(ctx, prompts, servers.get("base"))
+    base_key = base_eval_key(ctx.plan, ctx.assets, prompts, servers.get("base"))
     base = base_cache.get(base_key)
     if base is None:
         if served:

@@ -3,7 +3,7 @@ each instrument's check against human labels, the judge and lm-eval capability."
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from harness import tracking
 from harness.cache import JsonCache
@@ -11,6 +11,9 @@ from harness.instruments.checks import mark_scores, with_verdict
 from harness.instruments.guards import base_scores_tag as guards_tag
 from harness.models.loading import load_policy
 from harness.stages.context import RunContext
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 # Version of the base-score cache entries (see run); 3: harmful_unsafe_rate joined the cost
 # model's metrics.
@@ -56,14 +59,21 @@ def _judge(ctx: RunContext, prompts: list[str], policy: list[str], base: list[st
     return judge_against_base(prompts, policy, base, settings)
 
 
+def base_scores_key(cfg: "RunConfig", base_eval_key: str) -> str:
+    """The base policy's scores' key in the shared cache (`base_scores`), from its answers' key
+    (harness/stages/generate.py's `base_eval_key`): what the stage looks them up by, and what
+    `--dry-run` reports (harness/stages/caches.py)."""
+    # v2: per-response groups come from the prompts' group column (before, every prompt was its
+    # own group); base scores cached under the old key are not reused.
+    return base_eval_key + f"-v{SCORES_FORMAT}" + guards_tag(cfg)
+
+
 def run(ctx: RunContext) -> dict:
     layout = ctx.run_dir.layout
     rows = layout.responses.read()
     prompts = [{"prompt": r["prompt"], "kind": r["kind"], "group": r.get("group", r["prompt"])} for r in rows]
     base_cache = JsonCache(ctx.home, "base_scores")
-    # v2: per-response groups come from the prompts' group column (before, every prompt was its
-    # own group); base scores cached under the old key are not reused.
-    base_key = ctx.run_dir.summary("generate")["base_cache_key"] + f"-v{SCORES_FORMAT}" + guards_tag(ctx.cfg)
+    base_key = base_scores_key(ctx.cfg, ctx.run_dir.summary("generate")["base_cache_key"])
     base_result = base_cache.get(base_key)
     suite = ctx.plan.suite
     instruments = suite.instruments(ctx.cfg, ctx.assets, ctx.home)

@@ -4,7 +4,7 @@ through a content-addressed cache. Self-Align SFT's choice among them is `safe_c
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.cache import JsonCache
 from harness.errors import BadInput
@@ -17,8 +17,64 @@ from harness.server_sampling import ServerSettings, sample_from_server, server_i
 from harness.stages import safe_chosen
 from harness.stages.context import RunContext
 
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.plan import RunPlan
+    from harness.suites import Assets
+
 # Version of the self-sample cache entries: {"texts": {prompt: [...]}, "ended": {prompt: [...]}}.
 SAMPLES_FORMAT = 2
+
+
+def sampling_settings(plan: "RunPlan") -> dict:
+    """How the self-samples are drawn, as their cache key and the stage's summary record it."""
+    cfg = plan.cfg
+    return {
+        "temperature": cfg.sampling.temperature,
+        "top_p": cfg.sampling.top_p,
+        "top_k": cfg.sampling.top_k,
+        "max_new_tokens": cfg.sampling.max_new_tokens,
+        "k": plan.k,
+        "prompt_format": cfg.model.prompt_format,
+    }
+
+
+def cache_key(plan: "RunPlan", assets: "Assets", prompts: list[str], server: Optional[dict] = None, *,
+              remember: bool = True) -> str:
+    """The self-samples' key in the shared cache: what the stage looks them up by, and what
+    `--dry-run` reports (harness/stages/caches.py). `prompts`: the training prompts, sorted;
+    `server`: the sampling server's identity (sampling.backend=openai); `remember=False` (a dry
+    run) leaves no memo of a model's weight digest beside it."""
+    cfg = plan.cfg
+    anchors = plan.method.anchor_settings()
+    identity = {
+        "model": model_identity(assets.references["samples"], remember=remember)["sha256"],
+        "dtype": cfg.model.dtype,
+        "prompts": sha256_json(prompts),
+        "sampling": sampling_settings(plan),
+        "seed": cfg.seed,
+        "format": SAMPLES_FORMAT,
+    }
+    if anchors.steered:
+        # Unsteered anchors keep the keys they always had; steered ones name the procedure and
+        # the filter's instrument (a retrained cost model is another filter).
+        identity["anchors"] = anchors.record() | {
+            "instrument": _anchor_filter_identity(cfg, assets, anchors, remember=remember)}
+    if server is None and cfg.sampling.backend == "transformers" and _budget_binds(
+            cfg, prompts, plan.k, anchors, assets.references["samples"]):
+        # Calls cut to the budget draw other samples than calls of `batch_size` prompts (the seed
+        # is set once, before the first call); where it cuts none the key is what it always was.
+        identity["memory_budget_mb"] = cfg.sampling.memory_budget_mb
+    if server is not None:
+        # The server's name for its model and its version join the key; its dtype is its own.
+        identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
+        del identity["dtype"]
+    return sha256_json(identity)[:24]
+
+
+def training_prompts(examples: list[dict]) -> list[str]:
+    """The prompts self-samples are drawn for: each training example's, once, sorted."""
+    return sorted({e["prompt"] for e in examples})
 
 
 def run(ctx: RunContext) -> dict:
@@ -27,42 +83,15 @@ def run(ctx: RunContext) -> dict:
         return {"skipped": skip}
     cfg = ctx.cfg
     layout = ctx.run_dir.layout
-    examples = layout.train_examples.read()
-    prompts = sorted({e["prompt"] for e in examples})
+    prompts = training_prompts(layout.train_examples.read())
     spec = ctx.assets.references["samples"]
     k = ctx.plan.k
     anchors = ctx.method.anchor_settings()
-    sampling = {
-        "temperature": cfg.sampling.temperature,
-        "top_p": cfg.sampling.top_p,
-        "top_k": cfg.sampling.top_k,
-        "max_new_tokens": cfg.sampling.max_new_tokens,
-        "k": k,
-        "prompt_format": cfg.model.prompt_format,
-    }
-    identity = {
-        "model": model_identity(spec)["sha256"],
-        "dtype": cfg.model.dtype,
-        "prompts": sha256_json(prompts),
-        "sampling": sampling,
-        "seed": ctx.cfg.seed,
-        "format": SAMPLES_FORMAT,
-    }
-    if anchors.steered:
-        # Unsteered anchors keep the keys they always had; steered ones name the procedure and
-        # the filter's instrument (a retrained cost model is another filter).
-        identity["anchors"] = anchors.record() | {"instrument": _anchor_filter_identity(ctx, anchors)}
-    if cfg.sampling.backend == "transformers" and _budget_binds(ctx, prompts, k, anchors, spec):
-        # Calls cut to the budget draw other samples than calls of `batch_size` prompts (the seed
-        # is set once, before the first call); where it cuts none the key is what it always was.
-        identity["memory_budget_mb"] = cfg.sampling.memory_budget_mb
+    sampling = sampling_settings(ctx.plan)
     server = None
     if cfg.sampling.backend == "openai":
-        # The server's name for its model and its version join the key; its dtype is its own.
         server = server_identity(ServerSettings.of(cfg.sampling))
-        identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
-        del identity["dtype"]
-    key = sha256_json(identity)[:24]
+    key = cache_key(ctx.plan, ctx.assets, prompts, server)
     cache = JsonCache(ctx.home, "self_samples")
     samples = cache.get(key)
     if samples is None:
@@ -83,11 +112,10 @@ def run(ctx: RunContext) -> dict:
     return summary
 
 
-def _budget_binds(ctx: RunContext, prompts: list[str], k: int, anchors, spec: str) -> bool:
+def _budget_binds(cfg: "RunConfig", prompts: list[str], k: int, anchors, spec: str) -> bool:
     """Whether `sampling.memory_budget_mb` could cut a `generate` call of these prompts' draws."""
     from harness.anchors import sampling_prompt_text
 
-    cfg = ctx.cfg
     if not cfg.sampling.memory_budget_mb or not prompts:
         return False
     tokenizer = load_tokenizer(spec, gguf_file=cfg.model.gguf_file)
@@ -98,12 +126,12 @@ def _budget_binds(ctx: RunContext, prompts: list[str], k: int, anchors, spec: st
                         budget_bytes=cfg.sampling.memory_budget_mb * 2**20)
 
 
-def _anchor_filter_identity(ctx: RunContext, anchors) -> Optional[str]:
+def _anchor_filter_identity(cfg: "RunConfig", assets: "Assets", anchors, *, remember: bool = True) -> Optional[str]:
     if anchors.anchor_filter == "cost-model":
-        if ctx.assets.cost is None:
-            raise BadInput(f"method.anchor_filter=cost-model: suite {ctx.cfg.suite} has no cost model "
+        if assets.cost is None:
+            raise BadInput(f"method.anchor_filter=cost-model: suite {cfg.suite} has no cost model "
                            "(model.cost_model)")
-        return model_identity(ctx.assets.cost)["sha256"]
+        return model_identity(assets.cost, remember=remember)["sha256"]
     if anchors.anchor_filter == "refusal-rules":
         return f"refusal-rules-v{REFUSAL_RULES_VERSION}"
     return None
@@ -185,7 +213,7 @@ def _anchor_filter(ctx: RunContext, anchors) -> Callable[[list[str], list[str]],
         from harness.instruments.refusal import is_refusal
 
         return lambda prompts, responses: [is_refusal(r) for r in responses]
-    _anchor_filter_identity(ctx, anchors)  # refuses a suite without a cost model
+    _anchor_filter_identity(ctx.cfg, ctx.assets, anchors)  # refuses a suite without a cost model
     model, tokenizer = load_score_model(ctx.assets.cost, dtype=ctx.cfg.model.dtype)
 
     def passes(prompts: list[str], responses: list[str]) -> list[bool]:
