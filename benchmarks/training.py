@@ -19,6 +19,10 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
 - D²O at K = 11 with the run config's defaults (packing, gradient caching in 512-token chunks),
   full training against LoRA (`train.lora`: rank 8, alpha 16, every linear layer but the head;
   the reference log-probs are the base's in both);
+- D²O at K = 11 as real-smollm2 trains it (`d2o-k11-b4-real`: the defaults with each term's
+  gradient norm every step, `train.term_gradient_every`; `d2o-k11-b4x2-real`: also two
+  micro-batches a step, two steps), and the 8 GB laptop's settings (`d2o-k11-b4x2-laptop`: no
+  term gradients, 256-token chunks; docs/USAGE.md);
 - the model-FLOP rate (6 × parameters × the non-padding tokens of the timed steps, over their
   summed time) against the rate of a 4096² fp32 matmul measured in the same process just
   before, and how far each run's rate strays from the series' median (the issue's ±10%).
@@ -168,6 +172,7 @@ def _common_args(output_dir: str, spec: dict) -> dict:
     """The TrainingArguments both trainers get (TRL's DPOConfig extends them)."""
     return dict(output_dir=output_dir, per_device_train_batch_size=spec["batch"], max_steps=spec["steps"],
                 learning_rate=1e-6, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+                gradient_accumulation_steps=spec.get("accumulation", 1),
                 use_cpu=spec["device"] == "cpu", seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
                 # The same precision and no recomputation for both: TRL's DPOConfig would otherwise
                 # default to bf16 autocast and gradient checkpointing whatever --bf16 says.
@@ -229,7 +234,7 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
         model=model, args=TrainingArguments(**_common_args(out, spec)), train_dataset=Dataset.from_list(examples),
         data_collator=RoleCollator(method), callbacks=[watch.callback()], method=method,
         pad_id=tokenizer.pad_token_id, gradient_cache_tokens=spec.get("chunk_tokens", 0),
-        shared_prompt_packing=spec.get("pack", False),
+        shared_prompt_packing=spec.get("pack", False), term_gradient_every=spec.get("term_gradient_every", 0),
     )
     tokens = []
     original = trainer.compute_loss
@@ -329,6 +334,16 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # What a memory-bound LoRA user sets as well (train.gradient_checkpointing): with the weights'
     # gradients and Adam's moments gone, activations are most of what LoRA leaves.
     configs["d2o-k11-b4-defaults-lora-checkpointed"] = {**configs["d2o-k11-b4-defaults-lora"], "checkpointing": True}
+    # real-smollm2's training settings: every 4th step also measures each D²O term's gradient
+    # norm (train.term_gradient_every); here every step does, so every measured step holds it.
+    configs["d2o-k11-b4-real"] = {**configs["d2o-k11-b4-defaults"], "term_gradient_every": 1}
+    # ... and its two micro-batches a step (train.gradient_accumulation_steps 2): the second one's
+    # term gradients are taken while the first one's gradients sit in .grad.
+    # Two steps: the peak is read in the second (after the first step's one-off allocations).
+    configs["d2o-k11-b4x2-real"] = {**configs["d2o-k11-b4-real"], "accumulation": 2, "steps": 2}
+    # The 8 GB laptop's settings (docs/USAGE.md): no term-gradient diagnostics, 256-token
+    # gradient-cache chunks. Both are operational: the run id and every update stay the same.
+    configs["d2o-k11-b4x2-laptop"] = {**configs["d2o-k11-b4x2-real"], "term_gradient_every": 0, "chunk_tokens": 256}
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}

@@ -187,6 +187,14 @@ class SamplingConfig:
     api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the server's API key (a "
                                "127.0.0.1 server needs none).")
     concurrency: int = setting(16, help="Prompts in flight at once (vLLM batches concurrent requests).")
+    # 1 GiB keeps real-smollm2's K = 11 self-samples stage under 4 GB resident (benchmarks/RESULTS.md,
+    # "Where a real run's memory goes"); it changes the draws only where it cuts a call, and the
+    # self-samples cache key names it then.
+    memory_budget_mb: int = setting(1024, help="Memory one self-sampling `generate` call may hold, estimated "
+                                     "from the model's config (KV caches of prompts × K sequences, prefill "
+                                     "temporaries, sampling buffers); a batch above it is split into smaller "
+                                     "calls, which changes the random draws (backend \"transformers\" only). 0: "
+                                     "no limit, every call holds `batch_size` prompts.")
 
 
 # Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
@@ -488,6 +496,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("eval", "guards"), ("eval", "guard_model"), ("eval", "guard_models"), ("eval", "guard_max_unusable"),
     ("eval", "guard_validation_rows"), ("eval", "guard_max_calls"),
     ("eval", "backend"), ("eval", "base_server_model"),
+    ("sampling", "memory_budget_mb"),
 )
 
 
@@ -823,6 +832,8 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.train.save_steps >= 0, "train.save_steps must be >= 0 (0: no checkpoints)"),
         (cfg.train.save_total_limit >= 1, "train.save_total_limit must be >= 1"),
         (cfg.train.gradient_cache_tokens >= 1, "train.gradient_cache_tokens must be >= 1"),
+        (cfg.sampling.memory_budget_mb >= 0,
+         f"sampling.memory_budget_mb must be >= 0 (0: no limit), got {cfg.sampling.memory_budget_mb}"),
         (cfg.sampling.backend in SAMPLING_BACKENDS,
          f"sampling.backend must be one of {', '.join(SAMPLING_BACKENDS)}, got {cfg.sampling.backend!r}"),
         (cfg.sampling.backend != "openai" or (cfg.sampling.base_url is not None and _is_http_url(cfg.sampling.base_url)),

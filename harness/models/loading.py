@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from harness.errors import BadInput, RunFailure
 from harness.hashing import weights_sha256
@@ -41,6 +41,11 @@ def load_tokenizer(spec: str, *, gguf_file: Optional[str] = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_config(spec: str, *, gguf_file: Optional[str] = None):
+    """A policy's config alone (no weights): what its memory estimates read."""
+    return _load(AutoConfig.from_pretrained, spec, **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
 def load_policy(spec: str, *, dtype: str = "float32", gguf_file: Optional[str] = None, device=None,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.cache import JsonCache
 from harness.errors import BadInput
-from harness.generation import generate_completions
+from harness.generation import budget_binds, footprint_of, generate_completions, prompt_token_counts
 from harness.hashing import sha256_json
 from harness.instruments.refusal import RULES_VERSION as REFUSAL_RULES_VERSION
-from harness.models.loading import load_score_model, load_tokenizer, model_identity
+from harness.models.loading import DTYPES, load_config, load_score_model, load_tokenizer, model_identity
 from harness.scoring.score_models import score_responses
 from harness.server_sampling import ServerSettings, sample_from_server, server_identity
 from harness.stages import safe_chosen
@@ -60,6 +60,11 @@ def cache_key(plan: "RunPlan", assets: "Assets", prompts: list[str], server: Opt
         # the filter's instrument (a retrained cost model is another filter).
         identity["anchors"] = anchors.record() | {
             "instrument": _anchor_filter_identity(cfg, assets, anchors, remember=remember)}
+    if server is None and cfg.sampling.backend == "transformers" and _budget_binds(
+            cfg, prompts, plan.k, anchors, assets.references["samples"]):
+        # Calls cut to the budget draw other samples than calls of `batch_size` prompts (the seed
+        # is set once, before the first call); where it cuts none the key is what it always was.
+        identity["memory_budget_mb"] = cfg.sampling.memory_budget_mb
     if server is not None:
         # The server's name for its model and its version join the key; its dtype is its own.
         identity.update(backend="openai", server={"model": server["model"], "version": server["server_version"]})
@@ -107,6 +112,20 @@ def run(ctx: RunContext) -> dict:
     return summary
 
 
+def _budget_binds(cfg: "RunConfig", prompts: list[str], k: int, anchors, spec: str) -> bool:
+    """Whether `sampling.memory_budget_mb` could cut a `generate` call of these prompts' draws."""
+    from harness.anchors import sampling_prompt_text
+
+    if not cfg.sampling.memory_budget_mb or not prompts:
+        return False
+    tokenizer = load_tokenizer(spec, gguf_file=cfg.model.gguf_file)
+    texts = [sampling_prompt_text(p, anchors, cfg.model.prompt_format, tokenizer) for p in prompts]
+    footprint = footprint_of(load_config(spec, gguf_file=cfg.model.gguf_file), DTYPES[cfg.model.dtype].itemsize)
+    return budget_binds(prompt_token_counts(tokenizer, texts), batch_size=cfg.sampling.batch_size,
+                        sequences_per_prompt=k, new_tokens=cfg.sampling.max_new_tokens, footprint=footprint,
+                        budget_bytes=cfg.sampling.memory_budget_mb * 2**20)
+
+
 def _anchor_filter_identity(cfg: "RunConfig", assets: "Assets", anchors, *, remember: bool = True) -> Optional[str]:
     if anchors.anchor_filter == "cost-model":
         if assets.cost is None:
@@ -141,6 +160,7 @@ def _draw_anchors(ctx: RunContext, prompts: list[str], k: int, anchors, spec: st
                 max_new_tokens=cfg.sampling.max_new_tokens, do_sample=True,
                 temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
                 num_return_sequences=k, batch_size=cfg.sampling.batch_size, seed=seed, desc="self-samples",
+                memory_budget_bytes=cfg.sampling.memory_budget_mb * 2**20 or None,
             )
         return sample_from_server(
             texts, settings=ServerSettings.of(cfg.sampling), model=server["model"], k=k,

@@ -1,0 +1,198 @@
+"""Self-sampling `generate` calls cut to a memory budget (harness/generation.py): the plan alone,
+the estimate against a known config, and generation under a budget that never cuts giving the
+samples drawn without one."""
+
+from __future__ import annotations
+
+import random
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from harness.config import RunConfig, resolve_config
+from harness.errors import BadInput
+from harness.generation import (
+    GenerationFootprint,
+    budget_binds,
+    generate_completions,
+    model_footprint,
+    plan_calls,
+)
+
+# One byte per token of cache and nothing else: costs are easy to read off.
+UNIT = GenerationFootprint(kv_per_token=1, activations_per_token=0, scores_per_token_pair=0, sampling_per_step=0)
+
+
+def _cost(lengths, call, k, new_tokens, footprint=UNIT):
+    return len(call) * k * footprint.per_sequence(max(lengths[i] for i in call), new_tokens)
+
+
+def test_without_a_budget_calls_are_runs_of_batch_size():
+    lengths = [5] * 7
+    expected = [[0, 1, 2], [3, 4, 5], [6]]
+    assert plan_calls(lengths, batch_size=3, sequences_per_prompt=4, new_tokens=2, footprint=UNIT,
+                      budget_bytes=None) == expected
+    assert plan_calls(lengths, batch_size=3, sequences_per_prompt=4, new_tokens=2, footprint=None,
+                      budget_bytes=100) == expected
+    assert plan_calls([], batch_size=3, sequences_per_prompt=4, new_tokens=2, footprint=UNIT, budget_bytes=1) == []
+
+
+def test_a_budget_that_holds_every_run_changes_nothing():
+    lengths = [3, 4, 4, 9, 10, 12, 30]
+    plain = plan_calls(lengths, batch_size=4, sequences_per_prompt=2, new_tokens=5, footprint=UNIT, budget_bytes=None)
+    # The heaviest run: 3 prompts padded to 30 + 5 tokens, 2 sequences each.
+    assert plan_calls(lengths, batch_size=4, sequences_per_prompt=2, new_tokens=5, footprint=UNIT,
+                      budget_bytes=3 * 2 * 35) == plain
+
+
+def test_runs_over_the_budget_are_cut_into_calls_that_fit():
+    # Length-sorted prompts, as generate_completions orders them.
+    lengths = [2, 2, 3, 3, 4, 8, 8, 20]
+    calls = plan_calls(lengths, batch_size=4, sequences_per_prompt=3, new_tokens=2, footprint=UNIT, budget_bytes=40)
+    # Run [0..3]: a third prompt pads the call to 3 + 2 tokens, 3 × 3 × 5 = 45 > 40, so [0, 1]
+    # and [2, 3]; run [4..7]: any two of them are 2 × 3 × 10 or more > 40, so one a call, and
+    # the 20-token prompt alone (66 bytes) still gets one.
+    assert calls == [[0, 1], [2, 3], [4], [5], [6], [7]]
+    assert [i for call in calls for i in call] == list(range(len(lengths)))
+    for call in calls:
+        assert len(call) == 1 or _cost(lengths, call, 3, 2) <= 40
+
+
+def test_calls_never_cross_a_run_and_always_fit_randomised():
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 40)))
+        batch, k, new = rng.randint(1, 9), rng.randint(1, 12), rng.randint(1, 16)
+        budget = rng.randint(1, 4000)
+        calls = plan_calls(lengths, batch_size=batch, sequences_per_prompt=k, new_tokens=new, footprint=UNIT,
+                           budget_bytes=budget)
+        assert [i for call in calls for i in call] == list(range(len(lengths)))
+        runs = plan_calls(lengths, batch_size=batch, sequences_per_prompt=k, new_tokens=new, footprint=UNIT,
+                          budget_bytes=None)
+        run_of = {i: n for n, run in enumerate(runs) for i in run}
+        for call in calls:
+            assert len({run_of[i] for i in call}) == 1
+            assert len(call) == 1 or _cost(lengths, call, k, new) <= budget
+        if not budget_binds(lengths, batch_size=batch, sequences_per_prompt=k, new_tokens=new, footprint=UNIT,
+                            budget_bytes=budget):
+            # Not binding for the whole set: no subset's plan (a filtered round's) is cut either.
+            assert calls == runs
+            subset = sorted(rng.sample(lengths, rng.randint(1, len(lengths))))
+            assert plan_calls(subset, batch_size=batch, sequences_per_prompt=k, new_tokens=new, footprint=UNIT,
+                              budget_bytes=budget) == plan_calls(subset, batch_size=batch, sequences_per_prompt=k,
+                                                                 new_tokens=new, footprint=UNIT, budget_bytes=None)
+
+
+def test_budget_binds_reads_the_heaviest_possible_call():
+    kwargs = dict(batch_size=4, sequences_per_prompt=2, new_tokens=5, footprint=UNIT)
+    # 4 prompts as long as the longest (10 + 5 tokens) × 2 sequences = 120 bytes.
+    assert not budget_binds([1, 10], budget_bytes=10_000, **kwargs)
+    # Only two prompts exist, so a call holds at most two: 2 × 2 × 15 = 60.
+    assert not budget_binds([1, 10], budget_bytes=60, **kwargs)
+    assert budget_binds([1, 10], budget_bytes=59, **kwargs)
+    assert not budget_binds([1, 10], budget_bytes=0, **kwargs) and not budget_binds([], budget_bytes=1, **kwargs)
+
+
+def test_footprint_of_smollm2_135m():
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64)
+    footprint = GenerationFootprint.of(config, 4)
+    # Keys and values, 30 layers × 3 KV heads × 64 dims, fp32.
+    assert footprint.kv_per_token == 2 * 30 * 3 * 64 * 4 == 46_080
+    assert footprint.sampling_per_step == 4 * 49152 * 4
+    # A long prompt peaks in its prefill, a short one at its last decoding step.
+    long_prompt = footprint.per_sequence(205, 48)
+    assert long_prompt > 253 * footprint.kv_per_token + footprint.sampling_per_step
+    assert footprint.per_sequence(4, 48) == 52 * footprint.kv_per_token + footprint.sampling_per_step
+    # real-smollm2's heaviest self-samples call (20 prompts of up to 205 tokens × K = 11) is
+    # several GB; the default budget cuts it.
+    assert 20 * 11 * long_prompt > 2 * 2**30
+    assert RunConfig().sampling.memory_budget_mb * 2**20 < 20 * 11 * long_prompt
+
+
+def test_a_negative_budget_is_refused():
+    with pytest.raises(BadInput, match="sampling.memory_budget_mb must be >= 0"):
+        resolve_config(method="sft", preset="tiny", overrides={"sampling": {"memory_budget_mb": -1}})
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    words = " ".join(f"w{i}" for i in range(40))
+    word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, eos_token="[EOS]", pad_token="[PAD]",
+                                        unk_token="[UNK]")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+PROMPTS = ["w1 w2", "w3", "w4 w5 w6 w7 w8 w9", "w10 w11 w12", "w13", "w14 w15 w16 w17"]
+
+
+def _sample(model, tokenizer, budget, calls=None):
+    if calls is not None:
+        original = model.generate
+
+        def counting(**kwargs):
+            calls.append(kwargs["input_ids"].shape[0])
+            return original(**kwargs)
+
+        model.generate = counting
+    try:
+        return generate_completions(model, tokenizer, PROMPTS, max_new_tokens=6, do_sample=True,
+                                    num_return_sequences=3, batch_size=4, seed=7, memory_budget_bytes=budget)
+    finally:
+        if calls is not None:
+            del model.generate
+
+
+def test_a_budget_that_cuts_nothing_draws_the_same_samples(tiny_lm):
+    model, tokenizer = tiny_lm
+    plain_calls, roomy_calls = [], []
+    plain = _sample(model, tokenizer, None, plain_calls)
+    roomy = _sample(model, tokenizer, 1 << 40, roomy_calls)
+    assert roomy == plain and roomy_calls == plain_calls == [4, 2]  # prompts a call, before K's expansion
+
+
+def test_a_tight_budget_cuts_calls_and_keeps_every_prompt_in_place(tiny_lm):
+    model, tokenizer = tiny_lm
+    footprint = model_footprint(model)
+    # Room for two prompts' K = 3 sequences of the longest prompt (6 tokens), not four.
+    budget = 2 * 3 * footprint.per_sequence(6, 6)
+    calls = []
+    out = _sample(model, tokenizer, budget, calls)
+    assert len(calls) > 2 and sum(calls) == len(PROMPTS)
+    assert len(out) == len(PROMPTS) and all(len(group) == 3 for group in out)
+    # The same cut twice draws the same samples (the seed is set once, before the first call).
+    assert _sample(model, tokenizer, budget) == out
+
+
+def test_self_samples_key_names_the_budget_only_where_it_binds(tmp_path, tiny_lm, monkeypatch):
+    from harness.anchors import AnchorSettings
+    from harness.stages import self_samples
+
+    model, tokenizer = tiny_lm
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    prompts = ["w1 w2", "w3 w4 w5"]
+
+    def binds(budget_mb, batch_size=32):
+        cfg = RunConfig()
+        cfg.model.prompt_format = "plain"
+        cfg.sampling.memory_budget_mb = budget_mb
+        cfg.sampling.batch_size = batch_size
+        return self_samples._budget_binds(cfg, prompts, 11, AnchorSettings(),
+                                          str(tmp_path / "policy"))
+
+    assert not binds(1024)  # a tiny model's calls are far below the default budget
+    assert not binds(0)
+    # A model whose every token's cache is a MiB: one prompt's 11 sequences exceed 1 MB.
+    monkeypatch.setattr(self_samples, "footprint_of", lambda config, element_bytes: GenerationFootprint(
+        kv_per_token=2**20, activations_per_token=0, scores_per_token_pair=0, sampling_per_step=0))
+    assert binds(1) and binds(1, batch_size=1) and not binds(0)
