@@ -60,12 +60,13 @@ def _two_ranks_solo(record: Path, timeout: float) -> list[tuple[int, str]]:
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     try:
-        return [(proc.returncode, proc.communicate(timeout=timeout)[0]) for proc in procs]
+        outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
     except subprocess.TimeoutExpired:
         for proc in procs:
             proc.kill()
         pytest.fail(f"rank 0's Trainer and the waiting rank were still going after {timeout:.0f} s: the Trainer "
                     "took the launch for its own and waits for a rank that waits for it")
+    return [(proc.returncode, out) for proc, out in zip(procs, outputs)]
 
 
 def _plans(record: Path) -> list[dict]:
