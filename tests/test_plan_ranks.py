@@ -187,8 +187,8 @@ def test_a_two_rank_run_completes_on_rank_0s_plan(tmp_path, zero):
     built yet: rank 0 builds it (its builder trains with transformers' Trainer, as a one-process
     job: harness.distributed.single_process_job) while rank 1 waits; rank 1 never resolves anything,
     trains with rank 0's plan, and the run ends as a run does. Under ZeRO-3, rank 0 then loads and
-    generates alone while the Trainer's ZeRO-3 config is still alive (set aside for it: before, it
-    partitioned the model it loaded, and its collectives met rank 1's wait)."""
+    generates alone while the Trainer's ZeRO-3 config may still be alive (set aside for that work:
+    before, rank 0's generate stage ran ZeRO-3 collectives that met rank 1's wait, and gloo aborted)."""
     pytest.importorskip("deepspeed")
     launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
     if launcher is None:
@@ -224,3 +224,36 @@ def test_a_two_rank_run_completes_on_rank_0s_plan(tmp_path, zero):
     assert trained[0]["loss_curve"] == trained[1]["loss_curve"] and len(trained[0]["loss_curve"]) == 4
     assert d2o[0]["provenance"]["train"]["loss_curve"] == trained[0]["loss_curve"]
     assert d2o[0]["provenance"]["cache_keys"]["self_samples"]
+
+
+@pytest.mark.timeout(120)
+def test_a_single_process_job_hides_the_launch_and_puts_it_back(monkeypatch, tmp_path):
+    """Inside, a Trainer's arguments see one process and no ZeRO-3 config; after, the launch's
+    variables, accelerate's state and the ZeRO-3 config are what they were."""
+    from accelerate.state import PartialState
+    from transformers import TrainingArguments
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from harness.distributed import single_process_job, world_size
+
+    class Zero3:
+        def is_zero3(self):
+            return True
+
+    config = Zero3()
+    launch = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    before = dict(PartialState._shared_state)
+    hf_deepspeed.set_hf_deepspeed_config(config)
+    try:
+        with single_process_job():
+            assert not any(name in os.environ for name in launch) and world_size() == 1
+            assert not hf_deepspeed.is_deepspeed_zero3_enabled()
+            args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+            assert args.world_size == 1 and args.parallel_mode.name == "NOT_PARALLEL"
+        assert {name: os.environ.get(name) for name in launch} == launch
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()
+        assert dict(PartialState._shared_state) == before
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()
