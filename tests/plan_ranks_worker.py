@@ -12,7 +12,8 @@ fails the run and says where. Every rank records the plan it ended up with
     python tests/plan_ranks_worker.py solo                  # rank 0 trains with a Trainer, alone
 
 `share` mode exits 0 with the plan recorded, or 2/1 with the error's one line recorded in
-`error.rank<N>`; with PLAN_RANKS_FAIL_RANK0 set, rank 0's resolution raises BadInput.
+`error.rank<N>`; with PLAN_RANKS_FAIL_RANK0 set, rank 0's resolution raises BadInput; with
+PLAN_RANKS_SLOW_RANK0=S, it first sleeps S seconds.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def share(argv: list[str]) -> int:
     cfg = resolve_config(method="d2o", preset="tiny", seed=None, overrides=parse_set_options(sets))
 
     def resolve():
+        if os.environ.get("PLAN_RANKS_SLOW_RANK0"):
+            import time
+
+            time.sleep(float(os.environ["PLAN_RANKS_SLOW_RANK0"]))
         if os.environ.get("PLAN_RANKS_FAIL_RANK0"):
             raise BadInput("rank 0 refuses this configuration")
         return resolve_plan(cfg)

@@ -143,6 +143,15 @@ def test_rank_0_trains_alone_with_the_trainer_while_the_others_wait(tmp_path):
     assert seen[1]["rank_after"] == "1" and seen[0]["world_size_after"] == "2"
 
 
+def test_a_rank_whose_wait_for_rank_0_runs_out_stops_in_one_line(tmp_path):
+    # 0.002 h = 7.2 s of waiting, rank 0 resolving for 30 s.
+    codes = _two_ranks(tmp_path, [[], []], D2O_BENCH_RANK0_WAIT_HOURS="0.002", PLAN_RANKS_SLOW_RANK0="30")
+    assert codes[1][0] == 1 and codes[0][0] != 0, codes
+    error = (tmp_path / "error.rank1").read_text()
+    assert error.startswith("rank 1 stopped waiting for rank 0 (resolving the run; the wait allows 0:00:07.200000, "
+                            "$D2O_BENCH_RANK0_WAIT_HOURS sets it in hours): ") and "\n" not in error, error
+
+
 def test_the_wait_for_rank_0_is_long_and_set_in_hours(monkeypatch):
     from datetime import timedelta
 
