@@ -107,7 +107,7 @@ def _wait_for_rank0(box: list, what: str) -> None:
     try:
         torch.distributed.broadcast_object_list(box, src=0, group=group)
     except RuntimeError as exc:  # gloo's timeout or a closed connection (DistBackendError)
-        raise RunFailure(f"rank {rank()} stopped waiting for rank 0 ({what}; the wait allows {rank0_wait()}, "
+        raise RunFailure(f"rank {rank()} stopped waiting for rank 0 ({what}; the wait allows {rank0_wait().total_seconds() / 3600:g} h, "
                          f"${RANK0_WAIT_ENV} sets it in hours): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
