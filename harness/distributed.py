@@ -6,21 +6,31 @@ every rank checks that the plan is its own (`harness/plan.py`, `shared_plan`). O
 stage is collective: every rank trains its shard and DeepSpeed/Trainer keep them
 in step. Every other stage (data, sampling, reference log-probs, generation, scoring, the
 leaderboard) runs on rank 0 alone while the other ranks wait, so the caches, the run directory
-and the leaderboard have exactly one writer. Without a launcher (WORLD_SIZE unset or 1) all of
-this is a no-op.
+and the leaderboard have exactly one writer. What rank 0 does alone runs as a one-process job
+(`single_process_job`), and the others wait for it through a group with a long timeout
+(`rank0_wait`). Without a launcher (WORLD_SIZE unset or 1) all of this is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
-from typing import Callable, Optional, TypeVar
+from datetime import timedelta
+from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
 
 from harness.errors import BadInput, D2OBenchError, RunFailure
 
 T = TypeVar("T")
+
+# How long the other ranks wait for rank 0's solo work (resolving and building the assets, every
+# stage but train) before giving up, in hours; D2O_BENCH_RANK0_WAIT_HOURS changes it.
+RANK0_WAIT_HOURS = 7 * 24
+RANK0_WAIT_ENV = "D2O_BENCH_RANK0_WAIT_HOURS"
+_waiting_group = None
 
 
 def rank() -> int:
@@ -58,9 +68,52 @@ def init_if_launched() -> None:
     torch.distributed.init_process_group(backend=backend)
 
 
+def rank0_wait() -> timedelta:
+    """How long a rank waits for rank 0's solo work (RANK0_WAIT_HOURS, or $D2O_BENCH_RANK0_WAIT_HOURS)."""
+    text = os.environ.get(RANK0_WAIT_ENV, "").strip()
+    if not text:
+        return timedelta(hours=RANK0_WAIT_HOURS)
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = float("nan")
+    if not hours > 0 or hours == float("inf"):
+        raise BadInput(f"{RANK0_WAIT_ENV}={text!r}: give the hours the other ranks wait for rank 0 as a positive number")
+    return timedelta(hours=hours)
+
+
+def _rank0_group():
+    """The process group the ranks wait for rank 0 through: gloo, with the `rank0_wait()` timeout.
+
+    The launcher's default group keeps torch's timeout (30 minutes for gloo, 10 for NCCL), which is
+    right for training's collectives but not for waiting while rank 0 alone builds the tiny world
+    or a suite's cost model, converts a checkpoint, generates or scores: those take longer on a big
+    model, and a waiting rank would time out and take the run down. Every rank reaches its first
+    wait at the same point, so creating the group there (a collective) is safe.
+    """
+    global _waiting_group
+    if _waiting_group is None:
+        _waiting_group = torch.distributed.new_group(backend="gloo", timeout=rank0_wait())
+    return _waiting_group
+
+
+def _wait_for_rank0(box: list, what: str) -> None:
+    """`broadcast_object_list(box)` from rank 0 on the waiting group; a rank whose wait ends without
+    rank 0's message (the timeout passed, rank 0 died) stops with one line."""
+    group = _rank0_group()
+    if is_main_process():
+        torch.distributed.broadcast_object_list(box, src=0, group=group)
+        return
+    try:
+        torch.distributed.broadcast_object_list(box, src=0, group=group)
+    except RuntimeError as exc:  # gloo's timeout or a closed connection (DistBackendError)
+        raise RunFailure(f"rank {rank()} stopped waiting for rank 0 ({what}; the wait allows {rank0_wait().total_seconds() / 3600:g} h, "
+                         f"${RANK0_WAIT_ENV} sets it in hours): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
 def barrier() -> None:
     if world_size() > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=_rank0_group())
 
 
 def main_process_outcome(error: str | None) -> str | None:
@@ -68,8 +121,70 @@ def main_process_outcome(error: str | None) -> str | None:
     if world_size() <= 1 or not torch.distributed.is_initialized():
         return error
     box = [error]
-    torch.distributed.broadcast_object_list(box, src=0)
+    _wait_for_rank0(box, "a stage rank 0 runs alone")
     return box[0]
+
+
+# What a launcher tells a process about its job. transformers' TrainingArguments builds accelerate's
+# PartialState (training_args._setup_devices), which decides it is one rank of a distributed job when
+# LOCAL_RANK is set, or on the CPU when WORLD_SIZE, PMI_SIZE, OMPI_COMM_WORLD_SIZE or
+# MV2_COMM_WORLD_SIZE is above 1 (accelerate.state.PartialState._prepare_backend); it then takes the
+# launcher's already initialised process group for its own (num_processes = its world size) and
+# the Trainer trains with DDP, waiting in collectives that the other ranks, themselves waiting for
+# rank 0, never join. The rest are hidden too, so that nothing rank 0 does alone (a vLLM server it
+# starts included) takes itself for one rank of the launch or reaches the launcher's store.
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE",
+                    "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                    "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_RANK",
+                    "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")
+
+
+class _DropProcessGroupNotice(logging.Filter):
+    """TrainingArguments warns that a process group is initialised but it is not distributed: inside
+    a single-process job under a launcher that is the intent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torch.distributed process group is initialized")
+
+
+@contextlib.contextmanager
+def single_process_job() -> Iterator[None]:
+    """Run what rank 0 does alone while the other ranks wait (building the tiny world and other
+    assets, every stage but train) as a one-process job, even under a launcher.
+
+    The tiny world's builder trains with transformers' Trainer; inside a launched rank the Trainer
+    would take the launch for its own (LAUNCH_VARIABLES says how) and rank 0 would wait for ever.
+    So, for this block only: the launcher's variables are hidden (rank(), world_size() read 0 and
+    1 here), accelerate's process state is set aside so that it is built afresh from what it then
+    sees, and a ZeRO-3 Trainer's DeepSpeed config, which transformers keeps globally and which would
+    make model loading and generate() partition or sync across ranks, is set aside too. The launcher's
+    process group is not touched: nothing in here uses it, and it is the same group after. Everything
+    is put back on leaving. Without a launcher it does nothing.
+    """
+    if world_size() <= 1:
+        yield
+        return
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    hidden = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
+    states = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState, GradientState)]
+    for cls, _ in states:
+        cls._shared_state.clear()
+    zero3 = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    notice = _DropProcessGroupNotice()
+    logging.getLogger("transformers.training_args").addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger("transformers.training_args").removeFilter(notice)
+        hf_deepspeed._hf_deepspeed_config_weak_ref = zero3
+        for cls, saved in states:
+            cls._shared_state.clear()
+            cls._shared_state.update(saved)
+        os.environ.update(hidden)
 
 
 def from_main_process(produce: Callable[[], T]) -> T:
@@ -87,14 +202,16 @@ def from_main_process(produce: Callable[[], T]) -> T:
     init_if_launched()
     own_error: Optional[BaseException] = None
     box: list = [None]
+    _rank0_group()
     if is_main_process():
         try:
-            box = [(produce(), None)]
+            with single_process_job():
+                box = [(produce(), None)]
         except D2OBenchError as exc:
             own_error, box = exc, [(None, (exc.exit_code, str(exc)))]
         except Exception as exc:
             own_error, box = exc, [(None, (1, f"{type(exc).__name__}: {exc}"))]
-    torch.distributed.broadcast_object_list(box, src=0)
+    _wait_for_rank0(box, "resolving the run")
     if own_error is not None:
         raise own_error
     value, failure = box[0]
@@ -125,8 +242,10 @@ def leave_process_group(*, completed: bool) -> None:
     """
     if world_size() <= 1 or not torch.distributed.is_initialized():
         return
+    global _waiting_group
     if completed:
         torch.distributed.barrier()
+    _waiting_group = None
     torch.distributed.destroy_process_group()
 
 

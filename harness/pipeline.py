@@ -12,6 +12,7 @@ its RunPlan (harness/plan.py); the pipeline never tests a method's or a suite's 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import resource
@@ -149,8 +150,12 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     kill_point(f"stage:{name}:start")
     error = None
     if name in COLLECTIVE_STAGES or main_process:
+        # A stage rank 0 runs alone is a one-process job even under a launcher (its models, a
+        # Trainer or a ZeRO-3 config left by train would otherwise take the launch for their own).
+        solo = contextlib.nullcontext() if name in COLLECTIVE_STAGES else distributed.single_process_job()
         try:
-            summary = STAGE_FUNCTIONS[name](ctx)
+            with solo:
+                summary = STAGE_FUNCTIONS[name](ctx)
             kill_point(f"stage:{name}:end")
         except D2OBenchError as exc:
             error = exc

@@ -9,9 +9,11 @@ fails the run and says where. Every rank records the plan it ended up with
 
     python tests/plan_ranks_worker.py cli ARGS...          # `d2o-bench ARGS` (under a launcher)
     python tests/plan_ranks_worker.py share [--set K=V]...  # shared_plan alone, for the tiny preset
+    python tests/plan_ranks_worker.py solo                  # rank 0 trains with a Trainer, alone
 
 `share` mode exits 0 with the plan recorded, or 2/1 with the error's one line recorded in
-`error.rank<N>`; with PLAN_RANKS_FAIL_RANK0 set, rank 0's resolution raises BadInput.
+`error.rank<N>`; with PLAN_RANKS_FAIL_RANK0 set, rank 0's resolution raises BadInput; with
+PLAN_RANKS_SLOW_RANK0=S, it first sleeps S seconds.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def share(argv: list[str]) -> int:
     cfg = resolve_config(method="d2o", preset="tiny", seed=None, overrides=parse_set_options(sets))
 
     def resolve():
+        if os.environ.get("PLAN_RANKS_SLOW_RANK0"):
+            import time
+
+            time.sleep(float(os.environ["PLAN_RANKS_SLOW_RANK0"]))
         if os.environ.get("PLAN_RANKS_FAIL_RANK0"):
             raise BadInput("rank 0 refuses this configuration")
         return resolve_plan(cfg)
@@ -122,6 +128,53 @@ def share(argv: list[str]) -> int:
     return 0
 
 
+def solo() -> int:
+    """Rank 0 trains a small model with the tiny world's Trainer inside `from_main_process` (as it
+    builds the world under a launcher) while rank 1 waits; both then meet in the launch's group."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness import distributed
+    from harness.models.tiny_build import _LossFnTrainer, _training_args
+
+    def train() -> dict:
+        import tempfile
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2))
+        rows = [{"input_ids": [(i + j) % 32 for j in range(8)]} for i in range(8)]
+
+        def collate(batch):
+            return {"input_ids": torch.tensor([r["input_ids"] for r in batch])}
+
+        def loss_fn(model, batch):
+            return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+        from datasets import Dataset
+
+        with tempfile.TemporaryDirectory() as scratch:
+            args = _training_args(scratch, epochs=2, lr=1e-2, batch_size=4, seed=0)
+            trainer = _LossFnTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                     data_collator=collate, loss_fn=loss_fn)
+            trainer.train()
+            seen = {"world_size": args.world_size, "parallel_mode": str(args.parallel_mode),
+                    "steps": trainer.state.global_step,
+                    "launch_variables": sorted(v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if v in os.environ)}
+        return seen
+
+    seen = distributed.from_main_process(train)
+    # The launch's own group is intact: every rank still meets in it.
+    box = [RANK]
+    torch.distributed.all_reduce(torch.ones(1))
+    torch.distributed.broadcast_object_list(box, src=0)
+    (RECORD / f"solo.rank{RANK}.json").write_text(json.dumps(
+        {"trained": seen, "group_size": torch.distributed.get_world_size(), "from_rank": box[0],
+         "rank_after": os.environ.get("RANK"), "world_size_after": os.environ.get("WORLD_SIZE")}))
+    distributed.leave_process_group(completed=True)
+    return 0
+
+
 def main() -> int:
     # DeepSpeed's launcher puts `--local_rank=N` first: the CLI takes it wherever it stands.
     args = sys.argv[1:]
@@ -133,6 +186,8 @@ def main() -> int:
     record_training()
     if mode == "share":
         return share(argv)
+    if mode == "solo":
+        return solo()
     from harness.cli import main as cli_main
 
     return cli_main(argv)

@@ -102,6 +102,18 @@ def _labelled(trainer: Trainer, label: str) -> Trainer:
     return trainer
 
 
+def _train_alone(model, data: Dataset, collate, loss_fn, label: str, *, epochs: float, lr: float, seed: int) -> None:
+    """Train one of the world's models with the Trainer, as a one-process job even inside a launched
+    rank: under a launcher rank 0 builds the world while the others wait, and a Trainer that took
+    the launch for its own would wait for them for ever (harness.distributed.single_process_job)."""
+    from harness.distributed import single_process_job
+
+    with single_process_job(), tempfile.TemporaryDirectory() as scratch:
+        args = _training_args(scratch, epochs=epochs, lr=lr, batch_size=32, seed=seed)
+        _labelled(_LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=loss_fn),
+                  label).train()
+
+
 def _build_data(out: Path, world_cfg) -> None:
     world = tiny_world.build_world(seed=world_cfg.seed, split_seed=world_cfg.split_seed,
                                    eval_templates_per_task=world_cfg.eval_templates_per_task,
@@ -163,10 +175,8 @@ def _build_policy(out: Path, tokenizer_dir: Path, world_cfg) -> None:
         labels = batch["input_ids"][:, 1:].masked_fill(~batch["response_mask"][:, 1:], -100)
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
-    with tempfile.TemporaryDirectory() as scratch:
-        args = _training_args(scratch, epochs=world_cfg.policy_epochs, lr=3e-3, batch_size=32, seed=world_cfg.seed)
-        _labelled(_LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=sft_loss),
-                  "tiny world: training the policy (SFT)").train()
+    _train_alone(model, data, collate, sft_loss, "tiny world: training the policy (SFT)",
+                 epochs=world_cfg.policy_epochs, lr=3e-3, seed=world_cfg.seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
@@ -207,10 +217,8 @@ def _build_scorer(out: Path, tokenizer_dir: Path, world_cfg, kind: str) -> None:
             return F.binary_cross_entropy_with_logits(score, batch["target"])
         return F.mse_loss(score, batch["target"])
 
-    with tempfile.TemporaryDirectory() as scratch:
-        args = _training_args(scratch, epochs=world_cfg.scorer_epochs, lr=2e-3, batch_size=32, seed=world_cfg.seed)
-        _labelled(_LossFnTrainer(model=model, args=args, train_dataset=data, data_collator=collate, loss_fn=score_loss),
-                  f"tiny world: training the {kind} model").train()
+    _train_alone(model, data, collate, score_loss, f"tiny world: training the {kind} model",
+                 epochs=world_cfg.scorer_epochs, lr=2e-3, seed=world_cfg.seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
