@@ -1,6 +1,6 @@
 """Benchmark: the generate stage's work through HF `generate` and through a vLLM server.
 
-    .venv/bin/python benchmarks/generation.py [--rounds 3] [--prompts 128] [--tokens 48]
+    .venv/bin/python benchmarks/generation.py [--rounds 3] [--prompts 64] [--tokens 48]
 
 What the generate stage does for a trained method is two passes of greedy evaluation answers
 over the evaluation prompts (the base policy's, the trained policy's). This times one such pass,
@@ -41,7 +41,7 @@ from sampling import benchmark_prompts, cpu_model, reset_prefix_cache, start_vll
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=64, help="distinct fixture prompts (the fixture holds 87)")
     parser.add_argument("--tokens", type=int, default=48, help="eval.max_new_tokens")
     parser.add_argument("--port", type=int, default=8812)
     args = parser.parse_args()
