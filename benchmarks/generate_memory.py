@@ -27,7 +27,12 @@ def high_water_mb() -> float:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print("usage: " + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    prompts_file, policy = Path(argv[0]), Path(argv[1])
+    if not prompts_file.is_file() or not (policy / "config.json").is_file():
+        print(f"generate_memory.py: needs a prompts .jsonl and a policy folder with config.json, got "
+              f"{prompts_file} and {policy}", file=sys.stderr)
         return 2
     from harness.config import resolve_config
     from harness.models.loading import load_policy
@@ -35,9 +40,17 @@ def main(argv: list[str]) -> int:
     from harness.stages.generate import local_answers
 
     cfg = resolve_config(method="d2o", preset="real-smollm2")
-    rows = [json.loads(line) for line in Path(argv[0]).read_text(encoding="utf-8").splitlines() if line.strip()]
-    model, tokenizer = load_policy(argv[1], dtype=cfg.model.dtype)
-    texts = sorted((format_prompt(r["prompt"], cfg.model.prompt_format, tokenizer) for r in rows),
+    try:
+        rows = [json.loads(line) for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [row["prompt"] for row in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"generate_memory.py: {prompts_file} is not a .jsonl of rows with a prompt: {exc}", file=sys.stderr)
+        return 2
+    if not texts:
+        print(f"generate_memory.py: {prompts_file} holds no prompts", file=sys.stderr)
+        return 2
+    model, tokenizer = load_policy(str(policy), dtype=cfg.model.dtype)
+    texts = sorted((format_prompt(text, cfg.model.prompt_format, tokenizer) for text in texts),
                    key=len)[-cfg.eval.batch_size:]
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     loaded = high_water_mb()
