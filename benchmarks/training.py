@@ -21,8 +21,9 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
   the reference log-probs are the base's in both);
 - D²O at K = 11 as real-smollm2 trains it (`d2o-k11-b4-real`: the defaults with each term's
   gradient norm every step, `train.term_gradient_every`; `d2o-k11-b4x2-real`: also two
-  micro-batches a step, two steps), and the 8 GB laptop's settings (`d2o-k11-b4x2-laptop`: no
-  term gradients, 256-token chunks; docs/USAGE.md);
+  micro-batches a step, two steps; `d2o-k11-b4x2-preset`: the same in the 256-token chunks the
+  preset now sets), and the earlier 8 GB laptop settings (`d2o-k11-b4x2-laptop`: no term
+  gradients, 256-token chunks);
 - the model-FLOP rate (6 × parameters × the non-padding tokens of the timed steps, over their
   summed time) against the rate of a 4096² fp32 matmul measured in the same process just
   before, and how far each run's rate strays from the series' median (the issue's ±10%).
@@ -341,6 +342,8 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # term gradients are taken while the first one's gradients sit in .grad.
     # Two steps: the peak is read in the second (after the first step's one-off allocations).
     configs["d2o-k11-b4x2-real"] = {**configs["d2o-k11-b4-real"], "accumulation": 2, "steps": 2}
+    # The preset as it is now: real-smollm2 caches gradients in 256-token chunks (its YAML says why).
+    configs["d2o-k11-b4x2-preset"] = {**configs["d2o-k11-b4x2-real"], "chunk_tokens": 256}
     # The 8 GB laptop's settings (docs/USAGE.md): no term-gradient diagnostics, 256-token
     # gradient-cache chunks. Both are operational: the run id and every update stay the same.
     configs["d2o-k11-b4x2-laptop"] = {**configs["d2o-k11-b4x2-real"], "term_gradient_every": 0, "chunk_tokens": 256}

@@ -396,7 +396,8 @@ def shared_prompt_sequence_logps(model, batch: SharedPromptBatch, *,
 
 
 def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, device,
-                              tokens_per_chunk: int, *, rows: Optional[list[list[list[int]]]] = None) -> SequenceLogps:
+                              tokens_per_chunk: int, *, rows: Optional[list[list[list[int]]]] = None,
+                              checkpoint_last: bool = False) -> SequenceLogps:
     """`sequence_logps` of many sequences with gradient caching's memory.
 
     Every method's loss sees a sequence only through its summed log-prob, so its gradient is
@@ -409,6 +410,11 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     activation memory is one chunk's, whatever K is. Chunks are filled in length order, so they
     also pad less than the whole batch would; given a packed layout (`shared_prompt_layout`),
     its rows fill the chunks instead.
+
+    `checkpoint_last`: the last chunk too keeps only its inputs. For a graph backpropagated more
+    than once (the per-term gradient norms, `retain_graph=True`): the last chunk's activations
+    would otherwise stay through every pass while each other chunk is recomputed beside them,
+    two chunks' activations at once where one backward holds one. The gradients are the same.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronises gradients from hooks its own forward arms once per backward; a chunk
@@ -432,7 +438,7 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
         else:
             batch = collate_pairs([pairs[i] for i in chunk], pad_id)
             forward, inputs = _chunk_logps, [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
-        if number == len(chunks) - 1:
+        if number == len(chunks) - 1 and not checkpoint_last:
             # Backward starts with the last chunk, so its activations are used before any other
             # chunk is recomputed: keeping them costs no more than one chunk and saves its rerun.
             total, n_tokens = forward(inner, *inputs)

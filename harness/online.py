@@ -71,6 +71,10 @@ class OnlineSampleRefresher:
             snapshot, self.tokenizer, [self.sampling_texts[i] for i in prompt_indices], max_new_tokens=s.max_new_tokens, do_sample=True,
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, num_return_sequences=self.k,
             batch_size=max(1, s.batch_size // self.k), seed=self.seed + step, desc="online self-samples",
+            # The offline self-samples' budget (sampling.memory_budget_mb): a refresh runs beside the
+            # training step's weights, gradients and optimizer state, so its calls are held to it
+            # too. It cuts a call only above the budget, so draws that fit are those drawn before.
+            memory_budget_bytes=s.memory_budget_mb * 2**20 or None,
         )
         pairs = [[encode_pair(self.tokenizer, text, c.text, self.max_length, ended=c.ended) for c in group]
                  for text, group in zip(texts, groups)]

@@ -26,6 +26,7 @@ from harness import distributed
 from harness.cache import JsonCache, bench_home  # noqa: F401 - the caches' home, as the pipeline's
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.faults import kill_point
+from harness.memory import release_freed_memory
 from harness.plan import STAGES, RunPlan, run_id_for  # noqa: F401 - run_id_for: the run's name, for callers
 from harness.rundir import RunDir, RunLayout, acquire_run_lock
 from harness.stages import data, generate, leaderboard, reference_logps, score, self_samples, train
@@ -142,6 +143,9 @@ def _run_stage(ctx: RunContext, name: str, main_process: bool) -> None:
     run_dir.reset_stage(name)
     distributed.barrier()
     started = time.perf_counter()
+    # What earlier stages freed (their models, a Trainer's gradients) is handed back first, so
+    # this stage's peak is its own, not theirs left in malloc's heap.
+    release_freed_memory()
     _reset_peak_rss()
     try:
         run_dir.mark(name, "running")

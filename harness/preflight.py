@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 from harness.errors import BadInput
@@ -428,24 +429,32 @@ def checkpoint_bytes(cfg) -> Optional[int]:
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def sampling_bytes(plan) -> Optional[int]:
-    """Memory one batch of self-samples takes in `model.generate`: sampling.batch_size prompts ×
-    K completions at once, each with its key/value cache over prompt and completion
-    (train.max_length + sampling.max_new_tokens) and its next-token scores. None when the
-    method draws none in this process, or the policy's shape is not known yet."""
+def _sampling_calls(plan) -> Optional[tuple[int, int]]:
+    """(prompts in the heaviest self-sampling `generate` call, bytes one prompt's K sequences
+    hold), as the self_samples stage will plan its calls: the same footprint and planner
+    (`harness.generation.plan_calls`), on a batch of sampling.batch_size prompts each as long
+    as a prompt can be (train.max_length), cut to `sampling.memory_budget_mb` when one is set.
+    None when the method draws none in this process, or the policy's shape is not known yet."""
+    from harness.generation import footprint_of, plan_calls
+
     cfg = plan.cfg
     if not plan.draws_self_samples or cfg.sampling.backend != "transformers":
         return None
     shape = policy_shape(cfg)
-    if shape is None:
+    footprint = footprint_of(SimpleNamespace(**shape), _DTYPE_BYTES.get(cfg.model.dtype, 4)) if shape else None
+    if footprint is None:
         return None
-    k = plan.k
-    heads = shape.get("num_attention_heads") or 1
-    kv_width = (shape.get("num_key_value_heads") or heads) * (shape["hidden_size"] // heads)
-    tokens = cfg.train.max_length + cfg.sampling.max_new_tokens
-    per_sequence = (2 * shape["num_hidden_layers"] * kv_width * tokens * _DTYPE_BYTES.get(cfg.model.dtype, 4)
-                    + 3 * shape["vocab_size"] * 4)  # scores, processed scores, probabilities (fp32)
-    return cfg.sampling.batch_size * k * per_sequence
+    batch, longest, new_tokens = cfg.sampling.batch_size, cfg.train.max_length, cfg.sampling.max_new_tokens
+    calls = plan_calls([longest] * batch, batch_size=batch, sequences_per_prompt=plan.k, new_tokens=new_tokens,
+                       footprint=footprint, budget_bytes=cfg.sampling.memory_budget_mb * 2**20 or None)
+    return max(len(call) for call in calls), plan.k * footprint.per_sequence(longest, new_tokens)
+
+
+def sampling_bytes(plan) -> Optional[int]:
+    """Memory the heaviest self-sampling `generate` call holds (`_sampling_calls`): under a
+    budget, the budget or one prompt's K sequences, whichever is more."""
+    calls = _sampling_calls(plan)
+    return None if calls is None else calls[0] * calls[1]
 
 
 def _memory_bytes() -> int:
@@ -461,18 +470,24 @@ def _memory_bytes() -> int:
 
 
 def check_memory(plan) -> None:
-    """K (method.k) so large that one batch of self-samples cannot fit is refused here: K=100000
+    """K (method.k) so large that one self-sampling call cannot fit is refused here: K=100000
     once passed --dry-run and the run then asked for 88 GB mid-stage."""
-    need = sampling_bytes(plan)
-    if need is None:
+    calls = _sampling_calls(plan)
+    if calls is None:
         return
-    have = _memory_bytes()
-    cfg = plan.cfg
-    if need > have:
-        k, field = plan.k, plan.k_setting
-        raise BadInput(f"{field}={k}: drawing {k} self-samples for each of sampling.batch_size="
-                       f"{cfg.sampling.batch_size} prompts at once needs about {_size(need)} of memory, "
-                       f"and this machine has {_size(have)}; lower {field} or sampling.batch_size")
+    prompts, per_prompt = calls
+    need, have = prompts * per_prompt, _memory_bytes()
+    if need <= have:
+        return
+    cfg, k, field = plan.cfg, plan.k, plan.k_setting
+    if prompts == 1:
+        # The calls already hold one prompt each: only K (or the prompts' length) can come down.
+        raise BadInput(f"{field}={k}: drawing {k} self-samples of even one prompt at once needs about "
+                       f"{_size(need)} of memory, and this machine has {_size(have)}; lower {field}")
+    raise BadInput(f"{field}={k}: drawing {k} self-samples for each of {prompts} prompts at once "
+                   f"(sampling.batch_size={cfg.sampling.batch_size}, sampling.memory_budget_mb="
+                   f"{cfg.sampling.memory_budget_mb}) needs about {_size(need)} of memory, and this machine "
+                   f"has {_size(have)}; lower {field}, sampling.batch_size or sampling.memory_budget_mb")
 
 
 def _check_disk(cfg, folder: Path) -> None:

@@ -182,6 +182,8 @@ class MethodTrainer(Trainer):
         rows = self.packed_rows(model, flat)
         tokens = packed_tokens(flat, rows) if rows else padded_tokens(flat)
         cache = self.gradient_cache_tokens and tokens > self.gradient_cache_tokens and torch.is_grad_enabled()
+        term_gradients = (self.term_gradient_every and torch.is_grad_enabled()
+                          and self.state.global_step % self.term_gradient_every == 0)
         if cache and isinstance(model, torch.nn.parallel.DistributedDataParallel):
             # Plain DDP cannot rerun its forward inside backward (harness/logprobs.py): one forward.
             if not self._warned_ddp:
@@ -190,7 +192,7 @@ class MethodTrainer(Trainer):
             cache = False
         if cache:
             logps = recomputed_sequence_logps(model, flat, self.pad_id, device, self.gradient_cache_tokens,
-                                              rows=rows)
+                                              rows=rows, checkpoint_last=bool(term_gradients))
         elif rows:
             logps = shared_prompt_sequence_logps(model, pack_shared_prompts(flat, self.pad_id, rows).to(device))
         else:
@@ -208,7 +210,7 @@ class MethodTrainer(Trainer):
         reference = {role: value.to(device) for role, value in reference.items()}
         losses, diagnostics = self.method.loss(policy, reference)
         loss = losses.mean()
-        if self.term_gradient_every and torch.is_grad_enabled() and self.state.global_step % self.term_gradient_every == 0:
+        if term_gradients:
             diagnostics = {**diagnostics, **self._term_gradient_norms(model, policy, reference)}
         for name, value in diagnostics.items():
             self._diagnostics.setdefault(name, []).append(float(value))

@@ -196,3 +196,40 @@ def test_self_samples_key_names_the_budget_only_where_it_binds(tmp_path, tiny_lm
     monkeypatch.setattr(self_samples, "footprint_of", lambda config, element_bytes: GenerationFootprint(
         kv_per_token=2**20, activations_per_token=0, scores_per_token_pair=0, sampling_per_step=0))
     assert binds(1) and binds(1, batch_size=1) and not binds(0)
+
+
+def test_online_refreshes_are_held_to_the_same_budget(tiny_lm, monkeypatch):
+    """d2o-online's refreshes draw beside the training step's state; they were not budgeted."""
+    import harness.generation as generation
+    from harness.online import OnlineSampleRefresher
+
+    model, tokenizer = tiny_lm
+    plans = []
+    real_plan = generation.plan_calls
+
+    def recording(*args, **kwargs):
+        plans.append((kwargs["budget_bytes"], real_plan(*args, **kwargs)))
+        return plans[-1][1]
+
+    monkeypatch.setattr(generation, "plan_calls", recording)
+
+    def refresh(budget_mb):
+        cfg = RunConfig()
+        cfg.sampling.batch_size = 12  # 12 // K = 4 prompts a call before any budget
+        cfg.sampling.memory_budget_mb = budget_mb
+        refresher = OnlineSampleRefresher(reference_model=model, tokenizer=tokenizer, prompt_texts=PROMPTS, k=3,
+                                          sampling=cfg.sampling, refresh_every=1, max_length=32, seed=5)
+        pairs, reference = refresher(model, list(range(len(PROMPTS))), step=0)
+        assert reference.shape == (len(PROMPTS), 3)
+        return [[pair.input_ids for pair in group] for group in pairs], plans[-1]
+
+    unbudgeted, (budget, calls) = refresh(0)
+    assert budget is None and [len(c) for c in calls] == [4, 2]
+    # The default budget is far above a tiny model's calls: nothing is cut, the same draws.
+    default, (budget, calls) = refresh(1024)
+    assert budget == 1024 * 2**20 and [len(c) for c in calls] == [4, 2] and default == unbudgeted
+    # A model whose every token's cache is a MiB: a 1 MB budget leaves one prompt a call.
+    monkeypatch.setattr(generation, "model_footprint", lambda model: GenerationFootprint(
+        kv_per_token=2**20, activations_per_token=0, scores_per_token_pair=0, sampling_per_step=0))
+    cut, (budget, calls) = refresh(1)
+    assert budget == 2**20 and [len(c) for c in calls] == [1] * len(PROMPTS) and len(cut) == len(PROMPTS)

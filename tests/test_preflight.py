@@ -144,11 +144,41 @@ def test_a_k_that_cannot_fit_in_memory_is_refused_also_by_the_dry_run(tmp_path, 
 
     cfg = resolve_config(method="d2o", preset="tiny")
     assert 0 < sampling_bytes(resolve_plan(cfg)) < 2**30  # the preset's own K fits anywhere
+    # Under the default budget the calls already hold one prompt each: only K can come down.
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000"],
-             "method.k=100000: drawing 100000 self-samples for each of sampling.batch_size=")
+             "method.k=100000: drawing 100000 self-samples of even one prompt at once needs about")
     _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000", "--dry-run"],
-             "lower method.k or sampling.batch_size")
+             "; lower method.k")
+    _refused(capsys, tmp_path, ["--out", str(tmp_path / "out"), "--set", "method.k=100000",
+                                "--set", "sampling.memory_budget_mb=0", "--dry-run"],
+             "lower method.k, sampling.batch_size or sampling.memory_budget_mb")
     assert sampling_bytes(resolve_plan(resolve_config(method="dpo", preset="tiny"))) is None  # draws no samples
+
+
+def test_the_memory_estimate_is_the_heaviest_call_the_budget_plans():
+    """The preflight once sized sampling.batch_size prompts × K in one call whatever
+    sampling.memory_budget_mb said; it now asks the planner the self_samples stage uses."""
+    from harness.generation import footprint_of, plan_calls
+    from harness.plan import resolve_plan
+    from harness.preflight import SMOLLM2_SHAPE, sampling_bytes
+    from types import SimpleNamespace
+
+    def plan_for(budget_mb):
+        return resolve_plan(resolve_config(method="d2o", preset="real-smollm2",
+                                           overrides={"sampling": {"memory_budget_mb": budget_mb}}))
+
+    footprint = footprint_of(SimpleNamespace(**SMOLLM2_SHAPE), 4)
+    per_prompt = 11 * footprint.per_sequence(128, 48)  # K = 11, train.max_length 128, 48 new tokens
+    unbudgeted = sampling_bytes(plan_for(0))
+    assert unbudgeted == 32 * per_prompt  # sampling.batch_size 32 prompts in one call
+    budgeted = sampling_bytes(plan_for(1024))
+    # The greedy cut: as many prompts as fit in 1 GiB, and no call more than that.
+    fits = 2**30 // per_prompt
+    assert budgeted == fits * per_prompt <= 2**30 < (fits + 1) * per_prompt
+    assert len(plan_calls([128] * 32, batch_size=32, sequences_per_prompt=11, new_tokens=48, footprint=footprint,
+                          budget_bytes=2**30)[0]) == fits
+    # A budget under one prompt's K sequences still leaves one prompt a call: that is the need.
+    assert sampling_bytes(plan_for(1)) == per_prompt
 
 
 def test_an_unreachable_judge_is_a_warning_not_a_refusal(tmp_path, capsys):

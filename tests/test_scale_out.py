@@ -349,3 +349,71 @@ def test_the_trainer_packs_d2o_prompts_to_the_same_loss_and_gradients(tmp_path, 
     (plain_loss, plain), (packed_loss, packed) = results
     assert packed_loss == pytest.approx(plain_loss, rel=1e-5)
     assert max_relative_difference(packed, plain) < 1e-5
+
+
+def _term_norms_and_grads(tmp_path, method, inputs, tokens: int):
+    model = tiny_llama(seed=3)
+    args = TrainingArguments(output_dir=str(tmp_path / f"terms{tokens}"), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=tokens,
+                            term_gradient_every=1)
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    norms = {name: values[-1] for name, values in trainer._diagnostics.items() if name.startswith("grad_")}
+    return float(loss.detach()), norms, grads(model)
+
+
+def test_term_gradients_under_gradient_caching_keep_one_chunk_and_their_numbers(tmp_path, monkeypatch):
+    """The per-term gradient norms backpropagate the step's graph once per term (retain_graph). The
+    last chunk's activations were kept for the step's own backward, so every recomputed chunk of
+    those passes sat beside them: two chunks' activations where the step's backward holds one
+    (0.6 GB at real-smollm2's 512-token chunks). With term gradients the last chunk is
+    checkpointed too; the norms, the loss and the step's gradients are the same numbers."""
+    import harness.training as training
+
+    method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    loss, norms, step_grads = _term_norms_and_grads(tmp_path, method, inputs, tokens=30)
+    assert set(norms) == {"grad_norm_anchor", "grad_norm_negative", "grad_share_anchor", "grad_share_negative"}
+    assert norms["grad_norm_anchor"] > 0 and norms["grad_norm_negative"] > 0
+
+    # The implementation before: the last chunk not checkpointed, whatever the diagnostics.
+    real = training.recomputed_sequence_logps
+    monkeypatch.setattr(training, "recomputed_sequence_logps",
+                        lambda *args, checkpoint_last=False, **kwargs: real(*args, **kwargs))
+    old_loss, old_norms, old_grads = _term_norms_and_grads(tmp_path, method, inputs, tokens=30)
+    assert loss == old_loss and norms == old_norms
+    assert all(torch.equal(g, w) for g, w in zip(step_grads, old_grads))
+    monkeypatch.setattr(training, "recomputed_sequence_logps", real)
+
+    # And they are the norms of each term's gradient, as one plain forward gives them.
+    model = tiny_llama(seed=3)
+    flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
+    logps = sequence_logps(model, **collate_pairs(flat, 0))
+    policy = {"samples": SequenceLogps(logps.total[:12].view(3, 4), logps.n_tokens[:12].view(3, 4)),
+              "negative": SequenceLogps(logps.total[12:], logps.n_tokens[12:])}
+    terms = method.gradient_terms(policy, inputs["reference"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    for name, term in terms.items():
+        want = torch.sqrt(sum((g ** 2).sum() for g in torch.autograd.grad(term.mean(), params, retain_graph=True)))
+        assert norms[f"grad_norm_{name}"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_term_gradients_recompute_the_last_chunk_and_only_then(tmp_path):
+    """Checkpointing the last chunk costs its forward once more per backward pass; a step without
+    the diagnostics keeps it as before."""
+    method = D2O(D2OConfig(k=4))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
+    chunks = len(length_chunks([len(p.input_ids) for p in flat], 40))
+    for every, step, forwards in ((0, 0, 2 * chunks - 1), (2, 1, 2 * chunks - 1), (2, 2, chunks + 3 * chunks)):
+        model = tiny_llama(seed=3)
+        shapes = []
+        model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(1), with_kwargs=True)
+        args = TrainingArguments(output_dir=str(tmp_path / f"every{every}-{step}"), use_cpu=True, report_to=[])
+        trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=40,
+                                term_gradient_every=every)
+        trainer.state.global_step = step
+        trainer.compute_loss(model, inputs).backward()
+        # With the diagnostics: one forward, then each of the two terms' passes and the step's
+        # backward recompute every chunk.
+        assert len(shapes) == forwards, (every, step)
