@@ -1,6 +1,6 @@
 """Where a training step's peak resident memory goes, phase by phase: full training against LoRA.
 
-    .venv/bin/python benchmarks/lora_memory.py [--only NAME ...] [--steps 2] [--trim]
+    .venv/bin/python benchmarks/lora_memory.py [--only NAME ...] [--steps 2] [--trim] [--profile] [--dynamic]
 
 Runs configurations of benchmarks/training.py (D²O at K = 11, batch 4, SmolLM2-135M fp32, the run
 defaults; by default full training and LoRA r = 8), each in its own process, and splits every
@@ -177,6 +177,8 @@ def main() -> int:
     parser.add_argument("--trim", action="store_true", help="malloc_trim(0) at every phase boundary")
     parser.add_argument("--profile", action="store_true",
                         help="the second step under torch.profiler: the bytes live in tensors, phase by phase")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="glibc's dynamic mmap threshold, as training ran before harness/allocator.py")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", action="append", default=[])
     args = parser.parse_args()
@@ -189,7 +191,7 @@ def main() -> int:
     if unknown:
         parser.error(f"--only: unknown configuration(s) {', '.join(unknown)}")
     for name in names:
-        spec = {**configs[name], "steps": args.steps}
+        spec = {**configs[name], "steps": args.steps, **({"allocator": "glibc-dynamic"} if args.dynamic else {})}
         started = time.perf_counter()
         done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)] + (["--trim"] if args.trim else []) + (["--profile"] if args.profile else []),
                               capture_output=True, text=True, cwd=ROOT)

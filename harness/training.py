@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from harness import atomic, tracking
+from harness import allocator, atomic, tracking
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput, RunFailure
 from harness.faults import disk_full_point, kill_point
@@ -472,6 +472,10 @@ def train_method(
     if torch.cuda.is_available():
         # Sampling and reference scoring ran in this process before: measure training alone.
         torch.cuda.reset_peak_memory_stats()
+    else:
+        # Activations in their own mappings, returned when freed: glibc's heap otherwise keeps
+        # a LoRA step's freed buffers resident (harness/allocator.py). No value changes.
+        allocator.fix_mmap_threshold()
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
