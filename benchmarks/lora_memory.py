@@ -11,7 +11,10 @@ every boundary it resets the kernel's peak-RSS counter (Linux `/proc/self/clear_
 phase's peak is its own, and it records the resident memory there together with what the
 tensors the step keeps hold: parameters, gradients, optimizer state. With `--trim` it also calls
 glibc's `malloc_trim(0)` at each boundary and records how much resident memory that returned,
-which is memory the allocator kept after the tensors in it were freed.
+which is memory the allocator kept after the tensors in it were freed. With `--profile` every step
+after the first runs under `torch.profiler(profile_memory=True)`, whose allocation events give
+the bytes live in tensors at their peak in each phase (RSS read under the profiler is inflated
+by its own records; read peak RSS from a run without it).
 
 Prints, per configuration and step, each phase's peak RSS and the RSS and tensor bytes at its
 start, so the question "which phase holds the peak, and what is in memory there" has numbers.
@@ -105,7 +108,7 @@ def worker(spec: dict, trim: bool, profile: bool) -> dict:
 
     def boundary(trainer, phase_ended: str | None, phase_starting: str | None, step: int) -> None:
         if "prof" in profiled and phase_starting is not None:
-            profiled["marks"].append((phase_starting, time.time_ns()))
+            profiled["marks"].append((f"{step} {phase_starting}", time.time_ns()))
         if phase_ended is not None:
             current[phase_ended] = {**current.get(phase_ended, {}), "peak_rss_mb": _hwm_mb()}
         mark = {"rss_mb": _rss_mb(), **_tensor_mb(trainer)}
@@ -129,7 +132,7 @@ def worker(spec: dict, trim: bool, profile: bool) -> dict:
     class Phases(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if profile and state.global_step == 1:
-                # The second step, after the first one's one-off allocations (Adam's state).
+                # From the second step on, after the first one's one-off allocations (Adam's state).
                 from torch.profiler import ProfilerActivity
                 from torch.profiler import profile as torch_profile
 
@@ -146,7 +149,8 @@ def worker(spec: dict, trim: bool, profile: bool) -> dict:
 
         def on_step_end(self, args, state, control, **kwargs):
             boundary(holder["trainer"], "zero_grad", None, state.global_step - 1)
-            if "prof" in profiled and "peaks" not in profiled:
+            # Every step after the first is profiled (the peak may be in any of them).
+            if "prof" in profiled and "peaks" not in profiled and state.global_step >= state.max_steps:
                 profiled["prof"].__exit__(None, None, None)
                 profiled["peaks"] = _live_tensor_peaks(profiled["prof"], profiled["marks"])
 
@@ -176,7 +180,7 @@ def main() -> int:
     parser.add_argument("--worker")
     parser.add_argument("--trim", action="store_true", help="malloc_trim(0) at every phase boundary")
     parser.add_argument("--profile", action="store_true",
-                        help="the second step under torch.profiler: the bytes live in tensors, phase by phase")
+                        help="every step after the first under torch.profiler: the bytes live in tensors, phase by phase")
     parser.add_argument("--dynamic", action="store_true",
                         help="glibc's dynamic mmap threshold, as training ran before harness/allocator.py")
     parser.add_argument("--steps", type=int, default=2)
@@ -216,10 +220,10 @@ def main() -> int:
         if live["peaks"]:
             start = live["start"]
             known = start["frozen_mb"] + start["trainable_mb"] + start["grads_mb"] + start["optimizer_mb"]
-            print(f"  step 1 in tensors (torch.profiler): {known:.0f} MB of parameters, gradients and optimizer "
-                  "state at its start; peak rise above that, and rise at the phase's end:")
+            print(f"  in tensors (torch.profiler, every step after the first): {known:.0f} MB of parameters, "
+                  "gradients and optimizer state at step 1's start; peak rise above that, and rise at the phase's end:")
             for phase, value in live["peaks"].items():
-                print(f"       {phase:14s} peak +{value['peak_mb']:6.0f}   end +{value['end_mb']:6.0f}   "
+                print(f"  {phase:19s} peak +{value['peak_mb']:6.0f}   end +{value['end_mb']:6.0f}   "
                       f"(peak in tensors ≈ {known + value['peak_mb']:.0f} MB)")
     return 0
 
