@@ -19,8 +19,9 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
 - D²O at K = 11 with the run config's defaults (packing, gradient caching in 512-token chunks),
   full training against LoRA (`train.lora`: rank 8, alpha 16, every linear layer but the head;
   the reference log-probs are the base's in both), each also with gradient checkpointing
-  (`-checkpointed`) and with glibc's dynamic mmap threshold instead of the fixed one the
-  training loop sets on the CPU (`-glibc-dynamic`, harness/allocator.py);
+  (`-checkpointed`); and each with glibc's dynamic mmap threshold against the fixed 64 KiB one
+  (`-glibc-dynamic`; the training loop fixes it for LoRA on the CPU, harness/allocator.py; the
+  2026-12-03 figures in RESULTS.md were taken when full training fixed it too);
 - D²O at K = 11 as real-smollm2 trains it (`d2o-k11-b4-real`: the defaults with each term's
   gradient norm every step, `train.term_gradient_every`; `d2o-k11-b4x2-real`: also two
   micro-batches a step, two steps), and the 8 GB laptop's settings (`d2o-k11-b4x2-laptop`: no
@@ -231,8 +232,9 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     if spec.get("checkpointing"):
         # As train.gradient_checkpointing does: layer activations recomputed in the backward pass.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec["device"] == "cpu" and spec.get("allocator") != "glibc-dynamic":
-        # As train_method does on the CPU: a fixed glibc mmap threshold (harness/allocator.py).
+    if spec["device"] == "cpu" and ((spec.get("lora") and spec.get("allocator") != "glibc-dynamic")
+                                    or spec.get("allocator") == "glibc-fixed"):
+        # As train_method does for LoRA on the CPU: a fixed glibc mmap threshold (harness/allocator.py).
         from harness.allocator import fix_mmap_threshold
 
         fix_mmap_threshold()
@@ -356,9 +358,10 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
-    # glibc's dynamic mmap threshold, as the harness trained before it fixed one (harness/allocator.py).
-    for name in ("d2o-k11-b4-defaults", "d2o-k11-b4-defaults-lora"):
-        configs[f"{name}-glibc-dynamic"] = {**configs[name], "allocator": "glibc-dynamic"}
+    # glibc's dynamic mmap threshold, as LoRA trained before the harness fixed one
+    # (harness/allocator.py); `-fixed`: full training with LoRA's fixed one.
+    configs["d2o-k11-b4-defaults-lora-glibc-dynamic"] = {**configs["d2o-k11-b4-defaults-lora"], "allocator": "glibc-dynamic"}
+    configs["d2o-k11-b4-defaults-glibc-fixed"] = {**configs["d2o-k11-b4-defaults"], "allocator": "glibc-fixed"}
     if JEMALLOC.is_file():
         configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
     return configs
@@ -476,12 +479,12 @@ def main() -> int:
                "D2O K=11 LoRA r=8 / full training peak memory, both checkpointed (target ≤ 0.6)"),
               ("d2o-k11-b4-defaults-lora-checkpointed", "d2o-k11-b4-defaults-checkpointed", "median_step_s",
                "D2O K=11 LoRA r=8 / full training step time, both checkpointed"),
-              ("d2o-k11-b4-defaults-lora-glibc-dynamic", "d2o-k11-b4-defaults-glibc-dynamic", "peak_memory_mb",
+              ("d2o-k11-b4-defaults-lora-glibc-dynamic", "d2o-k11-b4-defaults", "peak_memory_mb",
                "D2O K=11 LoRA r=8 / full training peak memory, glibc's dynamic threshold (before)")]
-    for name in ("d2o-k11-b4-defaults", "d2o-k11-b4-defaults-lora"):
+    for fixed, dynamic in (("d2o-k11-b4-defaults-glibc-fixed", "d2o-k11-b4-defaults"),
+                           ("d2o-k11-b4-defaults-lora", "d2o-k11-b4-defaults-lora-glibc-dynamic")):
         for key, what in (("peak_memory_mb", "peak memory"), ("median_step_s", "step time")):
-            pairs.append((name, f"{name}-glibc-dynamic", key,
-                          f"{name}: fixed / dynamic glibc mmap threshold, {what}"))
+            pairs.append((fixed, dynamic, key, f"{dynamic}: fixed / dynamic glibc mmap threshold, {what}"))
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")

@@ -1,4 +1,4 @@
-"""glibc malloc settings for the training loop on the CPU.
+"""glibc malloc settings for LoRA training on the CPU.
 
 glibc serves buffers below its mmap threshold from its heap, and that threshold is dynamic: it
 starts at 128 KiB and rises to the size of every mmapped buffer freed, up to 32 MiB. After the
@@ -11,7 +11,10 @@ buffers the next step's activations refill, kept 0.9 GB above its tensors.
 
 A fixed threshold (which also turns the dynamic one off) gives every buffer from that size up its
 own mapping, returned to the kernel when the tensor is freed, so resident memory follows the
-tensors. Values only move between buffers: the numbers a step computes are the same.
+tensors. Values only move between buffers: the numbers a step computes are the same. It costs
+time, every such buffer faulted in afresh: measured side by side, LoRA's peak RSS fell to 0.79 ×
+at 1.33 × the step time, full training's to 0.92 × at 1.40 ×, so `train_method` fixes it for LoRA
+(a memory-bound choice already) and leaves full training on glibc's default.
 """
 
 from __future__ import annotations
