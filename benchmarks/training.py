@@ -18,7 +18,10 @@ time (first step dropped), the peak RSS of the training steps alone, and its las
   over 32 MB afresh and page-faults it in 4 kB pages every step);
 - D²O at K = 11 with the run config's defaults (packing, gradient caching in 512-token chunks),
   full training against LoRA (`train.lora`: rank 8, alpha 16, every linear layer but the head;
-  the reference log-probs are the base's in both);
+  the reference log-probs are the base's in both), each also with gradient checkpointing
+  (`-checkpointed`); and each with glibc's dynamic mmap threshold against the fixed 64 KiB one
+  (`-glibc-dynamic`; the training loop fixes it for LoRA on the CPU, harness/allocator.py; the
+  2026-12-03 figures in RESULTS.md were taken when full training fixed it too);
 - D²O at K = 11 as real-smollm2 trains it (`d2o-k11-b4-real`: the defaults with each term's
   gradient norm every step, `train.term_gradient_every`; `d2o-k11-b4x2-real`: also two
   micro-batches a step, two steps; `d2o-k11-b4x2-preset`: the same in the 256-token chunks the
@@ -230,6 +233,12 @@ def run_harness(spec: dict, model, tokenizer, rows: list[dict], out: str) -> dic
     if spec.get("checkpointing"):
         # As train.gradient_checkpointing does: layer activations recomputed in the backward pass.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec["device"] == "cpu" and ((spec.get("lora") and spec.get("allocator") != "glibc-dynamic")
+                                    or spec.get("allocator") == "glibc-fixed"):
+        # As train_method does for LoRA on the CPU: a fixed glibc mmap threshold (harness/allocator.py).
+        from harness.allocator import fix_mmap_threshold
+
+        fix_mmap_threshold()
     watch = _StepTimes(spec["device"])
     trainer = MethodTrainer(
         model=model, args=TrainingArguments(**_common_args(out, spec)), train_dataset=Dataset.from_list(examples),
@@ -335,6 +344,8 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     # What a memory-bound LoRA user sets as well (train.gradient_checkpointing): with the weights'
     # gradients and Adam's moments gone, activations are most of what LoRA leaves.
     configs["d2o-k11-b4-defaults-lora-checkpointed"] = {**configs["d2o-k11-b4-defaults-lora"], "checkpointing": True}
+    # Its like-for-like twin: full training with the same recomputation.
+    configs["d2o-k11-b4-defaults-checkpointed"] = {**configs["d2o-k11-b4-defaults"], "checkpointing": True}
     # real-smollm2's training settings: every 4th step also measures each D²O term's gradient
     # norm (train.term_gradient_every); here every step does, so every measured step holds it.
     configs["d2o-k11-b4-real"] = {**configs["d2o-k11-b4-defaults"], "term_gradient_every": 1}
@@ -350,6 +361,10 @@ def configurations(steps: int, chunks: list[int], device: str = "cpu", bf16: boo
     if device != "cpu":
         return configs  # the allocator configurations are about glibc's CPU buffers
     configs["harness-dpo-glibc-thp"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "glibc-thp"}
+    # glibc's dynamic mmap threshold, as LoRA trained before the harness fixed one
+    # (harness/allocator.py); `-fixed`: full training with LoRA's fixed one.
+    configs["d2o-k11-b4-defaults-lora-glibc-dynamic"] = {**configs["d2o-k11-b4-defaults-lora"], "allocator": "glibc-dynamic"}
+    configs["d2o-k11-b4-defaults-glibc-fixed"] = {**configs["d2o-k11-b4-defaults"], "allocator": "glibc-fixed"}
     if JEMALLOC.is_file():
         configs["harness-dpo-jemalloc"] = {**base, "trainer": "harness", "method": "dpo", "allocator": "jemalloc"}
     return configs
@@ -462,7 +477,17 @@ def main() -> int:
               ("d2o-k11-b4-defaults-lora-checkpointed", "d2o-k11-b4-defaults", "peak_memory_mb",
                "D2O K=11 LoRA r=8 + gradient checkpointing / full training peak memory (target ≤ 0.6)"),
               ("d2o-k11-b4-defaults-lora-checkpointed", "d2o-k11-b4-defaults", "median_step_s",
-               "D2O K=11 LoRA r=8 + gradient checkpointing / full training step time")]
+               "D2O K=11 LoRA r=8 + gradient checkpointing / full training step time"),
+              ("d2o-k11-b4-defaults-lora-checkpointed", "d2o-k11-b4-defaults-checkpointed", "peak_memory_mb",
+               "D2O K=11 LoRA r=8 / full training peak memory, both checkpointed (target ≤ 0.6)"),
+              ("d2o-k11-b4-defaults-lora-checkpointed", "d2o-k11-b4-defaults-checkpointed", "median_step_s",
+               "D2O K=11 LoRA r=8 / full training step time, both checkpointed"),
+              ("d2o-k11-b4-defaults-lora-glibc-dynamic", "d2o-k11-b4-defaults", "peak_memory_mb",
+               "D2O K=11 LoRA r=8 / full training peak memory, glibc's dynamic threshold (before)")]
+    for fixed, dynamic in (("d2o-k11-b4-defaults-glibc-fixed", "d2o-k11-b4-defaults"),
+                           ("d2o-k11-b4-defaults-lora", "d2o-k11-b4-defaults-lora-glibc-dynamic")):
+        for key, what in (("peak_memory_mb", "peak memory"), ("median_step_s", "step time")):
+            pairs.append((fixed, dynamic, key, f"{dynamic}: fixed / dynamic glibc mmap threshold, {what}"))
     for a, b, key, label in pairs:
         if a in runs and b in runs:
             print(f"  {label:70s} {_summary(ratio(a, b, key))}")

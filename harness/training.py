@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from harness import atomic, tracking
+from harness import allocator, atomic, tracking
 from harness.distributed import describe_single_process_group
 from harness.errors import BadInput, RunFailure
 from harness.faults import disk_full_point, kill_point
@@ -474,6 +474,12 @@ def train_method(
     if torch.cuda.is_available():
         # Sampling and reference scoring ran in this process before: measure training alone.
         torch.cuda.reset_peak_memory_stats()
+    elif train_cfg.lora.rank > 0:
+        # Adapters on a frozen base (LoRA): activations in their own mappings, returned when
+        # freed, since glibc's heap otherwise keeps a LoRA step's freed buffers resident (0.79 ×
+        # the peak RSS, at 1.33 × the step time; full training would pay 1.40 × for 0.92 ×, so it
+        # keeps glibc's default: harness/allocator.py). No value changes.
+        allocator.fix_mmap_threshold()
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)

@@ -84,8 +84,13 @@ def test_lora_trains_only_the_adapters_for_every_method(name, tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable), sorted(trainable)[:5]
 
-    train_method(method=method, model=model, tokenizer=_Tokenizer(), dataset=Dataset.from_list(rows),
-                 train_cfg=cfg.train, output_dir=tmp_path / "checkpoints", seed=0)
+    result = train_method(method=method, model=model, tokenizer=_Tokenizer(), dataset=Dataset.from_list(rows),
+                          train_cfg=cfg.train, output_dir=tmp_path / "checkpoints", seed=0)
+    # AdamW's two moments exist for the adapters alone: none for the frozen base.
+    optimizer = result["trainer"].optimizer
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in optimizer.state} <= optimized
 
     state = model.state_dict()
     adapters_b = [v for n, v in state.items() if "lora_B" in n]
@@ -123,6 +128,19 @@ def test_the_reference_is_the_same_model_with_its_adapters_disabled():
     assert disabled == pytest.approx(expected, abs=1e-5)
     assert max(abs(a - b) for a, b in zip(adapted, expected)) > 1e-3
     assert model.training  # the mode is restored after scoring
+
+
+def test_the_default_lora_keeps_no_dropout_copy_and_no_second_copy_of_the_weights():
+    """With dropout 0 (the default) peft puts nn.Identity where the dropout goes, so the adapters
+    keep no dropped-out copy of their inputs; the wrapped base layers are the policy's own weights."""
+    base = _tiny_llama()
+    weights = {id(p) for p in base.parameters()}
+    cfg = resolve_config(overrides=parse_set_options(["train.lora.rank=4"]))
+    assert cfg.train.lora.dropout == 0
+    model = lora.wrap(base, cfg.train.lora, gradient_checkpointing=False)
+    assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and "lora" in n]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert {id(p) for p in frozen} == weights  # the same tensors, none copied
 
 
 def test_target_modules_that_name_no_module_are_refused():
