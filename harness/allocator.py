@@ -1,4 +1,14 @@
-"""glibc malloc settings for LoRA training on the CPU.
+"""glibc's malloc: freed memory handed back between stages, and the mmap threshold for LoRA training.
+
+Between stages: glibc keeps freed blocks under its mmap threshold in its heap for reuse and
+returns them only when the top of the heap is free. A stage that frees a model, or a training
+step that frees a set of gradients, can leave gigabytes resident that no later allocation of
+another shape reuses, and the next stage's peak starts from them (benchmarks/RESULTS.md, "A
+whole run through every stage"). `release_freed_memory` collects reference cycles (models in
+them are freed only so) and calls `malloc_trim(0)`, which gives back every free page of every
+arena. Elsewhere (musl, macOS, jemalloc preloaded) it does only the garbage collection.
+
+LoRA training on the CPU:
 
 glibc serves buffers below its mmap threshold from its heap, and that threshold is dynamic: it
 starts at 128 KiB and rises to the size of every mmapped buffer freed, up to 32 MiB. After the
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 
@@ -63,3 +74,16 @@ def fix_mmap_threshold(threshold: int = TRAINING_MMAP_THRESHOLD) -> bool:
 def mmap_threshold() -> int | None:
     """The threshold this process set (None: glibc's dynamic one)."""
     return _applied.get("mmap_threshold")
+
+
+def release_freed_memory(collect: bool = True) -> bool:
+    """Collect unreachable objects, then return the allocator's free pages; True when
+    malloc_trim ran."""
+    if collect:
+        gc.collect()
+    libc = _glibc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
+        return False
+    trim(0)
+    return True

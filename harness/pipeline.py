@@ -26,7 +26,7 @@ from harness import distributed
 from harness.cache import JsonCache, bench_home  # noqa: F401 - the caches' home, as the pipeline's
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.faults import kill_point
-from harness.memory import release_freed_memory
+from harness.allocator import release_freed_memory
 from harness.plan import STAGES, RunPlan, run_id_for  # noqa: F401 - run_id_for: the run's name, for callers
 from harness.rundir import RunDir, RunLayout, acquire_run_lock
 from harness.stages import data, generate, leaderboard, reference_logps, score, self_samples, train

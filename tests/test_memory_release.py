@@ -1,4 +1,4 @@
-"""Stages start after the memory earlier stages freed is handed back (harness/memory.py)."""
+"""Stages start after the memory earlier stages freed is handed back (harness/allocator.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.memory import release_freed_memory
+from harness.allocator import release_freed_memory
 
 
 def _rss_mb() -> float:
