@@ -222,8 +222,9 @@ class LoraConfig:
                                         "matches `model.layers.0.self_attn.q_proj`), or [all-linear]: every linear "
                                         "layer but the output head.")
     quantize_4bit: bool = setting(False, help="QLoRA: the frozen base loaded in 4-bit NF4 through bitsandbytes, "
-                                  "the adapters in `model.dtype`. Needs a CUDA GPU that bitsandbytes supports; "
-                                  "refused on the CPU.")
+                                  "the adapters in `model.dtype`. Runs wherever the installed bitsandbytes "
+                                  "has 4-bit kernels for the device (0.50: CUDA and the CPU; extra [qlora]); "
+                                  "refused in one line where it has not.")
 
 
 @dataclass
@@ -915,13 +916,15 @@ def _validate_lora(lora: LoraConfig) -> None:
     if lora.rank > 0 and not _installed("peft"):
         raise BadInput("train.lora needs peft: pip install -e '.[lora]'")
     if lora.quantize_4bit:
-        import torch
-
-        # bitsandbytes' 4-bit kernels are CUDA's; on the CPU a 4-bit base cannot train.
-        if not torch.cuda.is_available():
-            raise BadInput("train.lora.quantize_4bit (QLoRA) needs a CUDA GPU for bitsandbytes; this machine has none")
         if not _installed("bitsandbytes"):
-            raise BadInput("train.lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+            raise BadInput("train.lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install -e '.[qlora]'")
+        from harness.lora import four_bit_unsupported
+
+        # Older bitsandbytes releases ran 4-bit on CUDA alone; 0.50 also on the CPU (checked here).
+        # The installed one is asked, on this machine's device, rather than assumed from a version.
+        reason = four_bit_unsupported()
+        if reason:
+            raise BadInput(f"train.lora.quantize_4bit (QLoRA): {reason}")
 
 
 def _validate_report_to(report_to: list[str]) -> None:

@@ -48,6 +48,29 @@ def quantization_config(dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
+def four_bit_unsupported() -> str | None:
+    """Why the installed bitsandbytes cannot train through a 4-bit NF4 layer on this machine's
+    device (None: it can). A forward and backward through one small layer, the same kernels
+    QLoRA's frozen base uses, so a build without them is refused before any stage runs."""
+    import torch
+
+    import bitsandbytes as bnb
+    from harness.distributed import local_device
+
+    device = local_device()
+    try:
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to(device)
+        inputs = torch.ones(2, 64, device=device, requires_grad=True)
+        layer(inputs).sum().backward()
+        if inputs.grad is None or not torch.isfinite(inputs.grad).all():
+            raise RuntimeError("no finite gradient through the 4-bit layer")
+    except Exception as error:  # noqa: BLE001 - any failure means the kernels are not usable here
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (f"bitsandbytes {bnb.__version__} cannot run a 4-bit layer on {device} "
+                f"({first_line[:160]}); use a CUDA GPU or a bitsandbytes with kernels for it")
+    return None
+
+
 def unmatched_targets(model, targets: list[str]) -> list[str]:
     """The targets that name no module of `model` (peft's rule: equal to, or the end of, a dotted
     module path)."""

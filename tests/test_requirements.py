@@ -58,7 +58,7 @@ def test_optional_features_are_named_extras_pinned_in_requirements():
     for line in requirement_lines(ROOT / "requirements" / "dev-cpu.txt"):
         requirement = Requirement(line)
         pins[re.sub(r"[-_.]+", "-", requirement.name).lower()] = str(next(iter(requirement.specifier)).version)
-    for extra in ("lora", "tracking"):
+    for extra in ("lora", "qlora", "tracking"):
         assert extra in extras, f"pyproject lacks the [{extra}] extra"
         for text in extras[extra]:
             requirement = Requirement(text)
