@@ -200,7 +200,10 @@ def test_a_polite_stop_during_a_write_lands_the_write_then_stops_the_process(tmp
     content); now the process still dies of the signal, after the rename."""
     target, flag = tmp_path / "leaderboard.json", tmp_path / "paused"
     target.write_text("old\n")
-    writer = _python("import sys; from harness import atomic; atomic.write_text(sys.argv[1], 'new\\n')", str(target),
+    # The default disposition first: a suite started under nohup hands its children SIGHUP ignored,
+    # and a process that ignores a signal rightly does not die of it.
+    writer = _python("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); from harness import atomic; "
+                     "atomic.write_text(sys.argv[1], 'new\\n')", str(target),
                      env={faults.PAUSE_ENV: "write:leaderboard.json", faults.PAUSE_FILE_ENV: str(flag)})
     _wait_for(flag, writer)
     writer.send_signal(signum)
