@@ -23,10 +23,10 @@ from typing import Callable, Optional
 import torch
 
 from harness import distributed
+from harness.allocator import release_freed_memory
 from harness.cache import JsonCache, bench_home  # noqa: F401 - the caches' home, as the pipeline's
 from harness.errors import BadInput, D2OBenchError, RunFailure
 from harness.faults import kill_point
-from harness.allocator import release_freed_memory
 from harness.plan import STAGES, RunPlan, run_id_for  # noqa: F401 - run_id_for: the run's name, for callers
 from harness.rundir import RunDir, RunLayout, acquire_run_lock
 from harness.stages import data, generate, leaderboard, reference_logps, score, self_samples, train
