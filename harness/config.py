@@ -196,6 +196,11 @@ class SamplingConfig:
                                      "calls, which changes the random draws (backend \"transformers\" only). 0: "
                                      "no limit, every call holds `batch_size` prompts.")
 
+    @property
+    def memory_budget_bytes(self) -> Optional[int]:
+        """`memory_budget_mb` in bytes; None when it is 0 (no limit)."""
+        return self.memory_budget_mb * 2**20 or None
+
 
 # Chosen by measurement: benchmarks/RESULTS.md, "Gradient caching".
 GRADIENT_CACHE_DEFAULT = True

@@ -74,7 +74,7 @@ class OnlineSampleRefresher:
             # The offline self-samples' budget (sampling.memory_budget_mb): a refresh runs beside the
             # training step's weights, gradients and optimizer state, so its calls are held to it
             # too. It cuts a call only above the budget, so draws that fit are those drawn before.
-            memory_budget_bytes=s.memory_budget_mb * 2**20 or None,
+            memory_budget_bytes=s.memory_budget_bytes,
         )
         pairs = [[encode_pair(self.tokenizer, text, c.text, self.max_length, ended=c.ended) for c in group]
                  for text, group in zip(texts, groups)]

@@ -446,7 +446,7 @@ def _sampling_calls(plan) -> Optional[tuple[int, int]]:
         return None
     batch, longest, new_tokens = cfg.sampling.batch_size, cfg.train.max_length, cfg.sampling.max_new_tokens
     calls = plan_calls([longest] * batch, batch_size=batch, sequences_per_prompt=plan.k, new_tokens=new_tokens,
-                       footprint=footprint, budget_bytes=cfg.sampling.memory_budget_mb * 2**20 or None)
+                       footprint=footprint, budget_bytes=cfg.sampling.memory_budget_bytes)
     return max(len(call) for call in calls), plan.k * footprint.per_sequence(longest, new_tokens)
 
 

@@ -123,7 +123,7 @@ def _budget_binds(cfg: "RunConfig", prompts: list[str], k: int, anchors, spec: s
     footprint = footprint_of(load_config(spec, gguf_file=cfg.model.gguf_file), DTYPES[cfg.model.dtype].itemsize)
     return budget_binds(prompt_token_counts(tokenizer, texts), batch_size=cfg.sampling.batch_size,
                         sequences_per_prompt=k, new_tokens=cfg.sampling.max_new_tokens, footprint=footprint,
-                        budget_bytes=cfg.sampling.memory_budget_mb * 2**20)
+                        budget_bytes=cfg.sampling.memory_budget_bytes)
 
 
 def _anchor_filter_identity(cfg: "RunConfig", assets: "Assets", anchors, *, remember: bool = True) -> Optional[str]:
@@ -160,7 +160,7 @@ def _draw_anchors(ctx: RunContext, prompts: list[str], k: int, anchors, spec: st
                 max_new_tokens=cfg.sampling.max_new_tokens, do_sample=True,
                 temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
                 num_return_sequences=k, batch_size=cfg.sampling.batch_size, seed=seed, desc="self-samples",
-                memory_budget_bytes=cfg.sampling.memory_budget_mb * 2**20 or None,
+                memory_budget_bytes=cfg.sampling.memory_budget_bytes,
             )
         return sample_from_server(
             texts, settings=ServerSettings.of(cfg.sampling), model=server["model"], k=k,
