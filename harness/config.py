@@ -285,8 +285,9 @@ class TrainConfig:
     # Measured with autograd.grad, so the step's own gradients are untouched: operational.
     term_gradient_every: int = setting(0, help="N > 0: every N-th optimizer step, the parameter-gradient norm "
                                        "of each loss term a method names (D²O: anchors and negative) and its "
-                                       "share join the per-step diagnostics; costs one extra backward per term "
-                                       "on those steps and changes no update. 0: off.")
+                                       "share join the per-step diagnostics, measured on the step's first "
+                                       "micro-batch; costs one extra backward per term on those steps and "
+                                       "changes no update. 0: off.")
     lora: LoraConfig = setting(default_factory=LoraConfig, help="LoRA instead of full training (off unless "
                                "`train.lora.rank` > 0); see `train.lora.*`.")
     report_to: list[str] = setting(default_factory=list, help="Experiment trackers the Trainer reports to (e.g. "

@@ -7,6 +7,7 @@ method's loss and every cached reference value goes through `sequence_logps`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -101,9 +102,10 @@ def _head_logps(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tens
     return -F.cross_entropy(head(states).float(), targets, reduction="none")
 
 
-def _final_hidden_states(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+def _final_hidden_states(model, input_ids, attention_mask, position_ids=None, *,
+                         through_forward: Optional[bool] = None) -> torch.Tensor:
     positions = {} if position_ids is None else {"position_ids": position_ids}
-    if torch.is_grad_enabled():
+    if through_forward if through_forward is not None else torch.is_grad_enabled():
         # Training goes through the model's own forward, so a DeepSpeed engine, a DDP wrapper or
         # Accelerate's autocast patch sees the call; one logit row per sequence is all that
         # forward projects. Backward keeps every layer's states anyway, so asking for them costs
@@ -112,7 +114,8 @@ def _final_hidden_states(model, input_ids, attention_mask, position_ids=None) ->
                        output_hidden_states=True, logits_to_keep=1)
         return output.hidden_states[-1]
     # Without gradients (reference and scoring passes on a bare model), the decoder alone: only
-    # its last states are held.
+    # its last states are held. (A training chunk's gradient-free first pass is the exception:
+    # its values must come from the same forward, autocast included, as its recomputation.)
     return unwrap(model).get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
 
 
@@ -138,7 +141,8 @@ def _summed_logps(model, states: torch.Tensor, targets: torch.Tensor, owners: to
 
 
 def sequence_logps(model, input_ids, attention_mask, response_mask, *,
-                   logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> SequenceLogps:
+                   logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS,
+                   through_forward: Optional[bool] = None) -> SequenceLogps:
     """Summed response log-probs per sequence.
 
     The LM head runs only on the positions that predict a response token, LOGIT_CHUNK_TOKENS of
@@ -146,11 +150,14 @@ def sequence_logps(model, input_ids, attention_mask, response_mask, *,
     more than one chunk, each chunk's logits are recomputed in backward instead of kept (one
     more head matmul over the response tokens, against the full path's head over every prompt
     and padding position).
+
+    `through_forward`: whether the model's own forward runs (True) or its decoder alone (False);
+    None: the forward when gradients are on.
     """
     if not projects_responses_only(model):
         return full_logits_sequence_logps(model, input_ids, attention_mask, response_mask)
     predicts_response = response_mask[:, 1:]
-    hidden = _final_hidden_states(model, input_ids, attention_mask)
+    hidden = _final_hidden_states(model, input_ids, attention_mask, through_forward=through_forward)
     states = hidden[:, :-1][predicts_response]
     targets = input_ids[:, 1:][predicts_response]
     owners = predicts_response.nonzero()[:, 0]
@@ -168,12 +175,12 @@ def full_logits_sequence_logps(model, input_ids, attention_mask, response_mask) 
 
 
 def _chunk_logps(model, input_ids, attention_mask, response_mask):
-    logps = sequence_logps(model, input_ids, attention_mask, response_mask)
+    logps = sequence_logps(model, input_ids, attention_mask, response_mask, through_forward=True)
     return logps.total, logps.n_tokens
 
 
 def _packed_chunk_logps(model, batch: "SharedPromptBatch"):
-    logps = shared_prompt_sequence_logps(model, batch)
+    logps = shared_prompt_sequence_logps(model, batch, through_forward=True)
     return logps.total, logps.n_tokens
 
 
@@ -380,7 +387,8 @@ def pack_shared_prompts(pairs: list[EncodedPair], pad_id: int, rows: list[list[l
 
 
 def shared_prompt_sequence_logps(model, batch: SharedPromptBatch, *,
-                                 logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> SequenceLogps:
+                                 logit_chunk_tokens: int = LOGIT_CHUNK_TOKENS,
+                                 through_forward: Optional[bool] = None) -> SequenceLogps:
     """`sequence_logps` of the packed sequences, in the order of the pairs they were packed from."""
     inner = unwrap(model)
     if inner.config._attn_implementation == "eager":
@@ -390,14 +398,14 @@ def shared_prompt_sequence_logps(model, batch: SharedPromptBatch, *,
         mask = mask.masked_fill(~batch.allowed, torch.finfo(dtype).min)
     else:
         mask = batch.allowed
-    hidden = _final_hidden_states(model, batch.input_ids, mask, batch.position_ids)
+    hidden = _final_hidden_states(model, batch.input_ids, mask, batch.position_ids, through_forward=through_forward)
     states = hidden.reshape(-1, hidden.shape[-1])[batch.predictors]
     return _summed_logps(model, states, batch.targets, batch.owners, batch.n_sequences, logit_chunk_tokens)
 
 
 def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, device,
                               tokens_per_chunk: int, *, rows: Optional[list[list[list[int]]]] = None,
-                              checkpoint_last: bool = False) -> SequenceLogps:
+                              backpropagated_more_than_once: bool = False) -> SequenceLogps:
     """`sequence_logps` of many sequences with gradient caching's memory.
 
     Every method's loss sees a sequence only through its summed log-prob, so its gradient is
@@ -411,10 +419,23 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     also pad less than the whole batch would; given a packed layout (`shared_prompt_layout`),
     its rows fill the chunks instead.
 
-    `checkpoint_last`: the last chunk too keeps only its inputs. For a graph backpropagated more
-    than once (the per-term gradient norms, `retain_graph=True`): the last chunk's activations
-    would otherwise stay through every pass while each other chunk is recomputed beside them,
-    two chunks' activations at once where one backward holds one. The gradients are the same.
+    Each checkpointed chunk runs its own backward (reentrant checkpointing: the recomputation
+    and its backward happen inside the chunk's node of the outer backward), so every chunk adds
+    its gradients to `.grad` parameter by parameter as it finishes. One backward through every
+    chunk instead would have autograd sum each parameter's gradient over the chunks in a buffer
+    of its own, all the model's buffers alive until the last chunk is done: beside a `.grad`
+    that already holds an earlier micro-batch's gradients, a second full gradient (0.54 GB at
+    SmolLM2-135M's fp32 weights).
+
+    Two cases keep the single backward (non-reentrant checkpointing), at that cost:
+    - `backpropagated_more_than_once`: a graph backpropagated more than once (the per-term
+      gradient norms, `autograd.grad` with `retain_graph=True`), which reentrant checkpointing
+      does not serve. The last chunk is checkpointed too: its activations would otherwise stay
+      through every pass while each other chunk is recomputed beside them, two chunks'
+      activations at once where one backward holds one.
+    - a model inside a DeepSpeed engine, whose gradient hooks expect each parameter's gradient
+      once per backward (ZeRO-2 reduces it from that hook).
+    The gradients are the same either way.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronises gradients from hooks its own forward arms once per backward; a chunk
@@ -430,6 +451,11 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
         chunks = [rows[start : start + per_chunk] for start in range(0, len(rows), per_chunk)]
     else:
         chunks = length_chunks([len(pair.input_ids) for pair in pairs], tokens_per_chunk)
+    per_chunk_backward = not backpropagated_more_than_once and model is inner
+    # Reentrant checkpointing connects a chunk to the outer graph only through its tensor inputs
+    # that require grad, and the token ids do not: this empty leaf gives every chunk's node an
+    # edge, so backward reaches it (its own gradient stays None).
+    edge = torch.empty(0, requires_grad=True) if per_chunk_backward else None
     totals, counts = [], []
     for number, chunk in enumerate(chunks):
         if rows is not None:
@@ -438,10 +464,12 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
         else:
             batch = collate_pairs([pairs[i] for i in chunk], pad_id)
             forward, inputs = _chunk_logps, [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
-        if number == len(chunks) - 1 and not checkpoint_last:
+        if number == len(chunks) - 1 and not backpropagated_more_than_once:
             # Backward starts with the last chunk, so its activations are used before any other
             # chunk is recomputed: keeping them costs no more than one chunk and saves its rerun.
             total, n_tokens = forward(inner, *inputs)
+        elif per_chunk_backward:
+            total, n_tokens = checkpoint(_ignoring_first, forward, edge, inner, *inputs, use_reentrant=True)
         else:
             total, n_tokens = checkpoint(forward, inner, *inputs, use_reentrant=False)
         totals.append(total)
@@ -452,6 +480,17 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
     total, n_tokens = torch.cat(totals), torch.cat(counts)
     return SequenceLogps(total=total.new_empty(len(pairs)).index_copy(0, positions, total),
                          n_tokens=n_tokens.new_empty(len(pairs)).index_copy(0, positions, n_tokens))
+
+
+def _ignoring_first(forward, _edge, *inputs):
+    if torch.is_grad_enabled():
+        return forward(*inputs)
+    # The chunk's first pass runs without gradients, where a model's own (reentrant) activation
+    # checkpointing (`train.gradient_checkpointing`) warns that its layers' inputs need none;
+    # the recomputation in backward, with gradients, is the pass they serve.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="None of the inputs have requires_grad=True")
+        return forward(*inputs)
 
 
 @torch.no_grad()

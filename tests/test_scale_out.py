@@ -362,28 +362,20 @@ def _term_norms_and_grads(tmp_path, method, inputs, tokens: int):
     return float(loss.detach()), norms, grads(model)
 
 
-def test_term_gradients_under_gradient_caching_keep_one_chunk_and_their_numbers(tmp_path, monkeypatch):
-    """The per-term gradient norms backpropagate the step's graph once per term (retain_graph). The
-    last chunk's activations were kept for the step's own backward, so every recomputed chunk of
-    those passes sat beside them: two chunks' activations where the step's backward holds one
-    (0.6 GB at real-smollm2's 512-token chunks). With term gradients the last chunk is
-    checkpointed too; the norms, the loss and the step's gradients are the same numbers."""
-    import harness.training as training
-
+def test_term_gradients_under_gradient_caching_keep_one_chunk_and_their_numbers(tmp_path):
+    """The per-term gradient norms backpropagate the step's graph once per term (retain_graph),
+    which per-chunk (reentrant) backward does not serve: such a micro-batch keeps one backward
+    through every chunk, the last checkpointed too, so each recomputed chunk of those passes does
+    not sit beside the last one's kept activations. The norms are each term's, and the loss and
+    the step's gradients those of a step without the diagnostics."""
     method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
     inputs = _d2o_inputs(prompts=3, k=4)
     loss, norms, step_grads = _term_norms_and_grads(tmp_path, method, inputs, tokens=30)
     assert set(norms) == {"grad_norm_anchor", "grad_norm_negative", "grad_share_anchor", "grad_share_negative"}
     assert norms["grad_norm_anchor"] > 0 and norms["grad_norm_negative"] > 0
-
-    # The implementation before: the last chunk not checkpointed, whatever the diagnostics.
-    real = training.recomputed_sequence_logps
-    monkeypatch.setattr(training, "recomputed_sequence_logps",
-                        lambda *args, checkpoint_last=False, **kwargs: real(*args, **kwargs))
-    old_loss, old_norms, old_grads = _term_norms_and_grads(tmp_path, method, inputs, tokens=30)
-    assert loss == old_loss and norms == old_norms
-    assert all(torch.equal(g, w) for g, w in zip(step_grads, old_grads))
-    monkeypatch.setattr(training, "recomputed_sequence_logps", real)
+    plain_loss, plain_grads = _loss_and_grads(tmp_path, 30, method, inputs)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert max_relative_difference(step_grads, plain_grads) < 1e-6
 
     # And they are the norms of each term's gradient, as one plain forward gives them.
     model = tiny_llama(seed=3)
@@ -417,3 +409,120 @@ def test_term_gradients_recompute_the_last_chunk_and_only_then(tmp_path):
         # With the diagnostics: one forward, then each of the two terms' passes and the step's
         # backward recompute every chunk.
         assert len(shapes) == forwards, (every, step)
+
+
+# --------------------------------------------------------------------------- per-chunk backward
+
+
+def _accumulations(model, run) -> int:
+    """How many times backward added to the embedding's `.grad` while `run` ran."""
+    calls = []
+    handle = model.get_input_embeddings().weight.register_post_accumulate_grad_hook(lambda p: calls.append(1))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+class _EngineLike(torch.nn.Module):
+    """A wrapper the way a DeepSpeed engine holds the model (`.module`)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_each_chunk_adds_its_gradients_to_grad_as_it_finishes(tmp_path):
+    """Gradient caching backpropagates each chunk on its own, straight into `.grad`; the
+    micro-batch's gradients add to an earlier one's exactly. The per-term diagnostics and a
+    wrapped (DeepSpeed) model keep one backward through every chunk."""
+    method = D2O(D2OConfig(k=4, beta=0.5, alpha=0.3))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    flat = [p for group in inputs["pairs"]["samples"] for p in group] + inputs["pairs"]["negative"]
+    chunks = len(length_chunks([len(p.input_ids) for p in flat], 30))
+    assert chunks > 2
+    _, plain = _loss_and_grads(tmp_path, 0, method, inputs)
+
+    for every, wrap, accumulations in ((0, False, chunks), (1, False, 1), (0, True, 1)):
+        model = tiny_llama(seed=3)
+        args = TrainingArguments(output_dir=str(tmp_path / f"acc{every}{wrap}"), use_cpu=True, report_to=[])
+        trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=30,
+                                term_gradient_every=every)
+        forward_model = _EngineLike(model) if wrap else model
+        # Two micro-batches of one step: the second adds to what the first left in .grad.
+        for micro_batch in range(2):
+            added = _accumulations(model, lambda: trainer.compute_loss(forward_model, inputs).backward())
+            assert added == accumulations or (every and micro_batch == 1 and added == chunks), (every, wrap)
+        assert max_relative_difference(grads(model), [2 * g for g in plain]) < 1e-6
+
+
+def _peak_live_bytes_during(run) -> int:
+    """The most bytes live in tensors above their level when `run` starts (the profiler's
+    allocation events; RSS would count what the allocator keeps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    live = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def test_a_later_micro_batch_holds_no_second_full_gradient():
+    """With `.grad` holding an earlier micro-batch's gradients, one backward through every chunk
+    sums each parameter's gradient over the chunks in autograd's buffers first: a second full
+    gradient at the peak. Per-chunk backward adds each chunk's into `.grad` as it goes."""
+    torch.manual_seed(3)  # weights large beside a chunk's activations, as a real model's are
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    pairs = random_pairs(12, seed=21)
+    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def later_micro_batch(single_backward: bool) -> int:
+        for parameter in model.parameters():  # .grad held, as after a first micro-batch
+            parameter.grad = torch.ones_like(parameter)
+        logps = recomputed_sequence_logps(model, pairs, 0, "cpu", 12, backpropagated_more_than_once=single_backward)
+        return _peak_live_bytes_during(lambda: logps.total.sum().backward())
+
+    per_chunk, single = later_micro_batch(False), later_micro_batch(True)
+    # The single backward checkpoints its last chunk too, which only lowers its activations.
+    assert single - per_chunk > 0.8 * gradient_bytes, (per_chunk, single, gradient_bytes)
+
+
+def test_term_gradients_are_taken_on_a_steps_first_micro_batch_only(tmp_path):
+    method = D2O(D2OConfig(k=4))
+    inputs = _d2o_inputs(prompts=3, k=4)
+    model = tiny_llama(seed=3)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = MethodTrainer(model=model, args=args, method=method, pad_id=0, gradient_cache_tokens=40,
+                            term_gradient_every=2)
+    taken = []
+    for step in (0, 0, 1, 1, 2, 2):
+        trainer.state.global_step = step
+        before = len(trainer._diagnostics.get("grad_norm_anchor", []))
+        trainer.compute_loss(model, inputs).backward()
+        taken.append(len(trainer._diagnostics.get("grad_norm_anchor", [])) > before)
+    assert taken == [True, False, False, False, True, False]
+
+
+def test_per_chunk_backward_under_the_models_own_checkpointing(recwarn):
+    """`train.gradient_checkpointing` checkpoints the layers inside each chunk: the gradients stay
+    the plain forward's, and the chunk's gradient-free first pass raises no warning of it."""
+    pairs = random_pairs(12, seed=2)
+    weights = torch.linspace(0.5, 1.5, 12)
+    model = tiny_llama(seed=3)
+    (sequence_logps(model, **collate_pairs(pairs, 0)).total * weights).sum().backward()
+    plain = grads(model)
+    model = tiny_llama(seed=3)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    (recomputed_sequence_logps(model, pairs, 0, "cpu", 12).total * weights).sum().backward()
+    assert max_relative_difference(grads(model), plain) < 1e-6
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
