@@ -58,6 +58,8 @@ class OnlineSampleRefresher:
             self._restored = None
         if self.snapshot is None or step - self.snapshot_step >= self.refresh_every:
             unwrapped = getattr(model, "module", model)
+            # The stale snapshot goes first: the copy made beside it would hold two at once.
+            self.snapshot = None
             self.snapshot = copy.deepcopy(unwrapped).eval()
             self.snapshot_step = step
             self.refreshes += 1

@@ -233,3 +233,29 @@ def test_online_refreshes_are_held_to_the_same_budget(tiny_lm, monkeypatch):
         kv_per_token=2**20, activations_per_token=0, scores_per_token_pair=0, sampling_per_step=0))
     cut, (budget, calls) = refresh(1)
     assert budget == 2**20 and [len(c) for c in calls] == [1] * len(PROMPTS) and len(cut) == len(PROMPTS)
+
+
+def test_a_refresh_never_holds_two_snapshots(tiny_lm, monkeypatch):
+    """Each refresh copies the policy; the stale copy is dropped before the new one is made, so a
+    refresh holds one snapshot's weights, not two."""
+    import copy
+
+    import harness.online as online
+    from harness.online import OnlineSampleRefresher
+
+    model, tokenizer = tiny_lm
+    refresher = OnlineSampleRefresher(reference_model=model, tokenizer=tokenizer, prompt_texts=PROMPTS, k=2,
+                                      sampling=RunConfig().sampling, refresh_every=2, max_length=32, seed=5)
+    held_at_copy = []
+    real_deepcopy = copy.deepcopy
+
+    def deepcopy(value, *args, **kwargs):
+        if value is model:  # the policy's snapshot (generate deep-copies its configs too)
+            held_at_copy.append(refresher.snapshot)
+        return real_deepcopy(value, *args, **kwargs)
+
+    monkeypatch.setattr(online.copy, "deepcopy", deepcopy)
+    for step in range(5):
+        refresher(model, [0, 1], step=step)
+    assert refresher.refreshes == 3 and len(held_at_copy) == 3  # steps 0, 2 and 4
+    assert held_at_copy == [None, None, None]
