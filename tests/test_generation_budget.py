@@ -1,6 +1,7 @@
 """Self-sampling `generate` calls cut to a memory budget (harness/generation.py): the plan alone,
 the estimate against a known config, and generation under a budget that never cuts giving the
-samples drawn without one."""
+samples drawn without one. Also d2o-online's refresher, which draws beside the training step:
+its budget, and its frozen models parked on disk between draws."""
 
 from __future__ import annotations
 
@@ -259,3 +260,96 @@ def test_a_refresh_never_holds_two_snapshots(tiny_lm, monkeypatch):
         refresher(model, [0, 1], step=step)
     assert refresher.refreshes == 3 and len(held_at_copy) == 3  # steps 0, 2 and 4
     assert held_at_copy == [None, None, None]
+
+
+def _tied_lm():
+    torch.manual_seed(1)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=43, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1,
+                                        tie_word_embeddings=True)).eval()
+
+
+def test_a_parked_model_holds_no_weights_between_uses_and_the_same_ones_in_use(tmp_path):
+    from harness.online import ParkedModel
+
+    model = _tied_lm()
+    ids = torch.tensor([[3, 5, 7, 11, 13]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    parked = ParkedModel(model, tmp_path / "model.pt")
+    assert all(p.numel() == 0 for p in parked.model.parameters())
+    assert parked.model.lm_head.weight is parked.model.model.embed_tokens.weight  # still tied
+    with parked.loaded() as frozen, torch.no_grad():
+        assert torch.equal(frozen(input_ids=ids).logits, want)
+        assert sum(p.numel() for p in frozen.parameters()) == sum(p.numel() for p in model.parameters())
+    assert all(p.numel() == 0 for p in parked.model.parameters())
+    # The original is untouched and keeps training: a later store is what the copy then holds.
+    with torch.no_grad():
+        model.model.norm.weight.mul_(2)
+        want = model(input_ids=ids).logits
+    parked.store(model)
+    with parked.loaded() as frozen, torch.no_grad():
+        assert torch.equal(frozen(input_ids=ids).logits, want)
+    # Quantized weights carry state beside their data (and a GPU's would travel each draw): kept.
+    assert ParkedModel.parkable(model)
+    quantized = torch.nn.Module()
+    quantized.weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.int8), requires_grad=False)
+    assert not ParkedModel.parkable(quantized)
+
+
+def _refresh_run(model, tokenizer, park_dir, steps, *, resume_at=None):
+    """Draws of a refresher over `steps` (each prompt pair a micro-batch), the policy nudged after
+    every step as training would; with `resume_at`, a new refresher restored from the state a
+    checkpoint after that step holds takes over."""
+    from harness.online import OnlineSampleRefresher
+
+    policy = copy_model(model)
+
+    def refresher():
+        return OnlineSampleRefresher(reference_model=copy_model(model), tokenizer=tokenizer, prompt_texts=PROMPTS,
+                                     k=2, sampling=RunConfig().sampling, refresh_every=2, max_length=32, seed=5,
+                                     park_dir=park_dir)
+
+    current, draws = refresher(), []
+    for step in range(steps):
+        if step == resume_at:
+            state = current.state_dict(step)
+            current = refresher()
+            current.load_state_dict(state)
+        for prompts in ([0, 1], [2, 3]):
+            pairs, reference = current(policy, prompts, step)
+            draws.append(([[p.input_ids for p in group] for group in pairs], reference))
+        with torch.no_grad():
+            for parameter in policy.parameters():
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    return draws, current
+
+
+def copy_model(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_parked_refreshes_draw_and_score_as_resident_ones_and_resume(tiny_lm, tmp_path):
+    """Parking is memory, not maths: the same samples and reference log-probs, step by step and
+    across a resume from a checkpoint's refresher state; between draws the refresher's frozen
+    models hold no weights."""
+    model, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    resident, _ = _refresh_run(model, tokenizer, None, 5)
+    torch.manual_seed(0)
+    parked, refresher = _refresh_run(model, tokenizer, tmp_path, 5)
+    torch.manual_seed(0)
+    (tmp_path / "resumed").mkdir()
+    resumed, _ = _refresh_run(model, tokenizer, tmp_path / "resumed", 5, resume_at=3)
+    assert len(resident) == 10
+    for (ids, ref), (parked_ids, parked_ref), (resumed_ids, resumed_ref) in zip(resident, parked, resumed):
+        assert ids == parked_ids == resumed_ids
+        assert torch.equal(ref, parked_ref) and torch.equal(ref, resumed_ref)
+    assert refresher.refreshes == 3
+    for frozen in (refresher.snapshot, refresher.reference):
+        assert all(p.numel() == 0 for p in frozen.model.parameters())
+    assert sorted(path.name for path in tmp_path.glob("*.pt")) == ["reference-rank0.pt", "snapshot-rank0.pt"]
+    refresher.close()
+    assert not tmp_path.exists()

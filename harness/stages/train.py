@@ -31,13 +31,17 @@ def run(ctx: RunContext) -> dict:
                 row[f"ref_{role}"] = value
     refresher = _online_refresher(ctx, tokenizer, rows)
     torch.manual_seed(ctx.cfg.seed)
-    result = train_method(
-        method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
-        # Kept until the stage is marked complete: a run killed even after training resumes.
-        train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.checkpoint_dir("train"), seed=ctx.cfg.seed,
-        sample_refresher=refresher, run_root=ctx.run_dir.root, run_name=ctx.run_dir.run_id,
-        samples_per_prompt=ctx.plan.k if "samples" in ctx.method.roles else None,
-    )
+    try:
+        result = train_method(
+            method=ctx.method, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(rows),
+            # Kept until the stage is marked complete: a run killed even after training resumes.
+            train_cfg=ctx.cfg.train, output_dir=ctx.run_dir.checkpoint_dir("train"), seed=ctx.cfg.seed,
+            sample_refresher=refresher, run_root=ctx.run_dir.root, run_name=ctx.run_dir.run_id,
+            samples_per_prompt=ctx.plan.k if "samples" in ctx.method.roles else None,
+        )
+    finally:
+        if refresher is not None:
+            refresher.close()
     trainer = result.pop("trainer")
     # Collective under ZeRO-3; only rank 0 writes. With LoRA the Trainer saves the adapter alone,
     # merged into the base as the policy below.
@@ -73,8 +77,13 @@ def _online_refresher(ctx: RunContext, tokenizer, rows: list[dict]):
         reference_model = None
     else:
         reference_model, _ = ctx.load_policy(spec)
+    # The frozen models wait on disk between draws (harness/online.py), beside the checkpoints;
+    # scratch, not resume state (a checkpoint holds the refresher's), so removed after training.
+    park_dir = ctx.run_dir.checkpoint_dir("train") / "online-models"
+    park_dir.mkdir(parents=True, exist_ok=True)
     return OnlineSampleRefresher(
         reference_model=reference_model,
+        park_dir=park_dir,
         tokenizer=tokenizer,
         prompt_texts=[ctx.prompt_text(r["prompt"], tokenizer) for r in rows],
         sampling_texts=[sampling_prompt_text(r["prompt"], anchors, ctx.cfg.model.prompt_format, tokenizer)
