@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from harness.allocator import release_freed_memory
 from harness.generation import generate_completions
 from harness.logprobs import encode_pair, score_pairs
 from harness.lora import adapters_disabled
@@ -79,6 +80,10 @@ class ParkedModel:
             yield self.model
         finally:
             self._park()
+            del state
+            # What the use freed (a draw's caches) went to malloc's heap, which glibc keeps
+            # resident: returned now, it is not a floor under the next use or training step.
+            release_freed_memory(collect=False)
 
 
 class OnlineSampleRefresher:
