@@ -469,7 +469,7 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
             # chunk is recomputed: keeping them costs no more than one chunk and saves its rerun.
             total, n_tokens = forward(inner, *inputs)
         elif per_chunk_backward:
-            total, n_tokens = checkpoint(_ignoring_first, forward, edge, inner, *inputs, use_reentrant=True)
+            total, n_tokens = checkpoint(_forward_past_edge, forward, edge, inner, *inputs, use_reentrant=True)
         else:
             total, n_tokens = checkpoint(forward, inner, *inputs, use_reentrant=False)
         totals.append(total)
@@ -482,7 +482,7 @@ def recomputed_sequence_logps(model, pairs: list[EncodedPair], pad_id: int, devi
                          n_tokens=n_tokens.new_empty(len(pairs)).index_copy(0, positions, n_tokens))
 
 
-def _ignoring_first(forward, _edge, *inputs):
+def _forward_past_edge(forward, _edge, *inputs):
     if torch.is_grad_enabled():
         return forward(*inputs)
     # The chunk's first pass runs without gradients, where a model's own (reentrant) activation
