@@ -5,6 +5,7 @@ its budget, and its frozen models parked on disk between draws."""
 
 from __future__ import annotations
 
+import copy
 import random
 import pytest
 import torch
@@ -239,8 +240,6 @@ def test_online_refreshes_are_held_to_the_same_budget(tiny_lm, monkeypatch):
 def test_a_refresh_never_holds_two_snapshots(tiny_lm, monkeypatch):
     """Each refresh copies the policy; the stale copy is dropped before the new one is made, so a
     refresh holds one snapshot's weights, not two."""
-    import copy
-
     import harness.online as online
     from harness.online import OnlineSampleRefresher
 
@@ -303,10 +302,10 @@ def _refresh_run(model, tokenizer, park_dir, steps, *, resume_at=None):
     checkpoint after that step holds takes over."""
     from harness.online import OnlineSampleRefresher
 
-    policy = copy_model(model)
+    policy = copy.deepcopy(model)
 
     def refresher():
-        return OnlineSampleRefresher(reference_model=copy_model(model), tokenizer=tokenizer, prompt_texts=PROMPTS,
+        return OnlineSampleRefresher(reference_model=copy.deepcopy(model), tokenizer=tokenizer, prompt_texts=PROMPTS,
                                      k=2, sampling=RunConfig().sampling, refresh_every=2, max_length=32, seed=5,
                                      park_dir=park_dir)
 
@@ -323,12 +322,6 @@ def _refresh_run(model, tokenizer, park_dir, steps, *, resume_at=None):
             for parameter in policy.parameters():
                 parameter.add_(0.01 * torch.randn_like(parameter))
     return draws, current
-
-
-def copy_model(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def test_parked_refreshes_draw_and_score_as_resident_ones_and_resume(tiny_lm, tmp_path):
