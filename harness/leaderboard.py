@@ -312,6 +312,7 @@ def check_leaderboard(document: Any, name: str) -> dict:
             _validate_current(document, name, directory)
             _check_unique_run_ids(document["entries"], name)
             check_no_duplicate_runs(document["entries"], name)
+            check_one_base_policy_per_world(document["entries"], name)
             return document
         if version not in MIGRATIONS or version in seen:
             known = ", ".join([*MIGRATIONS, f"{CURRENT_MAJOR}.x"])
@@ -406,6 +407,30 @@ def check_no_duplicate_runs(entries: list[dict], name: str) -> None:
         first_seen[identity] = index
 
 
+def check_one_base_policy_per_world(entries: list[dict], name: str) -> None:
+    """Runs of one preset whose world and model settings are the same are pooled (and paired) as
+    runs on one base policy. A world rebuilt on other hardware keeps its key but not its weights
+    (the tiny world's seed-0 policy built on an H200 machine hashed differently from the one built
+    on the 2-core CPU machine, and its base harmful rate was 0.854 against 0.875), so entries that
+    name the same settings but record a different base-policy sha256 are refused rather than pooled."""
+    first_seen: dict[tuple, int] = {}
+    for index, entry in enumerate(entries):
+        provenance = entry.get("provenance") or {}
+        digest = (provenance.get("base_model") or {}).get("sha256")
+        config = provenance.get("config") or {}
+        if not digest or not config:
+            continue
+        settings = (entry.get("preset"), json.dumps(config.get("world"), sort_keys=True, default=str),
+                    json.dumps(config.get("model"), sort_keys=True, default=str))
+        first = first_seen.setdefault(settings, index)
+        theirs = (entries[first]["provenance"].get("base_model") or {}).get("sha256")
+        if theirs != digest:
+            raise BadInput(f"{name}: entries[{index}] (run_id {entry['run_id']!r}) has base policy sha256 "
+                           f"{digest[:12]}… but entries[{first}] (run_id {entries[first]['run_id']!r}), with the "
+                           f"same preset, world and model settings, has {str(theirs)[:12]}…: the base policy was "
+                           "built twice with different weights (another machine?); write to a separate board")
+
+
 def read_leaderboard(path, *, missing_ok: bool = False) -> dict:
     """The leaderboard at `path`, validated and migrated to the current version.
 
@@ -489,6 +514,7 @@ def append_entries(path, entries: list[dict]) -> None:
                 merged.append(entry)
         # Before the write: a duplicate refused here leaves the file as it was.
         check_no_duplicate_runs(merged, str(path))
+        check_one_base_policy_per_world(merged, str(path))
         major, minor, patch = _parse_version(document["schema_version"], str(path))
         ours = _parse_version(SCHEMA_VERSION, "SCHEMA_VERSION")
         # A newer 1.x file keeps its version: its extra fields are still there, untouched.

@@ -92,6 +92,16 @@ def _duplicate_run(document: dict) -> None:
     document["entries"].append(twin)
 
 
+def _rebuilt_world(document: dict) -> None:
+    """Only the first entry, as another seed on a world of the same settings rebuilt with other
+    weights (another machine): publishing it beside the fixture would pool two base policies."""
+    rebuilt = json.loads(json.dumps(document["entries"][0]))
+    rebuilt["run_id"] += "-rebuilt"
+    rebuilt["seed"] = 9
+    rebuilt["provenance"]["base_model"]["sha256"] = "2" * 64
+    document["entries"] = [rebuilt]
+
+
 def _summary_disagrees(document: dict) -> None:
     """A metric whose value (and interval, shifted with it) is not what its per_cluster data give."""
     record = document["entries"][0]["metrics"]["cost"]
@@ -294,6 +304,9 @@ CASES = [
      ["publish", "{root}/out/leaderboard.json", "--to", "{root}/site"], "is the same run as entries[0]"),
     ("compare-duplicate-run", _board_entry(_duplicate_run),
      ["compare", str(FIXTURE_BOARD), "{root}/out/leaderboard.json"], "is the same run as entries[0]"),
+    ("publish-world-built-twice", _board_entry(_rebuilt_world),
+     ["publish", str(FIXTURE_BOARD), "{root}/out/leaderboard.json", "--to", "{root}/site"],
+     "built twice with different weights"),
     ("publish-summary-disagrees", _board_entry(_summary_disagrees, PUBLISHED_BOARD),
      ["publish", "{root}/out/leaderboard.json", "--to", "{root}/site"], "disagrees with its per-task data"),
     ("compare-summary-disagrees", _board_entry(_summary_disagrees, PUBLISHED_BOARD),

@@ -228,6 +228,27 @@ def test_append_creates_replaces_by_run_id_and_keeps_order(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_runs_on_one_world_built_twice_with_different_weights_are_refused(tmp_path):
+    path = write(tmp_path, fixture())
+    before = path.read_bytes()
+    rebuilt = copy.deepcopy(fixture()["entries"][2])
+    rebuilt["run_id"], rebuilt["seed"] = "rebuilt-elsewhere", 7
+    assert rebuilt["provenance"]["base_model"]["sha256"] and rebuilt["provenance"]["config"]
+    rebuilt["provenance"]["base_model"]["sha256"] = "f" * 64
+    with pytest.raises(BadInput, match=r"entries\[7\] \(run_id 'rebuilt-elsewhere'\) has base policy sha256 "
+                                       r"ffffffffffff… but entries\[\d\] .* built twice"):
+        append_entries(path, [rebuilt])
+    assert path.read_bytes() == before
+    document = fixture()
+    document["entries"].append(rebuilt)
+    with pytest.raises(BadInput, match="built twice with different weights"):
+        read_leaderboard(write(tmp_path, document, "mixed.json"))
+    # Other world settings are another world: its own base policy is no conflict.
+    rebuilt["provenance"]["config"]["world"] = {"seed": 0, "base_compliance": 0.5}
+    append_entries(path, [rebuilt])
+    assert len(read_leaderboard(path)["entries"]) == 8
+
+
 def test_failed_validation_leaves_existing_file_byte_identical(tmp_path):
     path = write(tmp_path, fixture())
     before = path.read_bytes()

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional
 from harness import stats
 from harness.errors import BadInput
 from harness.instruments import checks
-from harness.leaderboard import check_no_duplicate_runs, read_leaderboard
+from harness.leaderboard import check_no_duplicate_runs, check_one_base_policy_per_world, read_leaderboard
 from harness.scoring.metrics import bounds_of, clip_interval
 
 
@@ -162,7 +162,9 @@ def load_entries(leaderboard_paths: Iterable[Path]) -> list[dict]:
             by_run[entry["run_id"]] = entry
     entries = list(by_run.values())
     # The same run in two boards under two run_ids would be pooled as two seeds.
-    check_no_duplicate_runs(entries, " + ".join(str(p) for p in leaderboard_paths))
+    sources = " + ".join(str(p) for p in leaderboard_paths)
+    check_no_duplicate_runs(entries, sources)
+    check_one_base_policy_per_world(entries, sources)
     return entries
 
 
