@@ -50,8 +50,11 @@ def _retained_mb(mode: str) -> float:
 
 @glibc_only
 def test_freed_activation_buffers_leave_the_process_once_the_threshold_is_fixed():
-    # The control shows what the setting prevents: 200 MB freed, still resident.
-    assert _retained_mb("dynamic") > 150
+    # The control shows what the setting prevents: 200 MB freed, still resident. It is tried up
+    # to three times: an allocation landing above the buffers is what keeps them resident, and
+    # once, on the loaded 2-core machine, only 40 MB stayed (20 buffers) where 60 runs in a row
+    # kept 200; the fixed threshold's bound below is asserted on its one run.
+    assert any(_retained_mb("dynamic") > 150 for _ in range(3))
     assert _retained_mb("fixed") < 20
 
 
