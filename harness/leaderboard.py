@@ -374,9 +374,26 @@ def _check_unique_run_ids(entries: list[dict], name: str) -> None:
         first_seen[run_id] = index
 
 
-def _world_seed(entry: dict):
-    world = ((entry.get("provenance") or {}).get("config") or {}).get("world")
-    return world.get("seed") if isinstance(world, dict) else None
+# The model spec that names a part of the generated world (harness/suites: policy, cost and reward
+# models built from `world.seed`).
+WORLD_MODEL_SPEC = "tiny-world"
+
+
+def world_seed(entry: dict):
+    """The seed of the generated world the entry's models came from; None when none of them did.
+
+    Every config carries a `world` section, defaults included, so a real preset's entries name
+    world seed 0 although no world was built: taken at its word, that seed would make a method's
+    training seeds one world and drop the between-seed spread from its interval. An entry without
+    a `model` section (hand-written, legacy) keeps the seed its config names."""
+    config = (entry.get("provenance") or {}).get("config") or {}
+    world = config.get("world")
+    if not isinstance(world, dict):
+        return None
+    models = config.get("model")
+    if isinstance(models, dict) and WORLD_MODEL_SPEC not in models.values():
+        return None
+    return world.get("seed")
 
 
 def run_identity(entry: dict) -> tuple | None:
@@ -387,7 +404,7 @@ def run_identity(entry: dict) -> tuple | None:
     if not config_hash:
         return None
     hyperparameters = json.dumps(entry.get("hyperparameters"), sort_keys=True, default=str)
-    return (entry.get("method"), entry.get("preset"), config_hash, entry.get("seed"), _world_seed(entry),
+    return (entry.get("method"), entry.get("preset"), config_hash, entry.get("seed"), world_seed(entry),
             hyperparameters)
 
 

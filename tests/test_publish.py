@@ -528,6 +528,26 @@ def test_repeated_base_evaluations_count_once_and_worlds_are_the_units():
     assert apart["d2o"]["vs_base"]["helpful_rate"].method.endswith("+between-runs")
 
 
+def test_a_real_presets_default_world_section_does_not_make_its_seeds_one_world():
+    """A real preset's config carries the world section's defaults (seed 0) though no world is
+    built: its training seeds are the units, and their spread widens the interval."""
+    from harness.publish import aggregate
+
+    def real(entries: list[dict]) -> list[dict]:
+        for entry in entries:
+            entry["preset"] = "real-smollm2"
+            entry["provenance"]["config"]["model"] = {"policy": "smollm2", "cost_model": "suite"}
+        return entries
+
+    # Three seeds, each answering prompts a-c: seed 0 helps everywhere, seed 2 nowhere.
+    seeds = [_protocol_entry("d2o", seed, 0, {k: [4 - 2 * seed, 4] for k in "abc"}, f"d2o-{seed}") for seed in range(3)]
+    as_world = aggregate(json.loads(json.dumps(seeds)))["rows"][0]["metrics"]["helpful_rate"]
+    as_real = aggregate(real(seeds))["rows"][0]["metrics"]["helpful_rate"]
+    assert as_world["k"] == 1 and as_real["k"] == 3
+    assert as_real["mean"] == pytest.approx(as_world["mean"])
+    assert as_real["high"] - as_real["low"] > as_world["high"] - as_world["low"]
+
+
 def _world_of_entry(entry: dict) -> int:
     return entry["provenance"]["config"]["world"]["seed"]
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional
 from harness import stats
 from harness.errors import BadInput
 from harness.instruments import checks
-from harness.leaderboard import check_no_duplicate_runs, check_one_base_policy_per_world, read_leaderboard
+from harness.leaderboard import check_no_duplicate_runs, check_one_base_policy_per_world, read_leaderboard, world_seed
 from harness.scoring.metrics import bounds_of, clip_interval
 
 
@@ -221,10 +221,6 @@ def _is_headline(method: str) -> bool:
     return True if cls is None else bool(cls.headline)
 
 
-def _world_of(entry: dict):
-    """The entry's world seed (None outside a generated world)."""
-    world = ((entry.get("provenance") or {}).get("config") or {}).get("world") or {}
-    return world.get("seed") if isinstance(world, dict) else None
 
 
 def _complete_records(row: dict, name: str) -> list[dict]:
@@ -250,7 +246,7 @@ def _unit_records(row: dict, name: str) -> dict:
                 if evaluation in seen_evaluations:
                     continue
                 seen_evaluations.add(evaluation)
-        world = _world_of(entry)
+        world = world_seed(entry)
         units.setdefault(entry["run_id"] if world is None else ("world", world), []).append(metrics_of(entry)[name])
     records = {}
     for key, group in units.items():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import BadInput
+from harness.leaderboard import world_seed
 from harness.publish.notes import INTERVAL_NOTE
 from harness.publish.pooling import format_summary, half_width, paired_difference, resolved
 from harness.publish.tables import (LEGEND, against_pairing, base_pairing, frontier_section, markdown_text,
@@ -117,8 +118,7 @@ def _provenance_lines(rows: list[dict], board: Path, studies: Optional[list[dict
     complete = [e for e in entries if e["status"] == "complete"]
     commits = sorted({(e["provenance"].get("git") or {}).get("commit") or "unknown" for e in entries})
     dirty = sum(1 for e in entries if (e["provenance"].get("git") or {}).get("dirty"))
-    worlds = sorted({w for e in entries
-                     if (w := (((e["provenance"].get("config") or {}).get("world") or {}).get("seed"))) is not None})
+    worlds = sorted({w for e in entries if (w := world_seed(e)) is not None})
     seeds = sorted({e["seed"] for e in entries})
     reclustered = sorted({(e["provenance"].get("reclustered") or {}).get("rule") for e in entries
                           if e["provenance"].get("reclustered")})
