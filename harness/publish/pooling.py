@@ -221,8 +221,6 @@ def _is_headline(method: str) -> bool:
     return True if cls is None else bool(cls.headline)
 
 
-
-
 def _complete_records(row: dict, name: str) -> list[dict]:
     return list(_unit_records(row, name).values())
 
