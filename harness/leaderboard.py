@@ -426,10 +426,9 @@ def check_no_duplicate_runs(entries: list[dict], name: str) -> None:
 
 def check_one_base_policy_per_world(entries: list[dict], name: str) -> None:
     """Runs of one preset whose world and model settings are the same are pooled (and paired) as
-    runs on one base policy. A world rebuilt on other hardware keeps its key but not its weights
-    (the tiny world's seed-0 policy built on an H200 machine hashed differently from the one built
-    on the 2-core CPU machine, and its base harmful rate was 0.854 against 0.875), so entries that
-    name the same settings but record a different base-policy sha256 are refused rather than pooled."""
+    runs on one base policy. A world rebuilt on another machine keeps its key but not its weights
+    (docs/GPU_CHECK.md, "Re-check at 63aff4f"), so entries that name the same settings but record
+    a different base-policy sha256 are refused rather than pooled."""
     first_seen: dict[tuple, int] = {}
     for index, entry in enumerate(entries):
         provenance = entry.get("provenance") or {}
